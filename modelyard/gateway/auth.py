@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+KEY_PREFIX = "my-"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: the key's name, never its secret."""
+
+    name: str
+
+
+class KeyRing:
+    """API keys known by the sha256 of their secret; the secret itself is never kept."""
+
+    def __init__(self, hashed: dict[str, str] | None = None) -> None:
+        self._by_hash: dict[str, Principal] = {h: Principal(name) for h, name in (hashed or {}).items()}
+
+    def add_hash(self, name: str, sha256_hex: str) -> None:
+        self._by_hash[sha256_hex] = Principal(name)
+
+    def add_secret(self, name: str, secret: str) -> None:
+        self.add_hash(name, hash_key(secret))
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hash_key(token.strip())
+        for known, principal in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None

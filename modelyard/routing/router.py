@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from modelyard.routing.endpoints import Endpoint, EndpointTable
+
+
+class RoundRobinRouter:
+    """Round-robin over a model's ready replicas, skipping the ones a retry excludes."""
+
+    def __init__(self, table: EndpointTable) -> None:
+        self.table = table
+        self._next: dict[str, int] = {}
+
+    def pick(self, model: str, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        ready = [e for e in self.table.of(model) if e.ready and e not in exclude]
+        if not ready:
+            return None
+        index = self._next.get(model, 0)
+        self._next[model] = index + 1
+        return ready[index % len(ready)]

