@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -205,6 +206,16 @@ def _usage(tail: bytes) -> dict[str, int] | None:
     return None
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return openai_error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return openai_error(500, f"internal error ({type(exc).__name__})", "internal_error")
+
+
 def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing,
                    metrics: GatewayMetrics | None = None) -> Starlette:
     gateway = Gateway(spec, table, keys, metrics)
@@ -216,7 +227,8 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing,
         Route("/health", gateway.health, methods=["GET"]),
         Route("/metrics", gateway.prometheus, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    app = Starlette(routes=routes, lifespan=gateway.lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.gateway = gateway
     app.state.version = __version__
     return app

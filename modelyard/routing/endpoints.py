@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class ReplicaState(str, Enum):
+class ReplicaState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     UNHEALTHY = "unhealthy"

@@ -65,8 +65,10 @@ def _message(error: Any, data: Any, loc: Loc) -> str:
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
         return f"must be {op} {bound}"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return f"engine must be one of {', '.join(ENGINE_NAMES)}"
+    if kind == "union_tag_invalid":
+        return f"must be one of {', '.join(ENGINE_NAMES)}"
+    if kind == "union_tag_not_found":
+        return f"is required (one of {', '.join(ENGINE_NAMES)})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return "must be an integer"
     if kind in ("float_parsing", "float_type"):
@@ -131,6 +133,8 @@ def parse_spec(text: str, source: str = "yard.yaml") -> YardSpec:
         problems = []
         for error in exc.errors():
             loc = _strip_tags(tuple(error["loc"]))
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = loc + ("engine",)
             problems.append(f"{format_path(loc)}: {_message(error, data, loc)}{_where(loc, lines, source)}")
         raise SpecError(problems) from None
     _check_semantics(spec, lines, source)
@@ -139,6 +143,8 @@ def parse_spec(text: str, source: str = "yard.yaml") -> YardSpec:
 
 def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None:
     problems = []
+    if not spec.models:
+        problems.append(f"models: must not be empty{_where(('models',), lines, source)}")
     seen: dict[str, int] = {}
     for index, model in enumerate(spec.models):
         if model.name in seen:

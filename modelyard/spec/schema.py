@@ -101,7 +101,7 @@ class YardSpec(Strict):
     version: Literal[1] = 1
     state_dir: str = ".modelyard"
     gateway: GatewaySpec = GatewaySpec()
-    models: Annotated[tuple[ModelSpec, ...], Field(min_length=1)]
+    models: tuple[ModelSpec, ...]
 
     def model(self, name: str) -> LlamaCppModel | SimulatorModel | OpenAIModel | None:
         for model in self.models:

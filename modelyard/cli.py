@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from modelyard import __version__
+from modelyard.bench.cli import bench
+from modelyard.simulator.cli import simulate
+from modelyard.spec import SpecError, load_spec
+from modelyard.spec.schema import YardSpec
+from modelyard.store.cli import keys, usage
+
+DEFAULT_SPEC = "yard.yaml"
+
+
+def _load(path: str, console: Console) -> YardSpec:
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        console.print(f"[bold red]{path} is not valid:[/]", highlight=False)
+        for problem in exc.problems:
+            console.print(f"  {problem}", highlight=False, markup=False)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelyard")
+def main() -> None:
+    """modelyard: your own LLM inference cluster from one yard.yaml."""
+
+
+@main.command()
+@click.argument("file", default=DEFAULT_SPEC, type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Check a yard.yaml; errors name the path and line."""
+    console = Console(stderr=True)
+    spec = _load(file, console)
+    replicas = sum(m.replicas for m in spec.models)
+    click.echo(f"{file}: ok ({len(spec.models)} model(s), {replicas} replica(s))")
+
+
+@main.command()
+@click.option("-f", "--file", "file", default=DEFAULT_SPEC, show_default=True, type=click.Path(dir_okay=False),
+              help="The yard.yaml to run.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Gateway port (overrides gateway.port).")
+@click.option("--host", default=None, help="Gateway address (overrides gateway.host).")
+def up(file: str, port: int | None, host: str | None) -> None:
+    """Run the cluster in yard.yaml on this machine: replicas, supervisor and gateway."""
+    from modelyard.up import run_up
+
+    console = Console()
+    spec = _load(file, console)
+    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+    if overrides:
+        spec = spec.model_copy(update={"gateway": spec.gateway.model_copy(update=overrides)})
+    sys.exit(run_up(spec, Path(file), console))
+
+
+main.add_command(simulate)
+main.add_command(bench)
+main.add_command(keys)
+main.add_command(usage)

@@ -1,0 +1,109 @@
+"""Runs `modelyard up` as a real subprocess on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+API_KEY = "test-key-" + "x" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Cluster:
+    def __init__(self, tmp: Path, models: list[dict[str, Any]], gateway: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.spec_path = tmp / "yard.yaml"
+        spec = {"version": 1, "state_dir": str(tmp / "state"),
+                "gateway": {"host": "127.0.0.1", "port": self.port, **(gateway or {})}, "models": models}
+        self.spec_path.write_text(yaml.safe_dump(spec))
+        self.env = {**os.environ, "MODELYARD_API_KEY": API_KEY, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = tmp / "up.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_replicas: int | None = None, timeout_s: float = 180) -> Cluster:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "modelyard", "up", "-f", str(self.spec_path)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        self.wait_ready(ready_replicas, timeout_s)
+        return self
+
+    def wait_ready(self, ready_replicas: int | None = None, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"modelyard up exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                health = httpx.get(self.url + "/health", timeout=2).json()
+                ready = sum(m["ready"] for m in health["models"].values())
+                wanted = ready_replicas if ready_replicas is not None else sum(
+                    m["replicas"] for m in health["models"].values())
+                if ready >= wanted:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"cluster not ready after {timeout_s}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def engine_processes(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        return [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.is_running()]
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                label_part = line[len(name) + 1:line.index("}")]
+                got = ",".join(sorted(label_part.split(",")))
+                if got == want:
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        children = []
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for child in children:  # never leave an orphan behind, even when the test failed
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self._log.close()
+        return self.proc.returncode
