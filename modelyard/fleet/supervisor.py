@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -172,6 +173,8 @@ class Supervisor:
             for index in range(model.replicas):
                 upstream = model.upstream_model if isinstance(model, OpenAIModel) else None
                 endpoint = Endpoint(model=model.name, replica=index, url="", upstream_model=upstream)
+                if isinstance(model, OpenAIModel) and model.api_key_env:
+                    endpoint.headers = {"Authorization": f"Bearer {os.environ.get(model.api_key_env, '')}"}
                 self.table.add(endpoint)
                 runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
                                        self.health_interval_s)

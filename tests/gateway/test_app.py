@@ -1,0 +1,74 @@
+"""The gateway in `modelyard up`, in front of scriptable upstreams (engine: openai), on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.cluster import API_KEY, Cluster
+from tests.upstream import Upstream
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[Upstream, Upstream]]:
+    with Upstream() as first, Upstream() as second:
+        yield first, second
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, upstreams: tuple[Upstream, Upstream]) -> Iterator[Cluster]:
+    model = {"name": "m", "engine": "openai", "urls": [u.url for u in upstreams], "replicas": 2,
+             "timeouts": {"first_byte_s": 2, "between_chunks_s": 2, "total_s": 5}}
+    running = Cluster(tmp_path, [model]).start()
+    yield running
+    running.stop()
+
+
+def client_for(cluster: Cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.url + "/v1", api_key=API_KEY, timeout=30, max_retries=0)
+
+
+def test_a_5xx_replica_is_retried_on_the_other(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
+    upstreams[0].mode = "error500"
+    client = client_for(cluster)
+    for _ in range(4):
+        assert client.completions.create(model="m", prompt="hi", max_tokens=3).choices[0].text == "ok"
+    assert upstreams[0].requests >= 1 and upstreams[1].requests == 4
+
+
+def test_all_replicas_failing_gives_a_clean_503(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
+    for upstream in upstreams:
+        upstream.mode = "error500"
+    with pytest.raises(openai.InternalServerError):
+        client_for(cluster).completions.create(model="m", prompt="hi", max_tokens=3)
+
+
+def test_engine_dying_mid_stream_ends_with_an_sse_error(cluster: Cluster,
+                                                        upstreams: tuple[Upstream, Upstream]) -> None:
+    for upstream in upstreams:
+        upstream.mode = "die_mid_stream"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"model": "m", "prompt": "hi", "max_tokens": 8, "stream": True}
+    reply = httpx.post(cluster.url + "/v1/completions", json=body, headers=headers, timeout=30)
+    assert reply.status_code == 200
+    events = [e for e in reply.text.split("\n\n") if e]
+    assert events[0].startswith('data: {"id"')
+    assert '"error"' in events[-1] and "[DONE]" not in reply.text
+
+
+def test_hung_engine_times_out_within_the_bound(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
+    for upstream in upstreams:
+        upstream.mode = "hang"
+    with pytest.raises(openai.APIStatusError) as info:
+        client_for(cluster).completions.create(model="m", prompt="hi", max_tokens=3)
+    assert info.value.status_code in (503, 504)
+
+
+def test_unknown_route_is_openai_shaped(cluster: Cluster) -> None:
+    reply = httpx.get(cluster.url + "/v1/nothing", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == "not_found"

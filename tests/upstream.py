@@ -1,0 +1,78 @@
+"""A scriptable OpenAI-compatible upstream on a loopback port, run in a thread, for gateway tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from aiohttp import web
+
+from tests.cluster import free_port
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "ok"  # ok | error500 | die_mid_stream | hang
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Upstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _stop(self) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = await request.json()
+        probe = body.get("max_tokens") == 1
+        mode = "ok" if probe else self.mode
+        if not probe:
+            self.requests += 1
+        if mode == "error500":
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if not body.get("stream"):
+            return web.json_response({"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
+                                      "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index in range(4):
+            chunk = b'{"id":"x","object":"text_completion","created":0,"model":"m","choices":[{"index":0,"text":"t%d"}]}'
+            await response.write(b"data: " + chunk % index + b"\n\n")
+            await asyncio.sleep(0.01)
+            if mode == "die_mid_stream" and index == 1:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+        await response.write(b"data: [DONE]\n\n")
+        return response
