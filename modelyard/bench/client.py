@@ -118,11 +118,15 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
 
 
 async def first_model(session: aiohttp.ClientSession, target: Target) -> str:
-    async with session.get(target.url("models"), headers=target.headers()) as resp:
-        if resp.status != 200:
-            body = await resp.text()
-            raise RuntimeError(f"{target.name}: GET {target.url('models')} -> HTTP {resp.status}: {body[:300]}")
-        data = orjson.loads(await resp.read())
+    try:
+        async with session.get(target.url("models"), headers=target.headers()) as resp:
+            body = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise RuntimeError(f"{target.name}: cannot reach {target.url('models')}: {exc}") from exc
+    if status != 200:
+        raise RuntimeError(f"{target.name}: GET {target.url('models')} -> HTTP {status}: {body[:300]!r}")
+    data = orjson.loads(body)
     models = data.get("data") or []
     if not models:
         raise RuntimeError(f"{target.name}: {target.url('models')} lists no models; pass --model")

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +161,3 @@ def cycle(prompts: list[Prompt], n: int) -> list[Prompt]:
         raise DatasetError("the dataset is empty")
     return [prompts[i % len(prompts)] for i in range(n)]
 
-
-def take(prompts: Iterable[Prompt], n: int) -> list[Prompt]:
-    return cycle(list(prompts), n)

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -138,12 +139,13 @@ async def _open_all(run: LevelRun, schedule: np.ndarray) -> None:
 async def run_level(run: LevelRun, burstiness: float = 1.0, seed: int = 0, drain_s: float = 30.0) -> None:
     """Run one load level against every target at once; records land in `run.records`."""
     level = run.level
+    body: asyncio.Future[Any]
+    run.zero = time.perf_counter()
     if level.rate is None:
         body = asyncio.gather(*(_closed_target(run, t, level.concurrency or 1) for t in run.targets))
     else:
         schedule = arrival_times(len(run.prompts), level.rate, burstiness, np.random.default_rng(seed))
         body = asyncio.ensure_future(_open_all(run, schedule))
-    run.zero = time.perf_counter()
     if run.max_duration is None:
         await body
         return

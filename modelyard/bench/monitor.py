@@ -33,7 +33,7 @@ class ClientUsage:
         lags = np.asarray(self.lag_samples_ms or [0.0])
         return {
             "client_cpu_pct": round(self.cpu_pct, 1),
-            "client_cpu_peak_pct": round(max(self.cpu_samples_pct, default=0.0), 1),
+            "client_cpu_peak_pct": round(max(self.cpu_samples_pct, default=self.cpu_pct), 1),
             "system_cpu_pct": round(self.system_cpu_pct, 1),
             "loop_lag_p99_ms": round(float(np.percentile(lags, 99)), 2),
             "loop_lag_max_ms": round(float(lags.max()), 2),

@@ -2,9 +2,35 @@ from __future__ import annotations
 
 import click
 
+from modelyard.simulator.profiles import PROFILES, override_names, resolve_profile
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        params[key.strip()] = value.strip()
+    return params
+
 
 @click.command("simulate")
+@click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
-def simulate(port: int) -> None:
-    """Run the vLLM-compatible simulated engine (stub: not built yet)."""
-    raise click.ClickException("the simulator is not built yet")
+@click.option("--model", "model_name", default="simulator", show_default=True, help="The served model name.")
+@click.option("--profile", default="tiny-cpu", show_default=True, type=click.Choice(sorted(PROFILES)),
+              help="The named latency/capacity profile.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help=f"Override a profile number (repeatable): {', '.join(override_names())}.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], log_level: str) -> None:
+    """Run a simulated vLLM server (OpenAI API, vLLM metrics, sleep/wake) with a modelled latency, on CPU."""
+    from modelyard.simulator.run import serve
+
+    try:
+        resolved = resolve_profile(profile, parse_params(params))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from None
+    serve(resolved, model_name, host, port, log_level)

@@ -17,7 +17,7 @@ GENERATION_TOKENS = "vllm:generation_tokens"
 REQUEST_SUCCESS = "vllm:request_success"
 TTFT = "vllm:time_to_first_token_seconds"
 ITL = "vllm:inter_token_latency_seconds"
-TPOT = "vllm:time_per_output_token_seconds"
+TPOT = "vllm:request_time_per_output_token_seconds"
 E2E = "vllm:e2e_request_latency_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
 
@@ -70,7 +70,7 @@ class EngineMetrics:
         self.success: dict[str, int] = {}
         self.ttft = Histogram(TTFT, "Histogram of time to first token in seconds.", TTFT_BUCKETS)
         self.itl = Histogram(ITL, "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
-        self.tpot = Histogram(TPOT, "Histogram of time per output token in seconds.", ITL_BUCKETS)
+        self.tpot = Histogram(TPOT, "Histogram of time_per_output_token_seconds per request.", ITL_BUCKETS)
         self.e2e = Histogram(E2E, "Histogram of e2e request latency in seconds.", REQUEST_BUCKETS)
         self.queue = Histogram(QUEUE_TIME, "Histogram of time spent in WAITING phase for request.", REQUEST_BUCKETS)
 
@@ -85,7 +85,8 @@ class EngineMetrics:
                   (KV_USAGE, "KV-cache usage. 1 means 100 percent usage.", kv_usage))
         for name, help_text, value in gauges:
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name}{{{labels}}} {float(value)!r}\n")
-        counters = ((PREFIX_QUERIES, "Prefix cache queries, in terms of number of queried tokens.", self.prefix_queries),
+        counters = ((PREFIX_QUERIES, "Prefix cache queries, in terms of number of queried tokens.",
+                     self.prefix_queries),
                     (PREFIX_HITS, "Prefix cache hits, in terms of number of cached tokens.", self.prefix_hits),
                     (PROMPT_TOKENS, "Number of prefill tokens processed.", self.prompt_tokens),
                     (GENERATION_TOKENS, "Number of generation tokens processed.", self.generation_tokens))

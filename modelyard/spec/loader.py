@@ -99,7 +99,7 @@ def _suggest(loc: Loc, data: Any) -> str:
     name = str(loc[-1])
     fields: set[str] = set()
     for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
-                schema.OpenAIModel, schema.ModelSource, schema.Timeouts):
+                schema.OpenAIModel, schema.ModelSource, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec):
         fields.update(cls.model_fields)
     close = difflib.get_close_matches(name, sorted(fields), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -29,6 +29,26 @@ class GatewaySpec(Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     keys: tuple[KeySpec, ...] = ()
+    admin_key_env: str = "MODELYARD_ADMIN_KEY"
+
+
+class StoreSpec(Strict):
+    """Where keys and usage live: SQLite under state_dir by default, PostgreSQL with a postgresql:// url;
+    Redis (redis://...) makes rate limits exact across gateway instances."""
+
+    url: str | None = None
+    redis: str | None = None
+    usage_retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    usage_flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    usage_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+
+
+class AdmissionSpec(Strict):
+    """A bounded queue in front of a model's replicas: beyond it, 429 at once instead of unbounded latency."""
+
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    max_queue: Annotated[int, Field(ge=0)] = 256
+    max_wait_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class ModelSource(Strict):
@@ -56,6 +76,8 @@ class BaseModelSpec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     timeouts: Timeouts = Timeouts()
+    admission: AdmissionSpec = AdmissionSpec()
+    store_text: bool = False
     startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
 
 
@@ -101,6 +123,7 @@ class YardSpec(Strict):
     version: Literal[1] = 1
     state_dir: str = ".modelyard"
     gateway: GatewaySpec = GatewaySpec()
+    store: StoreSpec = StoreSpec()
     models: tuple[ModelSpec, ...]
 
     def model(self, name: str) -> LlamaCppModel | SimulatorModel | OpenAIModel | None:

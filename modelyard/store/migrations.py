@@ -36,7 +36,7 @@ _USAGE_COLUMNS = ("ts DOUBLE PRECISION NOT NULL, key_name TEXT NOT NULL, model T
                   "replica TEXT NOT NULL DEFAULT '', prompt_tokens INTEGER NOT NULL DEFAULT 0, "
                   "completion_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0, "
                   "ttft_s DOUBLE PRECISION, e2e_s DOUBLE PRECISION NOT NULL DEFAULT 0, status INTEGER NOT NULL, "
-                  "error TEXT)")
+                  "error TEXT")
 _USAGE_INDEXES = ("CREATE INDEX usage_ts ON usage (ts)", "CREATE INDEX usage_key_ts ON usage (key_name, ts)")
 
 STEPS: tuple[Step, ...] = (

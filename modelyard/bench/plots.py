@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelyard.bench.metrics import LATENCY_METRICS
+from modelyard.bench.runner import BenchResult
+
+THROUGHPUT = (("request_throughput", "requests/s"), ("output_throughput", "output tokens/s"),
+              ("total_token_throughput", "total tokens/s"))
+
+
+def _x_label(result: BenchResult) -> str:
+    first = result.config.levels[0]
+    return "request rate (req/s per target)" if first.rate is not None else "concurrency (per target)"
+
+
+def _series(result: BenchResult, target: str, key: str, stat: str | None = None) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    categorical = _categorical(result)
+    for i, lv in enumerate(result.levels):
+        m: Any = lv.metrics[target][key]
+        xs.append(float(i) if categorical else lv.level.x)
+        ys.append(float(m[stat] if stat else m))
+    return xs, ys
+
+
+def _categorical(result: BenchResult) -> bool:
+    return any(lv.level.x == float("inf") for lv in result.levels)
+
+
+def _axis(ax: Any, result: BenchResult, title: str, fontsize: int) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(_x_label(result))
+    if _categorical(result):
+        ax.set_xticks(range(len(result.levels)), [lv.level.label for lv in result.levels])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=fontsize)
+
+
+def write_plots(result: BenchResult, out_dir: Path) -> list[Path]:
+    """latency.png (each latency's percentiles vs load) and throughput.png; one colour per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t.name for t in result.config.targets]
+    stats = [f"p{p:g}" for p in result.config.percentiles]
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    for ax, metric in zip(axes.flat, LATENCY_METRICS, strict=True):
+        for ti, name in enumerate(targets):
+            for si, stat in enumerate(stats):
+                xs, ys = _series(result, name, f"{metric}_ms", stat)
+                ax.plot(xs, ys, styles[si % len(styles)], marker="o", color=f"C{ti}", label=f"{name} {stat}")
+        _axis(ax, result, f"{metric.upper()} (ms)", 7)
+    latency = out_dir / "latency.png"
+    fig.savefig(latency, dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
+    for ax, (key, label) in zip(axes, THROUGHPUT, strict=True):
+        for ti, name in enumerate(targets):
+            xs, ys = _series(result, name, key)
+            ax.plot(xs, ys, marker="o", color=f"C{ti}", label=name)
+        _axis(ax, result, label, 8)
+    throughput = out_dir / "throughput.png"
+    fig.savefig(throughput, dpi=110)
+    plt.close(fig)
+    return [latency, throughput]
+

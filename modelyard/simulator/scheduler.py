@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelyard.simulator.kvcache import PrefixCache, block_hashes
+from modelyard.simulator.latency import blocks_for, max_cacheable_blocks, step_s, with_jitter
+from modelyard.simulator.metrics import EngineMetrics
+from modelyard.simulator.profiles import Profile
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    PREFILL = "prefill"
+    DECODE = "decode"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine; the HTTP side waits on it for tokens."""
+
+    prompt_tokens: list[int]
+    max_tokens: int
+    stop_reason: str  # the finish_reason once max_tokens are out: "length" if the client capped it, else "stop"
+    arrival: float
+    hashes: list[int] = field(default_factory=list)
+    state: SeqState = SeqState.WAITING
+    cached_tokens: int = 0
+    private_blocks: int = 0
+    generated: int = 0
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finish_reason: str | None = None
+    waiter: asyncio.Future[None] | None = None
+    sink: Callable[[], None] | None = None  # called for each token instead of notify, by a direct stream writer
+
+    @property
+    def finished(self) -> bool:
+        return self.state is SeqState.FINISHED
+
+    def notify(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_beyond(self, delivered: int) -> None:
+        """Returns once more than `delivered` tokens are out, or the sequence has finished."""
+        if self.generated > delivered or self.finished:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
+        await waiter
+
+
+class Scheduler:
+    """The engine loop: each step admits waiting requests (up to max_num_seqs, if their KV blocks fit), prefills
+    the new ones and decodes one token for every running one, then sleeps for the step's modelled duration."""
+
+    def __init__(self, profile: Profile, metrics: EngineMetrics, rng: random.Random | None = None) -> None:
+        self.profile, self.metrics = profile, metrics
+        self.rng = rng or random.Random(profile.seed)
+        self.cache = PrefixCache(profile.kv_blocks)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.paused = False
+        self.steps = 0
+        self._kick = asyncio.Event()
+
+    def blocks_needed(self, prompt_len: int, max_tokens: int) -> int:
+        return blocks_for(prompt_len + max_tokens, self.profile.block_size)
+
+    def submit(self, seq: Sequence) -> None:
+        seq.hashes = block_hashes(seq.prompt_tokens, self.profile.block_size)
+        self.waiting.append(seq)
+        self._kick.set()
+
+    def abort(self, seq: Sequence) -> None:
+        if seq.finished:
+            return
+        if seq.state is SeqState.WAITING:
+            self.waiting.remove(seq)
+            seq.state = SeqState.FINISHED
+            seq.finish_reason = "abort"
+        else:
+            self._finish(seq, "abort", asyncio.get_running_loop().time())
+            self.running.remove(seq)
+        self.metrics.finished("abort")
+        seq.notify()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._kick.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            if self.paused or not (self.running or self.waiting):
+                self._kick.clear()
+                await self._kick.wait()
+                start = loop.time()
+                continue
+            prefills = self._admit(start)
+            decoding = len(self.running) - len(prefills)
+            duration = with_jitter(step_s(self.profile, decoding, tuple(len(s.prompt_tokens) - s.cached_tokens
+                                                                         for s in prefills)),
+                                   self.profile.jitter, self.rng)
+            end = start + duration
+            delay = end - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+            self._emit(end)
+            now = loop.time()
+            # steps keep their modelled cadence; a step that overran by a whole step restarts the clock
+            start = end if now - end < max(duration, 0.001) else now
+
+    def _admit(self, now: float) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        profile = self.profile
+        while self.waiting and len(self.running) < profile.max_num_seqs:
+            seq = self.waiting[0]
+            prompt_len = len(seq.prompt_tokens)
+            hits = self.cache.hit_blocks(seq.hashes, max_cacheable_blocks(prompt_len, profile.block_size))
+            private = self.blocks_needed(prompt_len, seq.max_tokens) - len(seq.hashes)
+            if not self.cache.allocate(seq.hashes, private):
+                break
+            self.waiting.popleft()
+            seq.private_blocks = private
+            seq.cached_tokens = hits * profile.block_size
+            seq.state = SeqState.PREFILL
+            seq.scheduled_at = now
+            self.metrics.prefix_queries += prompt_len
+            self.metrics.prefix_hits += seq.cached_tokens
+            self.metrics.prompt_tokens += prompt_len
+            self.metrics.queue.observe(now - seq.arrival)
+            self.running.append(seq)
+            admitted.append(seq)
+        return admitted
+
+    def _emit(self, now: float) -> None:
+        self.steps += 1
+        metrics = self.metrics
+        itl = metrics.itl.observe
+        done = False
+        for seq in self.running:
+            if seq.state is SeqState.DECODE:
+                itl(now - seq.last_token_at)  # type: ignore[operator]
+            else:
+                seq.state = SeqState.DECODE
+                seq.first_token_at = now
+                metrics.ttft.observe(now - seq.arrival)
+            seq.last_token_at = now
+            seq.generated += 1
+            if seq.generated >= seq.max_tokens:
+                self._finish(seq, seq.stop_reason, now)
+                metrics.finished(seq.stop_reason)
+                done = True
+            if seq.sink is not None:
+                seq.sink()
+            else:
+                seq.notify()
+        metrics.generation_tokens += len(self.running)
+        if done:
+            self.running = [s for s in self.running if not s.finished]
+
+    def _finish(self, seq: Sequence, reason: str, now: float) -> None:
+        seq.state = SeqState.FINISHED
+        seq.finish_reason = reason
+        self.cache.release(seq.hashes, seq.private_blocks)
+        if reason == "abort":
+            return
+        self.metrics.e2e.observe(now - seq.arrival)
+        if seq.generated > 1 and seq.first_token_at is not None:
+            self.metrics.tpot.observe((now - seq.first_token_at) / (seq.generated - 1))

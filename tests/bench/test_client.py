@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from modelyard.bench.client import _Stream, build_payload
+from modelyard.bench.records import Prompt, RequestRecord
+from modelyard.bench.sse import SSEEvent
+
+
+def _ev(content: bool, usage: dict[str, int] | None = None) -> list[SSEEvent]:
+    return [SSEEvent(has_content=content, usage=usage, error="")]
+
+
+def test_ttft_is_first_content_chunk_and_latency_the_last() -> None:
+    rec = RequestRecord(target="t", level="l", index=0)
+    s = _Stream(10.0, rec)
+    s.on_events(_ev(False), 10.2)  # role chunk: not a token
+    s.on_events(_ev(True), 10.5)
+    s.on_events(_ev(True) + _ev(True), 10.75)  # two events in one read share its time
+    s.on_events(_ev(True), 11.0)
+    s.on_events(_ev(False, {"prompt_tokens": 9, "completion_tokens": 4}), 11.5)  # usage after the last token
+    s.finish()
+    assert rec.success
+    assert rec.ttft == pytest.approx(0.5)
+    assert rec.itl == pytest.approx([0.25, 0.0, 0.25])
+    assert rec.latency == pytest.approx(1.0)
+    assert (rec.output_tokens, rec.output_tokens_source) == (4, "usage")
+    assert (rec.prompt_tokens, rec.prompt_tokens_source) == (9, "usage")
+    assert rec.tpot() == pytest.approx(0.5 / 3)
+
+
+def test_tokens_counted_from_chunks_without_usage() -> None:
+    rec = RequestRecord(target="t", level="l", index=0)
+    s = _Stream(0.0, rec)
+    for t in (0.1, 0.2, 0.3):
+        s.on_events(_ev(True), t)
+    s.finish()
+    assert (rec.output_tokens, rec.output_tokens_source) == (3, "chunks")
+
+
+def test_no_content_is_a_failure() -> None:
+    rec = RequestRecord(target="t", level="l", index=0)
+    s = _Stream(0.0, rec)
+    s.on_events(_ev(False), 0.1)
+    s.finish()
+    assert not rec.success and "without a chunk" in rec.error
+
+
+def test_payloads() -> None:
+    p = Prompt(messages=({"role": "system", "content": "S"}, {"role": "user", "content": "Q"}), max_tokens=8,
+               prompt_tokens_estimate=2)
+    chat = build_payload("chat", "m", p, {"temperature": 0.0})
+    assert chat["messages"][1] == {"role": "user", "content": "Q"} and chat["max_tokens"] == 8
+    assert chat["stream_options"] == {"include_usage": True} and chat["temperature"] == 0.0
+    comp = build_payload("completions", "m", p, {})
+    assert comp["prompt"] == "S\n\nQ" and "messages" not in comp

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from modelyard.engines import EngineError, get_engine
+from modelyard.engines.simulator import SimulatorEngine
+from modelyard.fleet.process import free_port
+from modelyard.simulator.profiles import resolve_profile
+from modelyard.simulator.run import SimulatorThread
+from modelyard.spec.schema import SimulatorModel
+
+
+def spec(**params: float | int | str | bool) -> SimulatorModel:
+    return SimulatorModel(name="sim-a", engine="simulator", profile="tiny-cpu", params=params)
+
+
+def test_registered_by_name() -> None:
+    assert isinstance(get_engine("simulator"), SimulatorEngine)
+
+
+def test_launch_runs_the_simulator_module_with_the_spec() -> None:
+    plan = SimulatorEngine().launch(spec(itl_base_s=0.01, max_num_seqs=8), "127.0.0.1", 9001, replica=2)
+    assert plan.argv[:3] == [sys.executable, "-m", "modelyard.simulator"]
+    argv = " ".join(plan.argv)
+    assert "--host 127.0.0.1 --port 9001 --model sim-a --profile tiny-cpu" in argv
+    assert "--param itl_base_s=0.01" in argv and "--param max_num_seqs=8" in argv and "--param seed=2" in argv
+
+
+def test_prepare_refuses_bad_params() -> None:
+    SimulatorEngine().prepare(spec(itl_base_s=0.01))
+    with pytest.raises(EngineError, match="unknown simulator parameter"):
+        SimulatorEngine().prepare(spec(warp_speed=9))
+    with pytest.raises(EngineError, match="unknown simulator profile"):
+        SimulatorEngine().prepare(SimulatorModel(name="x", engine="simulator", profile="nope"))
+
+
+async def _probe(url: str, model: SimulatorModel) -> str | None:
+    async with aiohttp.ClientSession() as session:
+        return await SimulatorEngine().probe(session, url, model)
+
+
+def test_probe_passes_against_a_simulator() -> None:
+    profile = resolve_profile("tiny-cpu", {"itl_base_s": 0.001})
+    with SimulatorThread(profile, "sim-a") as sim:
+        assert asyncio.run(_probe(sim.url, spec())) is None
+        assert asyncio.run(_probe(sim.url, SimulatorModel(name="other", engine="simulator"))) is not None
+
+
+def test_launch_plan_starts_a_server_that_probes_healthy() -> None:
+    port = free_port()
+    plan = SimulatorEngine().launch(spec(itl_base_s=0.001), "127.0.0.1", port, replica=0)
+    with subprocess.Popen(plan.argv, stderr=subprocess.DEVNULL) as proc:
+        try:
+            async def until_ready() -> str | None:
+                problem: str | None = "not probed"
+                for _ in range(200):
+                    problem = await _probe(f"http://127.0.0.1:{port}", spec())
+                    if problem is None:
+                        break
+                    await asyncio.sleep(0.05)
+                return problem
+
+            assert asyncio.run(until_ready()) is None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
