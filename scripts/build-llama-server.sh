@@ -6,8 +6,10 @@
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+# bump RECIPE when the build flags change, so that a cached binary built otherwise is not reused
+RECIPE=2
 CACHE_ROOT="${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}"
-DEST="$CACHE_ROOT/llama-server/$VERSION"
+DEST="$CACHE_ROOT/llama-server/$VERSION-$RECIPE"
 BIN="$DEST/bin/llama-server"
 PYTHON="${PYTHON:-python3}"
 
@@ -31,11 +33,19 @@ if [ ! -d "$SRC" ]; then
 fi
 
 JOBS="$(nproc 2>/dev/null || echo 2)"
+# Not -march=native: on virtual machines that report AMX, ggml's AMX kernels crash (SIGSEGV) at the
+# first matmul. A portable x86-64 AVX2/FMA/F16C build runs on any x86_64 server of the last decade.
+CPU_FLAGS="-DGGML_NATIVE=OFF"
+if [ "$(uname -m)" = "x86_64" ]; then
+    CPU_FLAGS="$CPU_FLAGS -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+    CPU_FLAGS="$CPU_FLAGS -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
 echo "llama-server: building the llama-server target with $JOBS jobs (first time only, a few minutes) ..."
 START=$(date +%s)
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S "$SRC" -B "$WORK/build" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON \
+    -DBUILD_SHARED_LIBS=OFF \
+    $CPU_FLAGS \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DHF_ENABLED=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF > "$WORK/cmake-configure.log" 2>&1 \

@@ -11,6 +11,7 @@ from modelyard.engines.base import EngineError, LaunchPlan, probe_openai
 from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, ModelSource
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+BUILD_RECIPE = 2  # as in scripts/build-llama-server.sh
 BUILD_HINT = "run `make llama-server` (or scripts/build-llama-server.sh) to build it"
 
 
@@ -29,7 +30,7 @@ def find_llama_server(explicit: str | None = None) -> Path:
     elif env := os.environ.get("MODELYARD_LLAMA_SERVER"):
         candidates.append(Path(env).expanduser())
     else:
-        candidates.append(cache_root() / "llama-server" / LLAMA_CPP_PYTHON_VERSION / "bin" / "llama-server")
+        candidates.append(cache_root() / "llama-server" / f"{LLAMA_CPP_PYTHON_VERSION}-{BUILD_RECIPE}" / "bin" / "llama-server")
         on_path = shutil.which("llama-server")
         if on_path:
             candidates.append(Path(on_path))

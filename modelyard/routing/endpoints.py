@@ -28,10 +28,16 @@ class Endpoint:
     detail: str = ""
     upstream_model: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0  # time.monotonic(); passive outlier ejection (gateway/failover.py)
 
     @property
     def ready(self) -> bool:
         return self.state is ReplicaState.READY
+
+    def routable(self, now: float) -> bool:
+        return self.state is ReplicaState.READY and self.ejected_until <= now
 
     @property
     def id(self) -> str:

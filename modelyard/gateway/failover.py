@@ -1,0 +1,59 @@
+"""Retries that cannot multiply an overload, and passive outlier ejection.
+
+A retry is allowed while retries in the last `window_s` stay under `ratio` of the requests in that window
+(plus `min_per_window`), as Envoy's and Linkerd's retry budgets do. A replica that fails `threshold` times in
+a row is ejected for `base_s`, doubling on each further ejection up to `max_s`; the supervisor's probes and the
+ejection's expiry bring it back, and one success resets it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from modelyard.routing.endpoints import Endpoint
+
+
+class RetryBudget:
+    def __init__(self, ratio: float = 0.2, min_per_window: int = 3, window_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ratio, self.min_per_window, self.window_s, self.clock = ratio, min_per_window, window_s, clock
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        for events in (self._requests, self._retries):
+            while events and events[0] < now - self.window_s:
+                events.popleft()
+
+    def request(self) -> None:
+        self._requests.append(self.clock())
+
+    def try_retry(self) -> bool:
+        now = self.clock()
+        self._trim(now)
+        if len(self._retries) >= self.min_per_window + self.ratio * len(self._requests):
+            return False
+        self._retries.append(now)
+        return True
+
+
+class OutlierDetector:
+    def __init__(self, threshold: int = 3, base_s: float = 5.0, max_s: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold, self.base_s, self.max_s, self.clock = threshold, base_s, max_s, clock
+
+    def failure(self, endpoint: Endpoint, hung: bool = False) -> None:
+        endpoint.consecutive_failures += 1
+        if hung or endpoint.consecutive_failures >= self.threshold:
+            endpoint.ejections += 1
+            seconds = min(self.base_s * 2 ** (endpoint.ejections - 1), self.max_s)
+            endpoint.ejected_until = self.clock() + seconds
+            endpoint.consecutive_failures = 0
+
+    def success(self, endpoint: Endpoint) -> None:
+        endpoint.consecutive_failures = 0
+        if endpoint.ejected_until and endpoint.ejected_until <= self.clock():
+            endpoint.ejections = 0
+            endpoint.ejected_until = 0.0

@@ -1,0 +1,96 @@
+"""Who is calling and may they, now: key lookup, per-key limits, the per-model admission queue.
+
+Keys come from two places: the static ring (yard.yaml's keys, $MODELYARD_API_KEY, the generated key), which
+have no limits, and the store (`modelyard keys create ...`), looked up on every request by the sha256 of the
+secret, so a revocation takes effect on the next request on every gateway instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.responses import Response
+
+from modelyard.gateway.admission import AdmissionQueue, QueueRejection, Slot
+from modelyard.gateway.auth import KeyRing, hash_key
+from modelyard.gateway.errors import openai_error
+from modelyard.gateway.limits import Admission, Limiter, Rejection
+from modelyard.observability.metrics import GatewayMetrics
+from modelyard.store.base import KeyRecord, Store, check_key
+
+DEFAULT_RESERVE_TOKENS = 256
+BYTES_PER_PROMPT_TOKEN = 4
+
+
+@dataclass
+class Ticket:
+    """A request admitted by its key's limits and its model's queue; `done` gives both back once."""
+
+    key: KeyRecord
+    admission: Admission
+    slot: Slot
+    limiter: Limiter
+    released: bool = False
+
+    async def done(self, real_tokens: int) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.slot.release()
+        await self.limiter.settle(self.admission, real_tokens)
+
+
+def reserve_tokens(payload: dict[str, object], body_size: int) -> int:
+    """What TPM reserves at admission: the completion's bound plus a prompt estimate; reconciled later."""
+    bound = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    completion = bound if isinstance(bound, int) and bound > 0 else DEFAULT_RESERVE_TOKENS
+    return completion + body_size // BYTES_PER_PROMPT_TOKEN
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class Tenancy:
+    def __init__(self, ring: KeyRing, store: Store | None, limiter: Limiter, queues: dict[str, AdmissionQueue],
+                 metrics: GatewayMetrics) -> None:
+        self.ring, self.store, self.limiter, self.queues, self.metrics = ring, store, limiter, queues, metrics
+
+    async def identify(self, authorization: str | None) -> KeyRecord | Response:
+        token = bearer(authorization)
+        if token is None:
+            message = ("Missing API key: send 'Authorization: Bearer <key>'" if not authorization
+                       else "Malformed Authorization header: use 'Bearer <key>'")
+            return openai_error(401, message, "invalid_api_key")
+        digest = hash_key(token)
+        principal = self.ring.authenticate(f"Bearer {token}")
+        if principal is not None:
+            return KeyRecord(name=principal.name, key_hash=digest)
+        key = await self.store.lookup_key(digest) if self.store is not None else None
+        if key is None:
+            return openai_error(401, "Incorrect API key provided", "invalid_api_key")
+        return key
+
+    async def admit(self, key: KeyRecord, model: str, payload: dict[str, object],
+                    body_size: int) -> Ticket | Response:
+        denial = check_key(key, model)
+        if denial is not None:
+            self.metrics.rejections.labels(model, key.name, denial.code).inc()
+            return openai_error(denial.status, denial.message, denial.code)
+        result = await self.limiter.admit(key, reserve_tokens(payload, body_size))
+        if isinstance(result, Rejection):
+            self.metrics.rejections.labels(model, key.name, result.reason).inc()
+            return openai_error(429, result.message, result.code, headers={"Retry-After": str(result.retry_after_s)})
+        queue = self.queues[model]
+        slot = await queue.acquire(key.priority)
+        self.metrics.queue_depth.labels(model).set(queue.waiting)
+        if isinstance(slot, QueueRejection):
+            await self.limiter.settle(result, 0)
+            self.metrics.rejections.labels(model, key.name, slot.code).inc()
+            return openai_error(slot.status, slot.message, slot.code,
+                                headers={"Retry-After": str(slot.retry_after_s)})
+        return Ticket(key, result, slot, self.limiter)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from modelyard.gateway.failover import OutlierDetector, RetryBudget
+from modelyard.routing.endpoints import Endpoint, ReplicaState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_budget_caps_retries_to_a_share_of_requests() -> None:
+    clock = Clock()
+    budget = RetryBudget(ratio=0.2, min_per_window=1, window_s=10, clock=clock)
+    for _ in range(10):
+        budget.request()
+    assert [budget.try_retry() for _ in range(4)] == [True, True, True, False]
+    clock.now += 11
+    assert budget.try_retry() is True
+
+
+def test_consecutive_failures_eject_for_a_growing_time_and_success_resets() -> None:
+    clock = Clock()
+    detector = OutlierDetector(threshold=2, base_s=5, max_s=15, clock=clock)
+    endpoint = Endpoint(model="m", replica=0, url="u", state=ReplicaState.READY)
+    detector.failure(endpoint)
+    assert endpoint.routable(clock.now)
+    detector.failure(endpoint)
+    assert not endpoint.routable(clock.now) and endpoint.ejected_until == clock.now + 5
+    clock.now += 6
+    assert endpoint.routable(clock.now)
+    detector.failure(endpoint, hung=True)
+    assert endpoint.ejected_until == clock.now + 10
+    clock.now += 11
+    detector.success(endpoint)
+    assert endpoint.ejections == 0 and endpoint.routable(clock.now)
