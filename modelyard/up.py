@@ -11,6 +11,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from rich.console import Console, Group
@@ -21,9 +22,12 @@ from modelyard.engines import EngineError
 from modelyard.fleet.supervisor import Supervisor
 from modelyard.gateway.app import create_gateway
 from modelyard.gateway.auth import KeyRing, hash_key, new_key
+from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter
 from modelyard.observability.status import ChangePrinter, banner, status_table
 from modelyard.routing.endpoints import EndpointTable
 from modelyard.spec.schema import YardSpec
+from modelyard.store.base import Store
+from modelyard.store.factory import open_store
 
 ENV_KEY = "MODELYARD_API_KEY"
 log = logging.getLogger("modelyard")
@@ -109,6 +113,27 @@ def _logging(console: Console, log_dir: Path) -> None:
     root.addHandler(screen)
 
 
+async def open_state(spec: YardSpec, state_dir: Path) -> tuple[Store, Limiter, Any]:
+    """The key/usage store and the limiter (Redis-backed when store.redis is set), checked before serving."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        store = await open_store(spec.store.url, state_dir)
+    except Exception as exc:
+        raise UpError(f"store.url: cannot open the store ({type(exc).__name__}: {exc})") from None
+    if not spec.store.redis:
+        return store, LocalLimiter(), None
+    import redis.asyncio
+
+    client = redis.asyncio.from_url(spec.store.redis)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        await store.close()
+        raise UpError(f"store.redis: cannot reach {spec.store.redis} ({type(exc).__name__}: {exc})") from None
+    return store, RedisLimiter(client), client
+
+
 async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | None = None) -> int:
     state_dir = state_dir_for(spec, spec_path)
     host, port = spec.gateway.host, spec.gateway.port
@@ -118,8 +143,9 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     supervisor.prepare()
     check_port_free(host, port)
     _logging(console, state_dir / "logs")
-
-    app = create_gateway(spec, table, keys.ring)
+    store, limiter, redis_client = await open_state(spec, state_dir)
+    admin_key = os.environ.get(spec.gateway.admin_key_env) or None
+    app = create_gateway(spec, table, keys.ring, store, limiter, admin_key=admin_key)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=5, loop="asyncio", http="httptools")
     server = _Server(config)
@@ -151,7 +177,10 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         server.should_exit = True
         await supervisor.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server_task, 10)
+            await asyncio.wait_for(server_task, 10)  # its lifespan's end writes the buffered usage records
+        await store.close()
+        if redis_client is not None:
+            await redis_client.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     if server_task.done() and not stop.is_set() and server_task.exception() is not None:

@@ -27,12 +27,12 @@ def free_port() -> int:
 
 class Cluster:
     def __init__(self, tmp: Path, models: list[dict[str, Any]], gateway: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         self.port = free_port()
         self.tmp = tmp
         self.spec_path = tmp / "yard.yaml"
         spec = {"version": 1, "state_dir": str(tmp / "state"),
-                "gateway": {"host": "127.0.0.1", "port": self.port, **(gateway or {})}, "models": models}
+                "gateway": {"host": "127.0.0.1", "port": self.port, **(gateway or {})}, "models": models, **(extra or {})}
         self.spec_path.write_text(yaml.safe_dump(spec))
         self.env = {**os.environ, "MODELYARD_API_KEY": API_KEY, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,6 +78,8 @@ class Cluster:
         text = httpx.get(self.url + "/metrics", timeout=5).text
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
+            if not labels and line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
             if line.startswith(name + "{"):
                 label_part = line[len(name) + 1:line.index("}")]
                 got = ",".join(sorted(label_part.split(",")))

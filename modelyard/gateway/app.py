@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,36 +16,86 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelyard import __version__
-from modelyard.gateway.auth import KeyRing, Principal
+from modelyard.gateway.admin import AdminApi
+from modelyard.gateway.admission import AdmissionQueue
+from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.errors import openai_error
+from modelyard.gateway.failover import OutlierDetector, RetryBudget
+from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream
+from modelyard.gateway.tenancy import Tenancy, Ticket
+from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.router import RoundRobinRouter
-from modelyard.spec.schema import YardSpec
+from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, Timeouts, YardSpec
+from modelyard.store.base import Store, UsageRecord
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
+DEFAULT_SLOTS_PER_REPLICA = 64
+
+
+@dataclass
+class Call:
+    """One generation request on its way: what the relay needs to know about it."""
+
+    path: str
+    body: bytes
+    payload: dict[str, Any]
+    model: BaseModelSpec
+    stream: bool
+    ticket: Ticket
+    keep_usage: bool = True
+
+
+def slots_per_replica(model: BaseModelSpec) -> int:
+    return model.parallel if isinstance(model, LlamaCppModel) else DEFAULT_SLOTS_PER_REPLICA
 
 
 class Gateway:
-    """The OpenAI-compatible front: auth, routing to a ready replica, relay, metrics."""
+    """The OpenAI-compatible front: keys and limits, admission, routing to a ready replica, relay, usage."""
 
-    def __init__(self, spec: YardSpec, table: EndpointTable, keys: KeyRing, metrics: GatewayMetrics | None = None,
-                 router: RoundRobinRouter | None = None) -> None:
-        self.spec, self.table, self.keys = spec, table, keys
+    def __init__(self, spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
+                 limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
+                 admin_key: str | None = None) -> None:
+        self.spec, self.table, self.store = spec, table, store
         self.metrics = metrics or GatewayMetrics()
-        self.router = router or RoundRobinRouter(table)
+        self.router = RoundRobinRouter(table)
+        self.limiter = limiter or LocalLimiter()
+        self.queues = {m.name: AdmissionQueue(m.name, self._capacity(m), m.admission.max_queue,
+                                              m.admission.max_wait_s) for m in spec.models}
+        self.tenancy = Tenancy(keys, store, self.limiter, self.queues, self.metrics)
+        self.retry_budget = RetryBudget()
+        self.outliers = OutlierDetector()
+        self.writer = (UsageWriter(store, flush_interval_s=spec.store.usage_flush_interval_s,
+                                   batch_size=spec.store.usage_batch_size, on_flushed=self.limiter.commit_budget,
+                                   retention_s=spec.store.usage_retention_days * 86400.0)
+                       if store is not None else None)
+        self.admin = AdminApi(store, admin_key)
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _capacity(self, model: BaseModelSpec) -> int:
+        if model.admission.max_concurrency is not None:
+            return model.admission.max_concurrency
+        ready = len(self.table.ready(model.name)) or model.replicas
+        return max(1, ready * slots_per_replica(model))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        if self.writer is not None:
+            self.writer.start()
         try:
             yield
         finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.writer is not None:
+                await self.writer.close()  # on SIGTERM too: nothing recorded is lost on a clean stop
             await self._session.close()
 
     @property
@@ -52,20 +103,12 @@ class Gateway:
         assert self._session is not None, "the gateway's lifespan has not started"
         return self._session
 
-    def _auth(self, request: Request) -> Principal | Response:
-        principal = self.keys.authenticate(request.headers.get("authorization"))
-        if principal is None:
-            message = ("Missing API key: send 'Authorization: Bearer <key>'" if "authorization" not in request.headers
-                       else "Incorrect API key provided")
-            return openai_error(401, message, "invalid_api_key")
-        return principal
-
     async def models(self, request: Request) -> Response:
-        auth = self._auth(request)
-        if isinstance(auth, Response):
-            return auth
+        key = await self.tenancy.identify(request.headers.get("authorization"))
+        if isinstance(key, Response):
+            return key
         data = [{"id": m.name, "object": "model", "created": self.created, "owned_by": "modelyard"}
-                for m in self.spec.models]
+                for m in self.spec.models if key.allows(m.name)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
@@ -82,12 +125,15 @@ class Gateway:
             for state in ReplicaState:
                 count = sum(1 for e in replicas if e.state is state)
                 self.metrics.replicas.labels(model.name, state.value).set(count)
+            self.metrics.queue_depth.labels(model.name).set(self.queues[model.name].waiting)
+        if self.writer is not None:
+            self.metrics.usage_buffered.set(self.writer.buffered)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def generate(self, request: Request) -> Response:
-        auth = self._auth(request)
-        if isinstance(auth, Response):
-            return auth
+        key = await self.tenancy.identify(request.headers.get("authorization"))
+        if isinstance(key, Response):
+            return key
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return openai_error(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
@@ -103,59 +149,104 @@ class Gateway:
         model = self.spec.model(model_name)
         if model is None:
             return openai_error(404, f"The model '{model_name}' does not exist", "model_not_found", "model")
-        stream = payload.get("stream") is True
-        return await self._relay(request.url.path, body, payload, model_name, stream, auth, model.timeouts)
+        if not self.table.ready(model_name):
+            self.metrics.requests.labels(model_name, key.name, "503").inc()
+            return openai_error(503, f"No replica of model '{model_name}' is ready", "no_ready_replica",
+                                headers={"Retry-After": "2"})
+        queue = self.queues[model_name]
+        if model.admission.max_concurrency is None:
+            queue.set_capacity(self._capacity(model))
+        ticket = await self.tenancy.admit(key, model_name, payload, len(body))
+        if isinstance(ticket, Response):
+            self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
+            return ticket
+        call = Call(request.url.path, body, payload, model, payload.get("stream") is True, ticket)
+        if call.stream and request.url.path != "/v1/embeddings":
+            options = payload.get("stream_options")
+            call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
+                call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
+                call.body = orjson.dumps(call.payload)
+        return await self._relay(call)
 
-    async def _relay(self, path: str, body: bytes, payload: dict[str, Any], model: str, stream: bool,
-                     principal: Principal, timeouts: Any) -> Response:
+    async def _relay(self, call: Call) -> Response:
         tried: list[Endpoint] = []
         outcome = Outcome()
         last_error = "no ready replica"
+        self.retry_budget.request()
+        model = call.model.name
         for attempt in range(MAX_ATTEMPTS):
             endpoint = self.router.pick(model, exclude=tried)
             if endpoint is None:
                 break
             if attempt:
+                if not self.retry_budget.try_retry():
+                    last_error += "; retry budget exhausted"
+                    break
                 self.metrics.retries.labels(model).inc()
             tried.append(endpoint)
-            data = body
+            data = call.body
             if endpoint.upstream_model and endpoint.upstream_model != model:
-                data = orjson.dumps({**payload, "model": endpoint.upstream_model})
-            headers = {"Content-Type": "application/json", **endpoint.headers}
+                data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
             endpoint.in_flight += 1
             self.metrics.in_flight.labels(model).inc()
             try:
-                upstream = await self._send(endpoint.url + path, data, headers, timeouts, stream)
+                upstream, first = await self._send(endpoint, call, data)
             except UPSTREAM_ERRORS as exc:
                 self._release(endpoint, model)
+                self._failed(endpoint, hung=isinstance(exc, TimeoutError))
                 last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
                 continue
             if upstream.status >= 500 and attempt + 1 < MAX_ATTEMPTS:
                 upstream.close()
                 self._release(endpoint, model)
+                self._failed(endpoint)
                 last_error = f"replica {endpoint.id} answered {upstream.status}"
                 continue
-            return await self._respond(upstream, endpoint, model, stream, principal, timeouts, outcome)
-        self.metrics.requests.labels(model, principal.name, "503").inc()
+            self.outliers.success(endpoint)
+            return await self._respond(upstream, first, endpoint, call, outcome)
+        outcome.status, outcome.error = 503, "no_replica"
+        self._record(call, outcome)
         return openai_error(503, f"No replica of model '{model}' could serve the request ({last_error})",
                             "no_ready_replica", headers={"Retry-After": "1"})
 
-    async def _send(self, url: str, data: bytes, headers: dict[str, str], timeouts: Any,
-                    stream: bool) -> aiohttp.ClientResponse:
-        client_timeout = aiohttp.ClientTimeout(total=timeouts.total_s, connect=timeouts.connect_s)
-        wait = timeouts.first_byte_s if stream else timeouts.total_s
-        async with asyncio.timeout(wait):
-            return await self.session.post(url, data=data, headers=headers, timeout=client_timeout)
+    def _failed(self, endpoint: Endpoint, hung: bool = False) -> None:
+        before = endpoint.ejections
+        self.outliers.failure(endpoint, hung=hung)
+        if endpoint.ejections > before:
+            self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
-    async def _respond(self, upstream: aiohttp.ClientResponse, endpoint: Endpoint, model: str, stream: bool,
-                       principal: Principal, timeouts: Any, outcome: Outcome) -> Response:
+    async def _send(self, endpoint: Endpoint, call: Call, data: bytes) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
+        timeouts = call.model.timeouts
+        client_timeout = aiohttp.ClientTimeout(total=timeouts.total_s, connect=timeouts.connect_s)
+        headers = {"Content-Type": "application/json", **endpoint.headers}
+        wait = timeouts.first_byte_s if call.stream else timeouts.total_s
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(wait):
+                upstream = await self.session.post(endpoint.url + call.path, data=data, headers=headers,
+                                                   timeout=client_timeout)
+                first = await upstream.content.readany() if call.stream and upstream.status == 200 else b""
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            raise
+        return upstream, first
+
+    async def _respond(self, upstream: aiohttp.ClientResponse, first: bytes, endpoint: Endpoint, call: Call,
+                       outcome: Outcome) -> Response:
+        model = call.model.name
+
         def finish(done: Outcome) -> None:
             self._release(endpoint, model)
-            self._record(model, principal, done)
+            self._record(call, done)
 
-        outcome.status = upstream.status
-        if stream and upstream.status == 200:
-            return UpstreamStream(upstream, endpoint, timeouts, outcome, finish)  # type: ignore[return-value]
+        outcome.status, outcome.replica = upstream.status, endpoint.id
+        outcome.first_byte = time.perf_counter()
+        if call.stream and upstream.status == 200:
+            return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
+                                  outcome, finish)
         try:
             content = await upstream.read()
         except UPSTREAM_ERRORS as exc:
@@ -165,8 +256,7 @@ class Gateway:
             return openai_error(502, f"replica {endpoint.id} failed while answering ({type(exc).__name__})",
                                 "upstream_error")
         upstream.release()
-        outcome.first_byte = time.perf_counter()
-        outcome.body = content
+        outcome.usage = content if upstream.status == 200 else b""
         finish(outcome)
         media = upstream.headers.get("Content-Type", "application/json")
         return Response(content, status_code=upstream.status, media_type=media,
@@ -176,34 +266,46 @@ class Gateway:
         endpoint.in_flight -= 1
         self.metrics.in_flight.labels(model).dec()
 
-    def _record(self, model: str, principal: Principal, outcome: Outcome) -> None:
+    def _record(self, call: Call, outcome: Outcome) -> None:
+        """Metrics now; the key's limits and the usage store off the request's path."""
         now = time.perf_counter()
+        model, key = call.model.name, call.ticket.key.name
         status = "error" if outcome.error and outcome.error != "client_disconnected" else str(outcome.status)
-        self.metrics.requests.labels(model, principal.name, status).inc()
-        self.metrics.duration.labels(model).observe(now - outcome.started)
-        if outcome.first_byte is not None:
-            self.metrics.ttft.labels(model).observe(outcome.first_byte - outcome.started)
-        usage = _usage(outcome.body)
+        self.metrics.requests.labels(model, key, status).inc()
+        self.metrics.duration.labels(model, key).observe(now - outcome.started)
+        ttft = outcome.first_byte - outcome.started if outcome.first_byte is not None else None
+        if ttft is not None:
+            self.metrics.ttft.labels(model, key).observe(ttft)
+        usage = parse_usage(outcome.usage)
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         if usage:
-            self.metrics.tokens.labels(model, principal.name, "prompt").inc(usage.get("prompt_tokens", 0))
-            self.metrics.tokens.labels(model, principal.name, "completion").inc(usage.get("completion_tokens", 0))
+            self.metrics.tokens.labels(model, key, "prompt").inc(prompt)
+            self.metrics.tokens.labels(model, key, "completion").inc(completion)
+        task = asyncio.get_running_loop().create_task(call.ticket.done(prompt + completion))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self.writer is not None:
+            self.writer.record(UsageRecord(
+                ts=time.time(), key_name=key, model=model, replica=outcome.replica, prompt_tokens=prompt,
+                completion_tokens=completion, cached_tokens=usage.get("cached_tokens", 0), ttft_s=ttft,
+                e2e_s=now - outcome.started, status=outcome.status, error=outcome.error))
 
 
-def _usage(tail: bytes) -> dict[str, int] | None:
-    """Usage from a non-streamed body or from the last SSE chunk, found without decoding the whole stream."""
-    index = tail.rfind(b'"usage"')
-    if index < 0:
-        return None
-    start = tail.rfind(b"{", 0, index)
-    line_end = tail.find(b"\n", index)
-    candidate = tail[start:line_end] if line_end > 0 else tail[start:]
-    for text in (candidate, tail):
-        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-            data = orjson.loads(text)
-            usage = data.get("usage") if isinstance(data, dict) else None
-            if isinstance(usage, dict):
-                return {k: v for k, v in usage.items() if isinstance(v, int)}
-    return None
+def parse_usage(text: bytes) -> dict[str, int]:
+    """Token counts from a non-streamed body or from the stream's usage event."""
+    if not text:
+        return {}
+    start = text.find(b"{")
+    with contextlib.suppress(orjson.JSONDecodeError, ValueError):
+        data = orjson.loads(text[start:].strip())
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            out = {k: v for k, v in usage.items() if isinstance(v, int)}
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                out["cached_tokens"] = details["cached_tokens"]
+            return out
+    return {}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -216,9 +318,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return openai_error(500, f"internal error ({type(exc).__name__})", "internal_error")
 
 
-def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing,
-                   metrics: GatewayMetrics | None = None) -> Starlette:
-    gateway = Gateway(spec, table, keys, metrics)
+def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
+                   limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
+                   admin_key: str | None = None) -> Starlette:
+    gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key)
     routes = [
         Route("/v1/chat/completions", gateway.generate, methods=["POST"]),
         Route("/v1/completions", gateway.generate, methods=["POST"]),
@@ -226,9 +329,13 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing,
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
         Route("/metrics", gateway.prometheus, methods=["GET"]),
+        *gateway.admin.routes(),
     ]
     app = Starlette(routes=routes, lifespan=gateway.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.gateway = gateway
     app.state.version = __version__
     return app
+
+
+__all__ = ["Gateway", "Timeouts", "create_gateway", "parse_usage"]

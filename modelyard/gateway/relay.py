@@ -14,6 +14,7 @@ from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
+USAGE_MARK = b'"usage":{'
 
 
 @dataclass
@@ -24,20 +25,38 @@ class Outcome:
     error: str | None = None
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
-    body: bytes = b""
+    usage: bytes = b""
+    replica: str = ""
+
+
+def split_usage_event(chunk: bytes, keep: bool) -> tuple[bytes, bytes]:
+    """The chunk without the usage-only SSE event (unless `keep`), and that event; a byte search, no JSON decode."""
+    index = chunk.find(USAGE_MARK)
+    if index < 0:
+        return chunk, b""
+    start = chunk.rfind(b"data:", 0, index)
+    end = chunk.find(b"\n\n", index)
+    start = 0 if start < 0 else start
+    end = len(chunk) if end < 0 else end + 2
+    event = chunk[start:end]
+    if keep or b'"choices":[]' not in event.replace(b" ", b""):
+        return chunk, event
+    return chunk[:start] + chunk[end:], event
 
 
 class UpstreamStream:
     """An ASGI response that relays an engine's SSE stream chunk by chunk, as it arrives, without parsing it.
 
-    A client that disconnects closes the upstream connection at once, which aborts the engine's work.
-    An upstream that fails mid-stream ends the stream with an SSE error event (no retry once tokens went out).
+    The first chunk was already read (before it, a failure is retried on another replica). A client that
+    disconnects closes the upstream connection at once, which aborts the engine's work. An upstream that fails
+    mid-stream ends the stream with an SSE error event: no retry once tokens went out. The usage event that the
+    gateway asked for on the client's behalf is recorded and not passed on unless the client asked for it too.
     """
 
-    def __init__(self, upstream: aiohttp.ClientResponse, endpoint: Endpoint, timeouts: Timeouts,
-                 outcome: Outcome, finish: Callable[[Outcome], None]) -> None:
-        self.upstream, self.endpoint, self.timeouts = upstream, endpoint, timeouts
-        self.outcome, self.finish = outcome, finish
+    def __init__(self, upstream: aiohttp.ClientResponse, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
+                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None]) -> None:
+        self.upstream, self.first, self.endpoint, self.timeouts = upstream, first, endpoint, timeouts
+        self.keep_usage, self.outcome, self.finish = keep_usage, outcome, finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = asyncio.Event()
@@ -57,22 +76,20 @@ class UpstreamStream:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-modelyard-replica", self.endpoint.id.encode())]})
-            outcome.status = 200
-            last = b""
+            chunk = self.first
             while True:
+                if USAGE_MARK in chunk:
+                    chunk, outcome.usage = split_usage_event(chunk, self.keep_usage)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if disconnected.is_set():
+                    break
                 budget = min(self.timeouts.between_chunks_s, deadline - time.perf_counter())
                 async with asyncio.timeout(max(budget, 0.0)):
                     chunk = await upstream.content.readany()
                 if not chunk:
                     complete = True
                     break
-                if outcome.first_byte is None:
-                    outcome.first_byte = time.perf_counter()
-                last = chunk
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if disconnected.is_set():
-                    break
-            outcome.body = last
         except UPSTREAM_ERRORS as exc:
             if not disconnected.is_set():
                 outcome.error = "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
