@@ -28,8 +28,23 @@ def _load(path: str, console: Console) -> YardSpec:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelyard")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """modelyard: your own LLM inference cluster from one yard.yaml."""
+    ctx.obj = _store_settings(Path(DEFAULT_SPEC))
+
+
+def _store_settings(path: Path) -> dict[str, str | None]:
+    """`keys` and `usage` use the store of ./yard.yaml when there is one (their flags override it)."""
+    if not path.is_file():
+        return {}
+    try:
+        spec = load_spec(path)
+    except SpecError:
+        return {}
+    from modelyard.up import state_dir_for
+
+    return {"state_dir": str(state_dir_for(spec, path)), "store_url": spec.store.url}
 
 
 @main.command()

@@ -32,7 +32,8 @@ class Cluster:
         self.tmp = tmp
         self.spec_path = tmp / "yard.yaml"
         spec = {"version": 1, "state_dir": str(tmp / "state"),
-                "gateway": {"host": "127.0.0.1", "port": self.port, **(gateway or {})}, "models": models, **(extra or {})}
+                "gateway": {"host": "127.0.0.1", "port": self.port, **(gateway or {})}, "models": models,
+                **(extra or {})}
         self.spec_path.write_text(yaml.safe_dump(spec))
         self.env = {**os.environ, "MODELYARD_API_KEY": API_KEY, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -107,5 +108,6 @@ class Cluster:
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode

@@ -67,7 +67,8 @@ class Upstream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for index in range(4):
-            chunk = b'{"id":"x","object":"text_completion","created":0,"model":"m","choices":[{"index":0,"text":"t%d"}]}'
+            chunk = (b'{"id":"x","object":"text_completion","created":0,"model":"m",'
+                     b'"choices":[{"index":0,"text":"t%d"}]}')
             await response.write(b"data: " + chunk % index + b"\n\n")
             await asyncio.sleep(0.01)
             if mode == "die_mid_stream" and index == 1:

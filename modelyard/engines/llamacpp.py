@@ -30,7 +30,8 @@ def find_llama_server(explicit: str | None = None) -> Path:
     elif env := os.environ.get("MODELYARD_LLAMA_SERVER"):
         candidates.append(Path(env).expanduser())
     else:
-        candidates.append(cache_root() / "llama-server" / f"{LLAMA_CPP_PYTHON_VERSION}-{BUILD_RECIPE}" / "bin" / "llama-server")
+        build = f"{LLAMA_CPP_PYTHON_VERSION}-{BUILD_RECIPE}"
+        candidates.append(cache_root() / "llama-server" / build / "bin" / "llama-server")
         on_path = shutil.which("llama-server")
         if on_path:
             candidates.append(Path(on_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from modelyard.store.base import UsageRow
+from modelyard.store.factory import open_store
 from tests.cluster import API_KEY, Cluster
 from tests.upstream import Upstream
 
@@ -58,6 +61,20 @@ def test_engine_dying_mid_stream_ends_with_an_sse_error(cluster: Cluster,
     events = [e for e in reply.text.split("\n\n") if e]
     assert events[0].startswith('data: {"id"')
     assert '"error"' in events[-1] and "[DONE]" not in reply.text
+    cluster.stop()
+    (row,) = usage_rows(cluster)
+    assert (row.requests, row.errors) == (1, 1)
+
+
+def usage_rows(cluster: Cluster) -> list[UsageRow]:
+    async def report() -> list[UsageRow]:
+        store = await open_store(None, cluster.tmp / "state")
+        try:
+            return await store.usage_report("model", since=0)
+        finally:
+            await store.close()
+
+    return asyncio.run(report())
 
 
 def test_hung_engine_times_out_within_the_bound(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
@@ -66,6 +83,8 @@ def test_hung_engine_times_out_within_the_bound(cluster: Cluster, upstreams: tup
     with pytest.raises(openai.APIStatusError) as info:
         client_for(cluster).completions.create(model="m", prompt="hi", max_tokens=3)
     assert info.value.status_code in (503, 504)
+    ejected = sum(cluster.metric("modelyard_replica_ejections_total", model="m", replica=str(i)) for i in range(2))
+    assert ejected >= 1
 
 
 def test_unknown_route_is_openai_shaped(cluster: Cluster) -> None:
