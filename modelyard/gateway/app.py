@@ -34,6 +34,8 @@ from modelyard.store.base import Store, UsageRecord
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
 DEFAULT_SLOTS_PER_REPLICA = 64
+UPSTREAM_KEEPALIVE_S = 4.0
+STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Gateway:
         self.writer = (UsageWriter(store, flush_interval_s=spec.store.usage_flush_interval_s,
                                    batch_size=spec.store.usage_batch_size, on_flushed=self.limiter.commit_budget,
                                    retention_s=spec.store.usage_retention_days * 86400.0)
-                       if store is not None else None)
+                       if store is not None and spec.store.record_usage else None)
         self.admin = AdminApi(store, admin_key)
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
@@ -85,7 +87,8 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        # idle upstream connections are dropped before the engines drop them (llama-server: after 5 s)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         if self.writer is not None:
             self.writer.start()
@@ -171,6 +174,7 @@ class Gateway:
 
     async def _relay(self, call: Call) -> Response:
         tried: list[Endpoint] = []
+        stale_retried = False
         outcome = Outcome()
         last_error = "no ready replica"
         self.retry_budget.request()
@@ -194,8 +198,12 @@ class Gateway:
                 upstream, first = await self._send(endpoint, call, data)
             except UPSTREAM_ERRORS as exc:
                 self._release(endpoint, model)
-                self._failed(endpoint, hung=isinstance(exc, TimeoutError))
                 last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
+                if isinstance(exc, STALE_CONNECTION_ERRORS) and not stale_retried:
+                    stale_retried = True  # a pooled connection the engine had closed: once more, same replica
+                    tried.pop()
+                    continue
+                self._failed(endpoint, hung=isinstance(exc, TimeoutError))
                 continue
             if upstream.status >= 500 and attempt + 1 < MAX_ATTEMPTS:
                 upstream.close()

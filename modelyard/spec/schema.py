@@ -38,6 +38,7 @@ class StoreSpec(Strict):
 
     url: str | None = None
     redis: str | None = None
+    record_usage: bool = True
     usage_retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     usage_flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     usage_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
