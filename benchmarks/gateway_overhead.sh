@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One streamed answer at a time from one llama-server (SmolLM2-135M, 2 threads): direct vs through the
 # modelyard gateway, requests interleaved in one `modelyard bench` run. Everything on 127.0.0.1, bounded.
-# usage: benchmarks/gateway_overhead.sh [NUM_REQUESTS] [OUTPUT_LEN]
+# usage: [CONC=1,2,4 PARALLEL=4] benchmarks/gateway_overhead.sh [NUM_REQUESTS] [OUTPUT_LEN]
+# --alternate: the two targets take turns, so they never share the engine at the same moment
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"; OUT_LEN="${2:-128}"
@@ -12,7 +13,7 @@ PORT_ENGINE=$($PY -c "from modelyard.fleet.process import free_port; print(free_
 PORT_GW=$($PY -c "from modelyard.fleet.process import free_port; print(free_port())")
 WORK=$(mktemp -d); RESULTS="benchmarks/results/gateway_overhead-$(date +%Y%m%d-%H%M%S)"
 export MODELYARD_API_KEY=bench-key OPENAI_API_KEY=bench-key
-"$BIN" --model "$GGUF" --host 127.0.0.1 --port "$PORT_ENGINE" --alias smollm2 --parallel 1 --threads 2 \
+"$BIN" --model "$GGUF" --host 127.0.0.1 --port "$PORT_ENGINE" --alias smollm2 --parallel "${PARALLEL:-1}" --threads 2 \
     --ctx-size 2048 --metrics > "$WORK/engine.log" 2>&1 &
 ENGINE=$!
 cat > "$WORK/yard.yaml" <<YAML
@@ -28,5 +29,6 @@ trap 'kill -INT $GW 2>/dev/null; kill $ENGINE 2>/dev/null; wait 2>/dev/null; rm 
 until curl -sf "http://127.0.0.1:$PORT_GW/health" >/dev/null; do sleep 0.2; done
 .venv/bin/modelyard bench --target "direct=http://127.0.0.1:$PORT_ENGINE/v1" \
     --target "gateway=http://127.0.0.1:$PORT_GW/v1" --model smollm2 --endpoint chat --dataset mtbench \
-    --concurrency 1 --num-requests "$N" --output-len "$OUT_LEN" --ignore-eos --warmup 2 --output-dir "$RESULTS"
+    --concurrency "${CONC:-1}" --alternate --num-requests "$N" --output-len "$OUT_LEN" --ignore-eos --warmup 2 \
+    --output-dir "$RESULTS"
 echo "results: $RESULTS"

@@ -47,7 +47,11 @@ class Cluster:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "modelyard", "up", "-f", str(self.spec_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        self.wait_ready(ready_replicas, timeout_s)
+        try:
+            self.wait_ready(ready_replicas, timeout_s)
+        except BaseException:
+            self.stop()  # a cluster that never became ready is not left running
+            raise
         return self
 
     def wait_ready(self, ready_replicas: int | None = None, timeout_s: float = 180) -> None:

@@ -83,7 +83,7 @@ def _config(kw: dict[str, Any]) -> BenchConfig:
                        warmup=kw["warmup"], burstiness=kw["burstiness"], seed=kw["seed"],
                        max_duration=kw["max_duration"], drain_s=kw["drain_timeout"],
                        request_timeout_s=kw["request_timeout"], percentiles=percentiles, goodput_ms=goodput,
-                       extra_body=extra)
+                       extra_body=extra, alternate=kw["alternate"])
 
 
 def _opt(*names: str, **kw: Any) -> Callable[[Any], Any]:
@@ -101,6 +101,9 @@ def _opt(*names: str, **kw: Any) -> Callable[[Any], Any]:
 @_opt("--concurrency", default=None, help="Closed loop: requests in flight per target, a sweep like 1,4,16 "
       "(with --rate: one value, a cap). Default 1.")
 @_opt("--rate", default=None, help="Open loop: request rate per target (req/s), a sweep like 1,2,4; 'inf' sends all.")
+@_opt("--alternate", is_flag=True, default=False,
+      help="Closed loop: each request goes to every target in turn, one after the other, instead of loading all "
+           "targets at once; for targets that share one engine.")
 @_opt("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0,
       help="Gamma shape of inter-arrival gaps: 1 is Poisson, <1 burstier, >1 more even.")
 @_opt("--warmup", type=click.IntRange(0), default=2, help="Requests per target before measuring (excluded).")

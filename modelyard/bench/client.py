@@ -76,6 +76,9 @@ class _Stream:
             rec.success = True
 
 
+STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 async def send_request(
     session: aiohttp.ClientSession,
     target: Target,
@@ -86,31 +89,42 @@ async def send_request(
 ) -> RequestRecord:
     """Stream one request; fills and returns `record`. Never raises except on cancellation."""
     path = "chat/completions" if endpoint == "chat" else "completions"
-    start = time.perf_counter()
-    record.start_s = start - clock_zero
-    state = _Stream(start, record)
-    try:
-        async with session.post(target.url(path), data=payload, headers=target.headers()) as resp:
-            record.status = resp.status
-            if resp.status != 200:
-                body = await resp.content.read(2000)
-                record.error = f"HTTP {resp.status}: {body.decode('utf-8', 'replace')}"
-            else:
-                buffer = SSEBuffer()
-                async for data in resp.content.iter_any():
-                    state.on_events(buffer.feed(data), time.perf_counter())
-                state.on_events(buffer.flush(), time.perf_counter())
-                state.finish()
-    except asyncio.CancelledError:
-        record.cancelled, record.success = True, False
-        record.error = record.error or "cancelled at the end of the time bound"
-        record.done_s = time.perf_counter() - clock_zero
-        raise
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        record.success = False
-        record.error = f"{type(exc).__name__}: {exc}"
+    for attempt in (1, 2):
+        start = time.perf_counter()
+        record.start_s = start - clock_zero
+        try:
+            await _stream(session, target.url(path), payload, target, _Stream(start, record))
+        except asyncio.CancelledError:
+            record.cancelled, record.success = True, False
+            record.error = record.error or "cancelled at the end of the time bound"
+            record.done_s = time.perf_counter() - clock_zero
+            raise
+        except STALE_CONNECTION_ERRORS as exc:
+            if attempt == 1 and record.status == 0:
+                continue  # a pooled connection the server had just closed: not the server's failure, once more
+            record.success = False
+            record.error = f"{type(exc).__name__}: {exc}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            record.success = False
+            record.error = f"{type(exc).__name__}: {exc}"
+        break
     record.done_s = time.perf_counter() - clock_zero
     return record
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, payload: bytes, target: Target, state: _Stream) -> None:
+    record = state.record
+    async with session.post(url, data=payload, headers=target.headers()) as resp:
+        record.status = resp.status
+        if resp.status != 200:
+            body = await resp.content.read(2000)
+            record.error = f"HTTP {resp.status}: {body.decode('utf-8', 'replace')}"
+        else:
+            buffer = SSEBuffer()
+            async for data in resp.content.iter_any():
+                state.on_events(buffer.feed(data), time.perf_counter())
+            state.on_events(buffer.flush(), time.perf_counter())
+            state.finish()
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:

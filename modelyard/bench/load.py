@@ -77,6 +77,7 @@ class LevelRun:
     on_done: Callable[[RequestRecord], None] = lambda _r: None
     max_duration: float | None = None
     zero: float = 0.0
+    alternate: bool = False
     records: list[RequestRecord] = field(default_factory=list)
 
     def past_deadline(self) -> bool:
@@ -102,6 +103,21 @@ async def _closed_target(run: LevelRun, target: Target, concurrency: int) -> Non
             if run.past_deadline():
                 return
             await run.one(target, i)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _closed_alternate(run: LevelRun, concurrency: int) -> None:
+    """Each prompt goes to every target in turn (who goes first rotates), one after the other."""
+    indices = iter(range(len(run.prompts)))
+    n_targets = len(run.targets)
+
+    async def worker() -> None:
+        for i in indices:
+            for k in range(n_targets):
+                if run.past_deadline():
+                    return
+                await run.one(run.targets[(i + k) % n_targets], i)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -141,7 +157,9 @@ async def run_level(run: LevelRun, burstiness: float = 1.0, seed: int = 0, drain
     level = run.level
     body: asyncio.Future[Any]
     run.zero = time.perf_counter()
-    if level.rate is None:
+    if level.rate is None and run.alternate:
+        body = asyncio.ensure_future(_closed_alternate(run, level.concurrency or 1))
+    elif level.rate is None:
         body = asyncio.gather(*(_closed_target(run, t, level.concurrency or 1) for t in run.targets))
     else:
         schedule = arrival_times(len(run.prompts), level.rate, burstiness, np.random.default_rng(seed))

@@ -32,6 +32,7 @@ class BenchConfig:
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     goodput_ms: dict[str, float] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    alternate: bool = False
 
 
 @dataclass
@@ -50,7 +51,8 @@ class BenchResult:
 
 
 def _session(config: BenchConfig, max_in_flight: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+    # idle connections are dropped before the server drops them (llama-server: after 5 s)
+    connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=4)
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",))
 
@@ -83,7 +85,7 @@ async def _warmup(config: BenchConfig, session: aiohttp.ClientSession) -> list[R
     first = config.levels[0]
     level = LoadLevel(concurrency=max(1, min(config.warmup, first.concurrency or 1)))
     run = LevelRun(session=session, endpoint=config.endpoint, level=replace(level), targets=config.targets,
-                   payloads=encode_all(config, prompts), prompts=prompts)
+                   payloads=encode_all(config, prompts), prompts=prompts, alternate=config.alternate)
     await run_level(run)
     for rec in run.records:
         rec.level = "warmup"
@@ -93,7 +95,8 @@ async def _warmup(config: BenchConfig, session: aiohttp.ClientSession) -> list[R
 async def _one_level(config: BenchConfig, session: aiohttp.ClientSession, level: LoadLevel,
                      payloads: dict[str, list[bytes]], on_done: Callable[[RequestRecord], None]) -> LevelResult:
     run = LevelRun(session=session, endpoint=config.endpoint, level=level, targets=config.targets,
-                   payloads=payloads, prompts=config.prompts, on_done=on_done, max_duration=config.max_duration)
+                   payloads=payloads, prompts=config.prompts, on_done=on_done, max_duration=config.max_duration,
+                   alternate=config.alternate)
     async with ClientMonitor() as monitor:
         await run_level(run, burstiness=config.burstiness, seed=config.seed, drain_s=config.drain_s)
     metrics = {}

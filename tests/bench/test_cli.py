@@ -88,3 +88,15 @@ def test_unreachable_target_is_a_clean_error(tmp_path: Path) -> None:
 def test_bad_flags_are_usage_errors() -> None:
     result = CliRunner().invoke(bench, ["--target", "http://h/v1", "--goodput", "foo:1"])
     assert result.exit_code == 2 and "--goodput" in result.output
+
+
+def test_alternate_sends_to_one_target_at_a_time(sse_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "alt"
+    args = ["--target", f"a={sse_server}/nousage/v1", "--target", f"b={sse_server}/nousage/v1", "--alternate",
+            "--num-requests", "4", "--warmup", "0", "--output-dir", str(out), "--no-plots", "--no-progress"]
+    result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    requests = sorted(json.loads((out / "results.json").read_text())["requests"], key=lambda r: r["start_s"])
+    assert [r["target"] for r in requests] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    for earlier, later in zip(requests, requests[1:], strict=False):
+        assert earlier["done_s"] <= later["start_s"]  # never two in flight at once
