@@ -2,7 +2,7 @@
 # One streamed answer at a time from one llama-server (SmolLM2-135M, 2 threads): direct vs through the
 # modelyard gateway, requests interleaved in one `modelyard bench` run. Everything on 127.0.0.1, bounded.
 # usage: [CONC=1,2,4 PARALLEL=4] benchmarks/gateway_overhead.sh [NUM_REQUESTS] [OUTPUT_LEN]
-# --alternate: the two targets take turns, so they never share the engine at the same moment
+# --alternate: the two targets take turns (at CONC=1 they never share the engine at the same moment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"; OUT_LEN="${2:-128}"

@@ -147,7 +147,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     admin_key = os.environ.get(spec.gateway.admin_key_env) or None
     app = create_gateway(spec, table, keys.ring, store, limiter, admin_key=admin_key)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=5, loop="asyncio", http="httptools")
+                            timeout_graceful_shutdown=5, http="httptools")
     server = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -191,6 +191,8 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
 
 def run_up(spec: YardSpec, spec_path: Path, console: Console) -> int:
     try:
+        # the default asyncio loop, not uvloop: uvloop's spawn loses PR_SET_PDEATHSIG, so replicas would outlive
+        # a killed `modelyard up`
         return asyncio.run(serve(spec, spec_path, console))
     except (UpError, EngineError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -157,3 +157,16 @@ def test_client_disconnect_mid_stream_frees_the_engine(cluster: Cluster) -> None
         time.sleep(0.2)
     else:
         pytest.fail("the gateway kept relaying after the client left")
+
+
+def test_replicas_die_with_a_killed_modelyard_up(tmp_path: Path) -> None:
+    running = Cluster(tmp_path, [smollm(1)]).start()
+    engines = running.engine_processes()
+    assert engines
+    assert running.proc is not None
+    running.proc.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel must do it
+    running.proc.wait(10)
+    gone, alive = psutil.wait_procs(engines, timeout=10)
+    still_running = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    running.stop()
+    assert not still_running, "a replica outlived its killed parent"
