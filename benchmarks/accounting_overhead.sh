@@ -7,7 +7,7 @@
 # usage: benchmarks/accounting_overhead.sh [NUM_REQUESTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N="${1:-200}"; C="${2:-8}"
+N="${1:-100}"; C="${2:-1}"
 PY=.venv/bin/python
 port() { $PY -c "from modelyard.fleet.process import free_port; print(free_port())"; }
 P_SIM=$(port); P_OFF=$(port); P_ON=$(port)
@@ -44,7 +44,7 @@ export STATIC_KEY=static-key
 .venv/bin/modelyard bench --target "direct=http://127.0.0.1:$P_SIM/v1@STATIC_KEY" \
     --target "accounting-off=http://127.0.0.1:$P_OFF/v1@STATIC_KEY" --target "accounting-on=http://127.0.0.1:$P_ON/v1@ON_KEY" \
     --model sim --endpoint chat --dataset random --input-len 64 --output-len 32 \
-    --concurrency "$C" --num-requests "$N" --warmup 4 --max-duration 120 --output-dir "$RESULTS"
+    --concurrency "$C" --alternate --num-requests "$N" --warmup 4 --max-duration 300 --output-dir "$RESULTS"
 echo "usage rows recorded by the 'on' gateway:"; sleep 2
 .venv/bin/modelyard usage --state-dir "$WORK/on" --by key --since 1h
 echo "results: $RESULTS"

@@ -79,6 +79,24 @@ class _Stream:
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
+async def _stream_once(session: aiohttp.ClientSession, url: str, target: Target, payload: bytes,
+                       record: RequestRecord, clock_zero: float) -> None:
+    start = time.perf_counter()
+    record.start_s = start - clock_zero
+    state = _Stream(start, record)
+    async with session.post(url, data=payload, headers=target.headers()) as resp:
+        record.status = resp.status
+        if resp.status != 200:
+            body = await resp.content.read(2000)
+            record.error = f"HTTP {resp.status}: {body.decode('utf-8', 'replace')}"
+            return
+        buffer = SSEBuffer()
+        async for data in resp.content.iter_any():
+            state.on_events(buffer.feed(data), time.perf_counter())
+        state.on_events(buffer.flush(), time.perf_counter())
+        state.finish()
+
+
 async def send_request(
     session: aiohttp.ClientSession,
     target: Target,
@@ -87,44 +105,30 @@ async def send_request(
     record: RequestRecord,
     clock_zero: float,
 ) -> RequestRecord:
-    """Stream one request; fills and returns `record`. Never raises except on cancellation."""
-    path = "chat/completions" if endpoint == "chat" else "completions"
-    for attempt in (1, 2):
-        start = time.perf_counter()
-        record.start_s = start - clock_zero
-        try:
-            await _stream(session, target.url(path), payload, target, _Stream(start, record))
-        except asyncio.CancelledError:
-            record.cancelled, record.success = True, False
-            record.error = record.error or "cancelled at the end of the time bound"
-            record.done_s = time.perf_counter() - clock_zero
-            raise
-        except STALE_CONNECTION_ERRORS as exc:
-            if attempt == 1 and record.status == 0:
-                continue  # a pooled connection the server had just closed: not the server's failure, once more
-            record.success = False
-            record.error = f"{type(exc).__name__}: {exc}"
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            record.success = False
-            record.error = f"{type(exc).__name__}: {exc}"
-        break
+    """Stream one request; fills and returns `record`. Never raises except on cancellation.
+
+    A pooled connection that the server closed while idle fails before any response; that request is sent once
+    more on a fresh connection, with its clock restarted, and counted in `record.retries`."""
+    url = target.url("chat/completions" if endpoint == "chat" else "completions")
+    try:
+        while True:
+            try:
+                await _stream_once(session, url, target, payload, record, clock_zero)
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if record.status or record.retries:
+                    raise
+                record.retries += 1
+    except asyncio.CancelledError:
+        record.cancelled, record.success = True, False
+        record.error = record.error or "cancelled at the end of the time bound"
+        record.done_s = time.perf_counter() - clock_zero
+        raise
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        record.success = False
+        record.error = f"{type(exc).__name__}: {exc}"
     record.done_s = time.perf_counter() - clock_zero
     return record
-
-
-async def _stream(session: aiohttp.ClientSession, url: str, payload: bytes, target: Target, state: _Stream) -> None:
-    record = state.record
-    async with session.post(url, data=payload, headers=target.headers()) as resp:
-        record.status = resp.status
-        if resp.status != 200:
-            body = await resp.content.read(2000)
-            record.error = f"HTTP {resp.status}: {body.decode('utf-8', 'replace')}"
-        else:
-            buffer = SSEBuffer()
-            async for data in resp.content.iter_any():
-                state.on_events(buffer.feed(data), time.perf_counter())
-            state.on_events(buffer.flush(), time.perf_counter())
-            state.finish()
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:

@@ -117,6 +117,7 @@ def compute_metrics(
         "max_output_tokens_per_s": peak_output_per_s(done),
         "max_concurrent_requests": peak_concurrency(done),
         "output_tokens_from_usage": sum(1 for r in done if r.output_tokens_source == "usage"),
+        "retried_requests": sum(1 for r in records if r.retries),
     }
     if goodput_ms:
         metrics["request_goodput"] = _good_count(done, goodput_ms) / dur

@@ -32,8 +32,12 @@ def _categorical(result: BenchResult) -> bool:
 def _axis(ax: Any, result: BenchResult, title: str, fontsize: int) -> None:
     ax.set_title(title)
     ax.set_xlabel(_x_label(result))
+    xs = [lv.level.x for lv in result.levels]
     if _categorical(result):
         ax.set_xticks(range(len(result.levels)), [lv.level.label for lv in result.levels])
+    elif min(xs) > 0 and max(xs) / min(xs) >= 8:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=fontsize)
 

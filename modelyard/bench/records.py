@@ -41,6 +41,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     prompt_tokens_source: str = ""
     queue_s: float = 0.0
+    retries: int = 0
     group: str = ""
 
     def as_row(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class RequestRecord:
             "output_tokens_source": self.output_tokens_source,
             "prompt_tokens": self.prompt_tokens,
             "prompt_tokens_source": self.prompt_tokens_source,
+            "retries": self.retries,
             "group": self.group,
         }
 

@@ -32,6 +32,9 @@ def warnings_for(result: BenchResult) -> list[str]:
             out.append(f"{lv.level.label}: the load generator used {usage['client_cpu_pct']}% of a core (peak "
                        f"{usage['client_cpu_peak_pct']}%); latencies here may be the client's bottleneck, not the "
                        "server's. Lower the load or run the client on its own cores.")
+        elif usage["system_cpu_pct"] >= 95:
+            out.append(f"{lv.level.label}: this machine's CPUs were {usage['system_cpu_pct']}% busy; a server on the "
+                       "same machine competes with the client and with whatever else runs here.")
         for name, m in lv.metrics.items():
             if m["failed"]:
                 out.append(f"{lv.level.label} {name}: {m['failed']} request(s) failed")

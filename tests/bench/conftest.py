@@ -13,6 +13,7 @@ CHUNKS = 5
 PROMPT_TOKENS = 7
 API_KEY = "sk-bench-test"
 DELAY = web.AppKey("delay", float)
+SEEN = web.AppKey("seen", list)
 
 
 @dataclass
@@ -30,7 +31,7 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
-    usage = not request.path.startswith("/nousage")
+    usage = request.path.startswith("/v1")
     if usage and request.headers.get("Authorization") != f"Bearer {API_KEY}":
         return web.json_response({"error": {"message": "bad key", "type": "auth"}}, status=401)
     body = orjson.loads(await request.read())
@@ -54,9 +55,22 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _drop_first(request: web.Request) -> web.StreamResponse:
+    """Closes the connection of its first request without answering, as a server does to a stale keep-alive one."""
+    seen = request.app[SEEN]
+    seen.append(request.path)
+    if len(seen) == 1:
+        assert request.transport is not None
+        request.transport.close()
+        raise web.HTTPInternalServerError()
+    return await _stream(request)
+
+
 def _app(delay: float) -> web.Application:
     app = web.Application()
     app[DELAY] = delay
+    app[SEEN] = []
+    app.router.add_post("/flaky/v1/chat/completions", _drop_first)
     for prefix in ("/v1", "/nousage/v1"):
         app.router.add_get(f"{prefix}/models", _models)
         app.router.add_post(f"{prefix}/chat/completions", _stream)

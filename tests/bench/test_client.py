@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from modelyard.bench.client import _Stream, build_payload
 from modelyard.bench.records import Prompt, RequestRecord
 from modelyard.bench.sse import SSEEvent
+
+from .conftest import CHUNKS
 
 
 def _ev(content: bool, usage: dict[str, int] | None = None) -> list[SSEEvent]:
@@ -54,3 +58,21 @@ def test_payloads() -> None:
     assert chat["stream_options"] == {"include_usage": True} and chat["temperature"] == 0.0
     comp = build_payload("completions", "m", p, {})
     assert comp["prompt"] == "S\n\nQ" and "messages" not in comp
+
+
+def test_request_retried_once_when_the_connection_drops_before_a_response(sse_server: str) -> None:
+    from modelyard.bench.client import encode_payload, send_request
+    from modelyard.bench.targets import Target
+
+    async def main() -> RequestRecord:
+        import aiohttp
+
+        target = Target("flaky", f"{sse_server}/flaky/v1", model="m")
+        p = Prompt(messages=({"role": "user", "content": "q"},), max_tokens=4, prompt_tokens_estimate=1)
+        rec = RequestRecord(target="flaky", level="l", index=0)
+        async with aiohttp.ClientSession() as session:
+            return await send_request(session, target, "chat", encode_payload(build_payload("chat", "m", p, {})),
+                                      rec, 0.0)
+
+    rec = asyncio.run(main())
+    assert rec.success and rec.retries == 1 and rec.content_chunks == CHUNKS
