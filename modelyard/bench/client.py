@@ -115,7 +115,7 @@ async def send_request(
             try:
                 await _stream_once(session, url, target, payload, record, clock_zero)
                 break
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            except STALE_CONNECTION_ERRORS:
                 if record.status or record.retries:
                     raise
                 record.retries += 1
