@@ -14,7 +14,8 @@ from tests.cluster import free_port
 class Upstream:
     def __init__(self) -> None:
         self.port = free_port()
-        self.mode = "ok"  # ok | error500 | die_mid_stream | hang
+        self.mode = "ok"  # ok | error500 | die_mid_stream | hang | slow_stream
+        self.aborted = threading.Event()  # set when a client (the gateway) closed a stream before its end
         self.requests = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -66,6 +67,14 @@ class Upstream:
                                       "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if mode == "slow_stream":
+            try:
+                for _ in range(600):
+                    await response.write(b'data: {"choices":[{"index":0,"text":"x"}]}\n\n')
+                    await asyncio.sleep(0.05)
+            except (ConnectionError, RuntimeError):
+                self.aborted.set()
+            return response
         for index in range(4):
             chunk = (b'{"id":"x","object":"text_completion","created":0,"model":"m",'
                      b'"choices":[{"index":0,"text":"t%d"}]}')

@@ -174,7 +174,7 @@ class Gateway:
 
     async def _relay(self, call: Call) -> Response:
         tried: list[Endpoint] = []
-        stale_retried = False
+        stale_retried = timed_out = False
         outcome = Outcome()
         last_error = "no ready replica"
         self.retry_budget.request()
@@ -203,7 +203,8 @@ class Gateway:
                     stale_retried = True  # a pooled connection the engine had closed: once more, same replica
                     tried.pop()
                     continue
-                self._failed(endpoint, hung=isinstance(exc, TimeoutError))
+                timed_out = isinstance(exc, TimeoutError)
+                self._failed(endpoint, hung=timed_out)
                 continue
             if upstream.status >= 500 and attempt + 1 < MAX_ATTEMPTS:
                 upstream.close()
@@ -213,6 +214,10 @@ class Gateway:
                 continue
             self.outliers.success(endpoint)
             return await self._respond(upstream, first, endpoint, call, outcome)
+        if timed_out:  # the last replica tried did not answer within the model's timeouts
+            outcome.status, outcome.error = 504, "timeout"
+            self._record(call, outcome)
+            return openai_error(504, f"Model '{model}' did not answer in time ({last_error})", "upstream_timeout")
         outcome.status, outcome.error = 503, "no_replica"
         self._record(call, outcome)
         return openai_error(503, f"No replica of model '{model}' could serve the request ({last_error})",

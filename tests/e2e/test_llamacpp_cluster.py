@@ -170,3 +170,36 @@ def test_replicas_die_with_a_killed_modelyard_up(tmp_path: Path) -> None:
     still_running = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     running.stop()
     assert not still_running, "a replica outlived its killed parent"
+
+
+def test_engine_killed_mid_stream_gives_an_sse_error_and_usage_is_recorded(tmp_path: Path) -> None:
+    import asyncio
+
+    from modelyard.store.factory import open_store
+
+    single = Cluster(tmp_path, [smollm(1)]).start()
+    try:
+        engine = next(p for p in single.engine_processes() if "llama-server" in p.name())
+        body = {"model": "smollm2", "prompt": "Tell a long story.", "max_tokens": 1000, "stream": True,
+                "ignore_eos": True}
+        events: list[str] = []
+        with httpx.stream("POST", single.url + "/v1/completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as reply:
+            for line in reply.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line)
+                    if len(events) == 3:
+                        engine.send_signal(signal.SIGKILL)
+        assert len(events) > 3
+        assert '"error"' in events[-1] and "[DONE]" not in events[-1]
+    finally:
+        single.stop()
+
+    async def errors() -> int:
+        store = await open_store(None, tmp_path / "state")
+        try:
+            return sum(row.errors for row in await store.usage_report("model", since=0))
+        finally:
+            await store.close()
+
+    assert asyncio.run(errors()) == 1
