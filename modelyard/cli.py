@@ -22,7 +22,7 @@ def _load(path: str, console: Console) -> YardSpec:
     except SpecError as exc:
         console.print(f"[bold red]{path} is not valid:[/]", highlight=False)
         for problem in exc.problems:
-            console.print(f"  {problem}", highlight=False, markup=False)
+            console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -195,5 +195,5 @@ def run_up(spec: YardSpec, spec_path: Path, console: Console) -> int:
         # a killed `modelyard up`
         return asyncio.run(serve(spec, spec_path, console))
     except (UpError, EngineError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
