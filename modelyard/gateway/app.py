@@ -259,7 +259,7 @@ class Gateway:
         outcome.first_byte = time.perf_counter()
         if call.stream and upstream.status == 200:
             return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
-                                  outcome, finish)
+                                  outcome, finish, capture=call.model.store_text)
         try:
             content = await upstream.read()
         except UPSTREAM_ERRORS as exc:
@@ -270,6 +270,8 @@ class Gateway:
                                 "upstream_error")
         upstream.release()
         outcome.usage = content if upstream.status == 200 else b""
+        if call.model.store_text:
+            outcome.body = content
         finish(outcome)
         media = upstream.headers.get("Content-Type", "application/json")
         return Response(content, status_code=upstream.status, media_type=media,
@@ -301,7 +303,24 @@ class Gateway:
             self.writer.record(UsageRecord(
                 ts=time.time(), key_name=key, model=model, replica=outcome.replica, prompt_tokens=prompt,
                 completion_tokens=completion, cached_tokens=usage.get("cached_tokens", 0), ttft_s=ttft,
-                e2e_s=now - outcome.started, status=outcome.status, error=outcome.error))
+                e2e_s=now - outcome.started, status=outcome.status, error=outcome.error,
+                **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
+
+
+def texts(payload: dict[str, Any], body: bytes, stream: bool) -> dict[str, str]:
+    """Prompt and completion text, for a model whose config opts in (store_text: true); off the hot path else."""
+    prompt = payload.get("messages", payload.get("prompt", payload.get("input")))
+    pieces: list[str] = []
+    documents = [line[5:].strip() for line in body.split(b"\n") if line.startswith(b"data:")] if stream else [body]
+    for document in documents:
+        with contextlib.suppress(orjson.JSONDecodeError, ValueError):
+            data = orjson.loads(document)
+            for choice in data.get("choices") or [] if isinstance(data, dict) else []:
+                part = choice.get("text") or (choice.get("delta") or choice.get("message") or {}).get("content")
+                if isinstance(part, str):
+                    pieces.append(part)
+    return {"prompt_text": prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode(),
+            "completion_text": "".join(pieces)}
 
 
 def parse_usage(text: bytes) -> dict[str, int]:

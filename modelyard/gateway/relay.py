@@ -27,6 +27,7 @@ class Outcome:
     first_byte: float | None = None
     usage: bytes = b""
     replica: str = ""
+    body: bytes = b""  # the whole answer, kept only for a model whose config opts in to storing text
 
 
 def split_usage_event(chunk: bytes, keep: bool) -> tuple[bytes, bytes]:
@@ -54,9 +55,9 @@ class UpstreamStream:
     """
 
     def __init__(self, upstream: aiohttp.ClientResponse, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
-                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None]) -> None:
+                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], capture: bool = False) -> None:
         self.upstream, self.first, self.endpoint, self.timeouts = upstream, first, endpoint, timeouts
-        self.keep_usage, self.outcome, self.finish = keep_usage, outcome, finish
+        self.keep_usage, self.outcome, self.finish, self.capture = keep_usage, outcome, finish, capture
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = asyncio.Event()
@@ -77,7 +78,10 @@ class UpstreamStream:
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-modelyard-replica", self.endpoint.id.encode())]})
             chunk = self.first
+            captured: list[bytes] | None = [] if self.capture else None
             while True:
+                if captured is not None:
+                    captured.append(chunk)
                 if USAGE_MARK in chunk:
                     chunk, outcome.usage = split_usage_event(chunk, self.keep_usage)
                 if chunk:
@@ -98,6 +102,8 @@ class UpstreamStream:
                 await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
                             "more_body": True})
         finally:
+            if self.capture and captured:
+                outcome.body = b"".join(captured)
             watcher.cancel()
             if disconnected.is_set():
                 outcome.error = outcome.error or "client_disconnected"

@@ -90,7 +90,7 @@ def check_key(key: KeyRecord | None, model: str, now: float | None = None) -> De
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One finished request. No prompt or completion text, ever."""
+    """One finished request. No prompt or completion text unless the model's config opts in."""
 
     ts: float
     key_name: str
@@ -103,6 +103,8 @@ class UsageRecord:
     e2e_s: float = 0.0
     status: int = 200
     error: str | None = None
+    prompt_text: str | None = None  # only for a model whose config opts in (store_text: true)
+    completion_text: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -186,11 +188,11 @@ def _opt_float(value: object) -> float | None:
 def usage_values(record: UsageRecord) -> tuple[object, ...]:
     return (record.ts, record.key_name, record.model, record.replica, record.prompt_tokens,
             record.completion_tokens, record.cached_tokens, record.ttft_s, record.e2e_s, record.status,
-            record.error)
+            record.error, record.prompt_text, record.completion_text)
 
 
 USAGE_COLUMNS = ("ts, key_name, model, replica, prompt_tokens, completion_tokens, cached_tokens, ttft_s, e2e_s, "
-                 "status, error")
+                 "status, error, prompt_text, completion_text")
 
 
 def tokens_by_key(batch: Sequence[UsageRecord]) -> dict[str, int]:

@@ -44,6 +44,10 @@ STEPS: tuple[Step, ...] = (
          sqlite=(_KEYS, f"CREATE TABLE usage (id INTEGER PRIMARY KEY AUTOINCREMENT, {_USAGE_COLUMNS})",
                  *_USAGE_INDEXES),
          postgres=(_KEYS, f"CREATE TABLE usage (id BIGSERIAL PRIMARY KEY, {_USAGE_COLUMNS})", *_USAGE_INDEXES)),
+    Step(2, "prompt and completion text, for models whose config opts in (store_text: true)",
+         sqlite=("ALTER TABLE usage ADD COLUMN prompt_text TEXT", "ALTER TABLE usage ADD COLUMN completion_text TEXT"),
+         postgres=("ALTER TABLE usage ADD COLUMN prompt_text TEXT",
+                   "ALTER TABLE usage ADD COLUMN completion_text TEXT")),
 )
 
 LATEST = STEPS[-1].version

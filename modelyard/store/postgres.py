@@ -116,7 +116,7 @@ class PostgresStore:
         totals = sorted(tokens_by_key(batch).items())  # a fixed order: concurrent writers never deadlock
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(
-                f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", rows)
+                f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 14))})", rows)
             await conn.executemany("UPDATE keys SET used_tokens = used_tokens + $1 WHERE name = $2",
                                    [(n, name) for name, n in totals])
 

@@ -129,7 +129,7 @@ class SQLiteStore:
 
         def q(c: sqlite3.Connection) -> None:
             with c:
-                c.executemany(f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                c.executemany(f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 13)})", rows)
                 c.executemany("UPDATE keys SET used_tokens = used_tokens + ? WHERE name = ?",
                               [(n, name) for name, n in totals])
         await self._run(q)

@@ -179,3 +179,25 @@ def test_two_gateways_on_one_redis_enforce_one_rpm(tmp_path: Path, pg_url: str, 
             second.stop()
     finally:
         first.stop()
+
+
+def test_text_is_stored_only_for_a_model_that_opts_in(tmp_path: Path) -> None:
+    import sqlite3
+
+    running = Cluster(tmp_path, [sim("private"), {**sim("audited"), "store_text": True}],
+                      extra={"store": {"usage_flush_interval_s": 0.1}}).start()
+    try:
+        for model in ("private", "audited"):
+            client(running, API_KEY).chat.completions.create(
+                model=model, max_tokens=3, messages=[{"role": "user", "content": f"secret for {model}"}])
+            list(client(running, API_KEY).completions.create(model=model, prompt=f"stream {model}", max_tokens=3,
+                                                             stream=True))
+    finally:
+        running.stop()
+    with sqlite3.connect(tmp_path / "state" / "modelyard.db") as db:
+        rows = db.execute("SELECT model, prompt_text, completion_text FROM usage ORDER BY id").fetchall()
+    by_model = {m: [(p, c) for model, p, c in rows if model == m] for m in ("private", "audited")}
+    assert len(by_model["private"]) == 2 and all(p is None and c is None for p, c in by_model["private"])
+    (chat_prompt, chat_answer), (stream_prompt, stream_answer) = by_model["audited"]
+    assert "secret for audited" in chat_prompt and chat_answer
+    assert stream_prompt == "stream audited" and stream_answer
