@@ -15,6 +15,7 @@ from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import BaseModelSpec, OpenAIModel, YardSpec
 
 log = logging.getLogger("modelyard.fleet")
+EJECTED_PROBE_TIMEOUT_S = 10.0
 
 
 class Backoff:
@@ -111,9 +112,24 @@ class ReplicaRunner:
             await self._sleep_or_exit(process, interval)
 
     async def _check(self) -> str | None:
+        if self.endpoint.ready and self.endpoint.ejected_until > time.monotonic():
+            await self._probe_ejected()
         if self.endpoint.ready:
             return await self._health()
         return await self.engine.probe(self.session, self.endpoint.url, self.model)
+
+    async def _probe_ejected(self) -> None:
+        """Active probing: a replica the gateway ejected comes back as soon as it generates again."""
+        try:
+            problem = await asyncio.wait_for(self.engine.probe(self.session, self.endpoint.url, self.model),
+                                             EJECTED_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            problem = "probe timed out"
+        if problem is None:
+            self.endpoint.ejected_until = 0.0
+            self.endpoint.ejections = 0
+            self.endpoint.consecutive_failures = 0
+            log.info("%s: generates again, back from ejection", self.endpoint.id)
 
     async def _health(self) -> str | None:
         if isinstance(self.model, OpenAIModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def test_hung_engine_times_out_within_the_bound(cluster: Cluster, upstreams: tup
     assert info.value.code == "upstream_timeout"
     ejected = sum(cluster.metric("modelyard_replica_ejections_total", model="m", replica=str(i)) for i in range(2))
     assert ejected >= 1
+    for upstream in upstreams:  # the engines recover: active probes bring the ejected replicas back
+        upstream.mode = "ok"
+    served_by: set[str] = set()
+    deadline = time.monotonic() + 30
+    while served_by != {"m/0", "m/1"} and time.monotonic() < deadline:
+        reply = httpx.post(cluster.url + "/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 2},
+                           headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+        if reply.status_code == 200:
+            served_by.add(reply.headers["x-modelyard-replica"])
+        time.sleep(0.2)
+    assert served_by == {"m/0", "m/1"}
 
 
 def test_unknown_route_is_openai_shaped(cluster: Cluster) -> None:
