@@ -7,6 +7,7 @@ secret, so a revocation takes effect on the next request on every gateway instan
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from starlette.responses import Response
@@ -18,6 +19,7 @@ from modelyard.gateway.limits import Admission, Limiter, Rejection
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.store.base import KeyRecord, Store, check_key
 
+log = logging.getLogger("modelyard.gateway")
 DEFAULT_RESERVE_TOKENS = 256
 BYTES_PER_PROMPT_TOKEN = 4
 
@@ -37,7 +39,10 @@ class Ticket:
             return
         self.released = True
         self.slot.release()
-        await self.limiter.settle(self.admission, real_tokens)
+        try:
+            await self.limiter.settle(self.admission, real_tokens)
+        except Exception as exc:  # with Redis, its leases expire on their own
+            log.error("limiter settle failed: %s: %s", type(exc).__name__, exc)
 
 
 def reserve_tokens(payload: dict[str, object], body_size: int) -> int:
@@ -81,7 +86,13 @@ class Tenancy:
         if denial is not None:
             self.metrics.rejections.labels(model, key.name, denial.code).inc()
             return openai_error(denial.status, denial.message, denial.code)
-        result = await self.limiter.admit(key, reserve_tokens(payload, body_size))
+        try:
+            result = await self.limiter.admit(key, reserve_tokens(payload, body_size))
+        except Exception as exc:  # the shared limiter (Redis) is down: fail closed, clearly
+            log.error("limiter unavailable: %s: %s", type(exc).__name__, exc)
+            self.metrics.rejections.labels(model, key.name, "limiter_unavailable").inc()
+            return openai_error(503, "rate limiting is unavailable; try again shortly", "limiter_unavailable",
+                                headers={"Retry-After": "5"})
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(model, key.name, result.reason).inc()
             return openai_error(429, result.message, result.code, headers={"Retry-After": str(result.retry_after_s)})

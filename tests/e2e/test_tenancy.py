@@ -201,3 +201,16 @@ def test_text_is_stored_only_for_a_model_that_opts_in(tmp_path: Path) -> None:
     (chat_prompt, chat_answer), (stream_prompt, stream_answer) = by_model["audited"]
     assert "secret for audited" in chat_prompt and chat_answer
     assert stream_prompt == "stream audited" and stream_answer
+
+
+def test_a_lost_redis_fails_closed_with_a_clear_503(tmp_path: Path) -> None:
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        running = Cluster(tmp_path, [sim("chat")], extra={"store": {"redis": url}}).start()
+    try:  # the Redis server is gone now
+        with pytest.raises(openai.InternalServerError) as info:
+            ask(running, API_KEY)
+        assert info.value.status_code == 503 and info.value.code == "limiter_unavailable"
+    finally:
+        running.stop()
