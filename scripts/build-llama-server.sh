@@ -39,6 +39,7 @@ CPU_FLAGS="-DGGML_NATIVE=OFF"
 if [ "$(uname -m)" = "x86_64" ]; then
     CPU_FLAGS="$CPU_FLAGS -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
     CPU_FLAGS="$CPU_FLAGS -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    CPU_FLAGS="$CPU_FLAGS -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF"
 fi
 echo "llama-server: building the llama-server target with $JOBS jobs (first time only, a few minutes) ..."
 START=$(date +%s)
