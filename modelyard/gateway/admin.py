@@ -19,9 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelyard.gateway.auth import hash_key
+from modelyard.gateway.auth import bearer, hash_key
 from modelyard.gateway.errors import openai_error
-from modelyard.gateway.tenancy import bearer
 from modelyard.store.base import PRIORITIES, KeyLimits, KeyRecord, Store, StoreError
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency", "budget_tokens")

@@ -16,6 +16,15 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who made a request: the key's name, never its secret."""
@@ -39,12 +48,11 @@ class KeyRing:
         return len(self._by_hash)
 
     def authenticate(self, authorization: str | None) -> Principal | None:
-        if not authorization:
-            return None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        digest = hash_key(token.strip())
+        token = bearer(authorization)
+        return self.find(hash_key(token)) if token is not None else None
+
+    def find(self, digest: str) -> Principal | None:
+        """The key whose secret hashes to `digest`, compared in constant time."""
         for known, principal in self._by_hash.items():
             if hmac.compare_digest(known, digest):
                 return principal

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from starlette.responses import Response
 
 from modelyard.gateway.admission import AdmissionQueue, QueueRejection, Slot
-from modelyard.gateway.auth import KeyRing, hash_key
+from modelyard.gateway.auth import KeyRing, bearer, hash_key
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.limits import Admission, Limiter, Rejection
 from modelyard.observability.metrics import GatewayMetrics
@@ -52,14 +52,6 @@ def reserve_tokens(payload: dict[str, object], body_size: int) -> int:
     return completion + body_size // BYTES_PER_PROMPT_TOKEN
 
 
-def bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
 class Tenancy:
     def __init__(self, ring: KeyRing, store: Store | None, limiter: Limiter, queues: dict[str, AdmissionQueue],
                  metrics: GatewayMetrics) -> None:
@@ -72,7 +64,7 @@ class Tenancy:
                        else "Malformed Authorization header: use 'Bearer <key>'")
             return openai_error(401, message, "invalid_api_key")
         digest = hash_key(token)
-        principal = self.ring.authenticate(f"Bearer {token}")
+        principal = self.ring.find(digest)
         if principal is not None:
             return KeyRecord(name=principal.name, key_hash=digest)
         key = await self.store.lookup_key(digest) if self.store is not None else None
