@@ -8,6 +8,11 @@ from modelyard.engines.base import EngineError, LaunchPlan, probe_openai
 from modelyard.spec.schema import BaseModelSpec, OpenAIModel
 
 
+def auth_headers(model: OpenAIModel) -> dict[str, str]:
+    """What every request to the external server carries: its key, read from `api_key_env`."""
+    return {"Authorization": f"Bearer {os.environ.get(model.api_key_env, '')}"} if model.api_key_env else {}
+
+
 class OpenAIEngine:
     """Any OpenAI-compatible server that runs elsewhere: modelyard probes and routes to it, never launches it."""
 
@@ -27,6 +32,5 @@ class OpenAIEngine:
 
     async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
         assert isinstance(model, OpenAIModel)
-        headers = {"Authorization": f"Bearer {os.environ[model.api_key_env]}"} if model.api_key_env else None
         return await probe_openai(session, base_url, model.upstream_model or model.name, health_path=None,
-                                  headers=headers)
+                                  headers=auth_headers(model))

@@ -3,13 +3,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 
 import aiohttp
 
 from modelyard.engines import EngineAdapter, EngineError, get_engine
+from modelyard.engines.openai import auth_headers
 from modelyard.fleet.process import free_port, open_log, spawn, terminate
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import BaseModelSpec, OpenAIModel, YardSpec
@@ -189,8 +189,8 @@ class Supervisor:
             for index in range(model.replicas):
                 upstream = model.upstream_model if isinstance(model, OpenAIModel) else None
                 endpoint = Endpoint(model=model.name, replica=index, url="", upstream_model=upstream)
-                if isinstance(model, OpenAIModel) and model.api_key_env:
-                    endpoint.headers = {"Authorization": f"Bearer {os.environ.get(model.api_key_env, '')}"}
+                if isinstance(model, OpenAIModel):
+                    endpoint.headers = auth_headers(model)
                 self.table.add(endpoint)
                 runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
                                        self.health_interval_s)

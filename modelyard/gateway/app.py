@@ -28,7 +28,7 @@ from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.router import RoundRobinRouter
-from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, Timeouts, YardSpec
+from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, YardSpec
 from modelyard.store.base import Store, UsageRecord
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -79,11 +79,11 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _capacity(self, model: BaseModelSpec) -> int:
+    def _capacity(self, model: BaseModelSpec, ready: int = 0) -> int:
+        """Requests let through to the replicas at once: the spec's bound, else ready replicas x their slots."""
         if model.admission.max_concurrency is not None:
             return model.admission.max_concurrency
-        ready = len(self.table.ready(model.name)) or model.replicas
-        return max(1, ready * slots_per_replica(model))
+        return max(1, (ready or model.replicas) * slots_per_replica(model))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -152,13 +152,13 @@ class Gateway:
         model = self.spec.model(model_name)
         if model is None:
             return openai_error(404, f"The model '{model_name}' does not exist", "model_not_found", "model")
-        if not self.table.ready(model_name):
+        ready = len(self.table.ready(model_name))
+        if not ready:
             self.metrics.requests.labels(model_name, key.name, "503").inc()
             return openai_error(503, f"No replica of model '{model_name}' is ready", "no_ready_replica",
                                 headers={"Retry-After": "2"})
-        queue = self.queues[model_name]
         if model.admission.max_concurrency is None:
-            queue.set_capacity(self._capacity(model))
+            self.queues[model_name].set_capacity(self._capacity(model, ready))
         ticket = await self.tenancy.admit(key, model_name, payload, len(body))
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
@@ -315,7 +315,8 @@ def texts(payload: dict[str, Any], body: bytes, stream: bool) -> dict[str, str]:
     for document in documents:
         with contextlib.suppress(orjson.JSONDecodeError, ValueError):
             data = orjson.loads(document)
-            for choice in data.get("choices") or [] if isinstance(data, dict) else []:
+            choices = (data.get("choices") or []) if isinstance(data, dict) else []
+            for choice in choices:
                 part = choice.get("text") or (choice.get("delta") or choice.get("message") or {}).get("content")
                 if isinstance(part, str):
                     pieces.append(part)
@@ -370,4 +371,4 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
     return app
 
 
-__all__ = ["Gateway", "Timeouts", "create_gateway", "parse_usage"]
+__all__ = ["Gateway", "create_gateway", "parse_usage"]
