@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.fleet.process import free_port
+
 START_TIMEOUT_S = 30.0
 
 
@@ -32,12 +34,6 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason} (CI=true: servers the tests need must start)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _package_dir(name: str) -> Path | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.cluster import free_port
+from modelyard.fleet.process import free_port
 
 
 class Upstream:
