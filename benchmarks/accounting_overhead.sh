@@ -9,17 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-100}"; C="${2:-1}"
 PY=.venv/bin/python
-port() { $PY -c "from modelyard.fleet.process import free_port; print(free_port())"; }
-P_SIM=$(port); P_OFF=$(port); P_ON=$(port)
 WORK=$(mktemp -d); RESULTS="benchmarks/results/accounting_overhead-$(date +%Y%m%d-%H%M%S)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not up: $1"; exit 1; }
+. benchmarks/lib.sh
+P_SIM=$(port); P_OFF=$(port); P_ON=$(port)
 
 .venv/bin/modelyard simulate --host 127.0.0.1 --port "$P_SIM" --model sim --profile tiny-cpu \
     --param itl_base_s=0.02 --param prefill_overhead_s=0.02 > "$WORK/sim.log" 2>&1 &
-PIDS+=($!)
+track $!
 wait_up "http://127.0.0.1:$P_SIM/health"
 for mode in off on; do
   p=$P_OFF; [ $mode = on ] && p=$P_ON
@@ -33,12 +29,12 @@ models:
 YAML
 done
 MODELYARD_API_KEY=static-key .venv/bin/modelyard up -f "$WORK/off.yaml" > "$WORK/off.log" 2>&1 &
-PIDS+=($!)
+track $!
 export ON_KEY
 ON_KEY=$(.venv/bin/modelyard keys create --state-dir "$WORK/on" --name bench --models sim --rpm 100000 \
     --tpm 100000000 --max-concurrency 1000 --budget-tokens 1000000000 2>/dev/null)
 MODELYARD_API_KEY=unused-static-key .venv/bin/modelyard up -f "$WORK/on.yaml" > "$WORK/on.log" 2>&1 &
-PIDS+=($!)
+track $!
 wait_up "http://127.0.0.1:$P_OFF/health"; wait_up "http://127.0.0.1:$P_ON/health"
 export STATIC_KEY=static-key
 .venv/bin/modelyard bench --target "direct=http://127.0.0.1:$P_SIM/v1@STATIC_KEY" \

