@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,15 @@ async def open_state(spec: YardSpec, state_dir: Path) -> tuple[Store, Limiter, A
     return store, RedisLimiter(client), client
 
 
+async def _until_stopped(stop: asyncio.Event, server: asyncio.Task[None], tick: Callable[[], None],
+                         every_s: float) -> None:
+    """Calls `tick` every `every_s` until a stop signal, or until the gateway ends on its own."""
+    while not stop.is_set() and not server.done():
+        tick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
 async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | None = None) -> int:
     state_dir = state_dir_for(spec, spec_path)
     host, port = spec.gateway.host, spec.gateway.port
@@ -161,17 +170,12 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     try:
         if use_live:
             with Live(Group(head, status_table(spec, table)), console=console, refresh_per_second=2) as screen:
-                while not stop.is_set() and not server_task.done():
-                    screen.update(Group(head, status_table(spec, table)))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
+                await _until_stopped(stop, server_task, lambda: screen.update(Group(head, status_table(spec, table))),
+                                     0.5)
         else:
             console.print(head)
             printer = ChangePrinter(console)
-            while not stop.is_set() and not server_task.done():
-                printer.update(table)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.25)
+            await _until_stopped(stop, server_task, lambda: printer.update(table), 0.25)
     finally:
         console.print("stopping: gateway, then replicas ...")
         server.should_exit = True

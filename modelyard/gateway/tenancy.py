@@ -88,9 +88,7 @@ class Tenancy:
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(model, key.name, result.reason).inc()
             return openai_error(429, result.message, result.code, headers={"Retry-After": str(result.retry_after_s)})
-        queue = self.queues[model]
-        slot = await queue.acquire(key.priority)
-        self.metrics.queue_depth.labels(model).set(queue.waiting)
+        slot = await self.queues[model].acquire(key.priority)
         if isinstance(slot, QueueRejection):
             await self.limiter.settle(result, 0)
             self.metrics.rejections.labels(model, key.name, slot.code).inc()
