@@ -5,13 +5,13 @@
 # first build on a machine pays for it.
 set -euo pipefail
 
-VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-# bump RECIPE when the build flags change, so that a cached binary built otherwise is not reused
-RECIPE=2
-CACHE_ROOT="${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}"
-DEST="$CACHE_ROOT/llama-server/$VERSION-$RECIPE"
+PYTHON="${PYTHON:-$(dirname "$0")/../.venv/bin/python}"
+# the version, the build recipe and the cache folder come from modelyard/engines/llamacpp.py, which finds the
+# binary at run time: one place decides where it lives (bump BUILD_RECIPE there when the flags below change)
+read -r VERSION CACHE_ROOT DEST < <("$PYTHON" -c "from modelyard.engines.llamacpp import LLAMA_CPP_PYTHON_VERSION, \
+build_dir, cache_root; print(LLAMA_CPP_PYTHON_VERSION, cache_root(), build_dir())") || true
+[ -n "${DEST:-}" ] || { echo "llama-server: cannot import modelyard with $PYTHON; run 'make install' first" >&2; exit 1; }
 BIN="$DEST/bin/llama-server"
-PYTHON="${PYTHON:-python3}"
 
 if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
     echo "llama-server $VERSION: cached at $BIN"

@@ -11,7 +11,7 @@ from modelyard.engines.base import EngineError, LaunchPlan, probe_openai
 from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, ModelSource
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-BUILD_RECIPE = 2  # as in scripts/build-llama-server.sh
+BUILD_RECIPE = 2  # scripts/build-llama-server.sh builds into build_dir(); bump when its flags change
 BUILD_HINT = "run `make llama-server` (or scripts/build-llama-server.sh) to build it"
 
 
@@ -22,6 +22,11 @@ def cache_root() -> Path:
     return Path(base) / "modelyard"
 
 
+def build_dir() -> Path:
+    """Where scripts/build-llama-server.sh puts this version's build: one folder per version and recipe."""
+    return cache_root() / "llama-server" / f"{LLAMA_CPP_PYTHON_VERSION}-{BUILD_RECIPE}"
+
+
 def find_llama_server(explicit: str | None = None) -> Path:
     """The llama-server binary: the spec's `binary`, $MODELYARD_LLAMA_SERVER, the build cache, then PATH."""
     candidates: list[Path] = []
@@ -30,8 +35,7 @@ def find_llama_server(explicit: str | None = None) -> Path:
     elif env := os.environ.get("MODELYARD_LLAMA_SERVER"):
         candidates.append(Path(env).expanduser())
     else:
-        build = f"{LLAMA_CPP_PYTHON_VERSION}-{BUILD_RECIPE}"
-        candidates.append(cache_root() / "llama-server" / build / "bin" / "llama-server")
+        candidates.append(build_dir() / "bin" / "llama-server")
         on_path = shutil.which("llama-server")
         if on_path:
             candidates.append(Path(on_path))
