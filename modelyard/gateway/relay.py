@@ -72,13 +72,13 @@ class UpstreamStream:
         watcher = asyncio.create_task(watch())
         outcome = self.outcome
         complete = False
+        captured: list[bytes] | None = [] if self.capture else None
         deadline = outcome.started + self.timeouts.total_s
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-modelyard-replica", self.endpoint.id.encode())]})
             chunk = self.first
-            captured: list[bytes] | None = [] if self.capture else None
             while True:
                 if captured is not None:
                     captured.append(chunk)
@@ -102,7 +102,7 @@ class UpstreamStream:
                 await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
                             "more_body": True})
         finally:
-            if self.capture and captured:
+            if captured:
                 outcome.body = b"".join(captured)
             watcher.cancel()
             if disconnected.is_set():
