@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from modelyard.spec import schema
 from modelyard.spec.schema import ENGINE_NAMES, YardSpec
 
 Loc = tuple[str | int, ...]
@@ -54,13 +55,13 @@ def _strip_tags(loc: Loc) -> Loc:
     return tuple(out)
 
 
-def _message(error: Any, data: Any, loc: Loc) -> str:
+def _message(error: Any, loc: Loc) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        return "is not a known field" + _suggest(loc, data)
+        return "is not a known field" + _suggest(loc)
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
@@ -92,10 +93,7 @@ def _message(error: Any, data: Any, loc: Loc) -> str:
     return str(error["msg"])
 
 
-def _suggest(loc: Loc, data: Any) -> str:
-    from modelyard.spec import schema
-
-    del data
+def _suggest(loc: Loc) -> str:
     name = str(loc[-1])
     fields: set[str] = set()
     for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
@@ -135,7 +133,7 @@ def parse_spec(text: str, source: str = "yard.yaml") -> YardSpec:
             loc = _strip_tags(tuple(error["loc"]))
             if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc = loc + ("engine",)
-            problems.append(f"{format_path(loc)}: {_message(error, data, loc)}{_where(loc, lines, source)}")
+            problems.append(f"{format_path(loc)}: {_message(error, loc)}{_where(loc, lines, source)}")
         raise SpecError(problems) from None
     _check_semantics(spec, lines, source)
     return spec
