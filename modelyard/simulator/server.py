@@ -52,6 +52,7 @@ class Simulator:
             ("POST", "/sleep"): self._sleep,
             ("POST", "/wake_up"): self._wake_up,
             ("GET", "/is_sleeping"): self._is_sleeping,
+            ("POST", "/reset_prefix_cache"): self._reset_prefix_cache,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,6 +178,12 @@ class Simulator:
 
     async def _is_sleeping(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, orjson.dumps({"is_sleeping": self.sleep_level > 0}))
+
+    async def _reset_prefix_cache(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
+        """vLLM's dev endpoint: drops every cached block that no running request holds (benchmarks reset the
+        cache between runs with it); held blocks stay, and the answer is 200 either way, as vLLM's."""
+        self.scheduler.cache.reset()
+        await respond(send, 200, b"", [])
 
     async def _completions(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
         await self._generate(body, False, scope, receive, send)

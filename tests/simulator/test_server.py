@@ -66,6 +66,16 @@ def test_repeated_prefix_is_reported_cached(sim: SimulatorThread) -> None:
     assert metric(sim.url, "vllm:prefix_cache_queries_total") == 100 + 102
 
 
+def test_reset_prefix_cache_forgets_cached_prompts(sim: SimulatorThread) -> None:
+    client = client_for(sim)
+    client.completions.create(model="sim", prompt=LONG_PROMPT, max_tokens=1)
+    assert httpx.post(sim.url + "/reset_prefix_cache").status_code == 200
+    again = client.completions.create(model="sim", prompt=LONG_PROMPT, max_tokens=1)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens == 0
+    assert metric(sim.url, "vllm:prefix_cache_hits_total") == 0
+
+
 def test_eviction_at_small_capacity(start_simulator: StartSimulator) -> None:
     sim = start_simulator(kv_blocks=10)
     client = client_for(sim)
