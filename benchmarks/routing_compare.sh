@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Routing on a shared-prefix workload (issue 5): REPLICAS simulator replicas, each on its own loopback address
+# (127.0.0.1, 127.0.0.2, ...) on one port, prefix cache on, KV capacity for about its share of the groups' prompts
+# but not for all of them, and a prefill cost that makes a cache miss ~10x slower than a hit. `modelyard bench
+# --dataset shared-prefix` drives them in an open loop at several rates through
+#   - the gateway (`modelyard up`, one model per routing profile: round-robin, least-load, default), and
+#   - the Rust vllm-router from PyPI (pinned, in its own venv, installed on first use) with round_robin and
+#     cache_aware,
+# one policy at a time, every level starting from empty prefix caches (POST /reset_prefix_cache on each replica).
+# Per level it records the bench summary, the per-request CSV and the replicas' (and the router's) counters before
+# and after; benchmarks/routing_report.py turns them into routing_compare.{json,md,png}. Everything listens on
+# 127.0.0.0/8; bounded in count (NUM_REQUESTS a level) and time (about 10 minutes with the defaults).
+# usage: benchmarks/routing_compare.sh [RATES] [OUTPUT_DIR]
+#   env: REPLICAS (default 4, 2..8), NUM_REQUESTS (default 198: one pass over the dataset), POLICIES (default all
+#        five, e.g. "modelyard:default,vllm-router:cache_aware"), PEER_VENV (vllm-router's venv), PY
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES="${1:-5,10,15,20}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
+REPLICAS="${REPLICAS:-4}"; N="${NUM_REQUESTS:-198}"
+POLICIES="${POLICIES:-modelyard:round-robin,modelyard:least-load,modelyard:default,vllm-router:round_robin,vllm-router:cache_aware}"
+VLLM_ROUTER_VERSION=0.1.17
+PEER_VENV="${PEER_VENV:-$HOME/.cache/modelyard/peers/vllm-router-$VLLM_ROUTER_VERSION}"
+PY="${PY:-.venv/bin/python}"
+if [ "$REPLICAS" -lt 2 ] || [ "$REPLICAS" -gt 8 ]; then echo "REPLICAS must be within 2..8"; exit 2; fi
+
+# the peer router, pinned, in its own venv (never in .venv)
+if ! "$PEER_VENV/bin/vllm-router" --help >/dev/null 2>&1; then
+  echo "installing vllm-router==$VLLM_ROUTER_VERSION into $PEER_VENV"
+  python3 -m venv "$PEER_VENV"
+  "$PEER_VENV/bin/pip" install -q "vllm-router==$VLLM_ROUTER_VERSION"
+fi
+
+# the model: a miss on a ~900-token prompt costs ~190 ms of prefill, a hit ~30 ms; 480 blocks of 16 tokens hold
+# ~9 of the 11 system prompts (50 blocks each) with no room left, or one replica's share plus its conversations
+SIM_PARAMS=(prefill_overhead_s=0.01 prefill_s_per_token=0.0002 itl_base_s=0.02 itl_per_seq_s=0 kv_blocks=480
+            block_size=16 max_num_seqs=64 max_model_len=4096)
+# 11 groups (coprime with the replica count, so that round-robin does not pin groups to replicas by accident),
+# 6 conversations of 3 turns each: 198 requests, ordered turn by turn, round-robin over groups
+WORKLOAD=(--dataset shared-prefix --prefix-groups 11 --prefix-len 800 --prefix-conversations 6 --prefix-turns 3
+          --input-len 32 --output-len 32 --seed 1)
+
+WORK=$(mktemp -d)
+. benchmarks/lib.sh
+export MODELYARD_API_KEY=bench-key OPENAI_API_KEY=bench-key
+mkdir -p "$RESULTS/levels"
+P_SIM=$(port); P_GW=$(port); P_VR=$(port); P_VR_PROM=$(port)
+SIMS=()
+for i in $(seq 1 "$REPLICAS"); do
+  args=(); for p in "${SIM_PARAMS[@]}"; do args+=(--param "$p"); done
+  $PY -m modelyard simulate --host "127.0.0.$i" --port "$P_SIM" --model sim --profile tiny-cpu "${args[@]}" \
+      > "$WORK/sim-$i.log" 2>&1 &
+  track $!
+  SIMS+=("http://127.0.0.$i:$P_SIM")
+done
+for u in "${SIMS[@]}"; do wait_up "$u/health"; done
+URLS=$(printf '"%s", ' "${SIMS[@]}"); URLS="[${URLS%, }]"
+
+# the gateway: one model per routing profile (when the installed modelyard knows `routing:`)
+HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(int('routing' in M.model_fields))")
+{
+  echo "state_dir: $WORK/state"
+  echo "gateway: {host: 127.0.0.1, port: $P_GW}"
+  echo "models:"
+  for policy in ${POLICIES//,/ }; do
+    [ "${policy%%:*}" = modelyard ] || continue
+    profile=${policy#*:}; routing=""
+    if [ "$HAS_ROUTING" = 1 ]; then routing=", routing: $profile"
+    elif [ "$profile" != round-robin ]; then echo "skipping $policy: this modelyard has no routing profiles" >&2; continue; fi
+    echo "  - {name: $profile, engine: openai, urls: $URLS, upstream_model: sim, replicas: $REPLICAS$routing,"
+    echo "     admission: {max_concurrency: 4096, max_queue: 4096}}"
+  done
+} > "$WORK/yard.yaml"
+$PY -m modelyard up -f "$WORK/yard.yaml" > "$WORK/up.log" 2>&1 &
+GW_PID=$!; track $GW_PID
+wait_up "http://127.0.0.1:$P_GW/health"
+
+NPROC=$(nproc); CPU=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+$PY - "$RESULTS/setup.json" <<PY
+import json, sys, subprocess, time
+policies = [p.replace(":", "-") for p in "$POLICIES".split(",")]
+json.dump({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rates": "$RATES",
+           "num_requests": $N, "replicas": $REPLICAS, "simulators": "${SIMS[*]}".split(),
+           "simulator_params": "tiny-cpu ${SIM_PARAMS[*]}", "workload": "${WORKLOAD[*]}",
+           "policies": policies, "vllm_router": "$VLLM_ROUTER_VERSION",
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "machine": "$NPROC cores, $CPU", "gateway_yaml": open("$WORK/yard.yaml").read()},
+          open(sys.argv[1], "w"), indent=1)
+PY
+cp "$WORK/yard.yaml" "$RESULTS/yard.yaml"
+
+run_level() {  # NAME BASE_URL MODEL RATE [ROUTER_METRICS_URL]
+  local name=$1 url=$2 model=$3 rate=$4 extra=${5:-} dir
+  dir="$RESULTS/levels/$name/rate-$rate"; mkdir -p "$dir"
+  for u in "${SIMS[@]}"; do curl -sf -X POST "$u/reset_prefix_cache" >/dev/null; done
+  $PY benchmarks/routing_report.py scrape "$dir/before.json" "${SIMS[@]}" $extra
+  rm -rf "$WORK/bench"
+  local max_s; max_s=$($PY -c "print(round($N / $rate + 5, 1))")
+  if ! $PY -m modelyard bench --target "$name=$url" --model "$model" "${WORKLOAD[@]}" --rate "$rate" \
+      --num-requests "$N" --max-duration "$max_s" --warmup 0 --drain-timeout 60 --no-progress --no-plots \
+      --output-dir "$WORK/bench" > "$dir/bench.log" 2>&1; then
+    echo "  bench failed at $name rate $rate (see $dir/bench.log)"
+  fi
+  $PY benchmarks/routing_report.py scrape "$dir/after.json" "${SIMS[@]}" $extra
+  cp "$WORK/bench/summary.csv" "$dir/" 2>/dev/null || true
+  gzip -9c "$WORK/bench/requests.csv" > "$dir/requests.csv.gz" 2>/dev/null || true
+  echo "  $name rate $rate: $(grep -E 'TTFT p90|Request throughput' "$dir/bench.log" | tr -s ' ' | tr '\n' ' ')"
+}
+
+for policy in ${POLICIES//,/ }; do
+  kind=${policy%%:*}; profile=${policy#*:}; name="$kind-$profile"
+  echo "== $name"
+  if [ "$kind" = modelyard ]; then
+    grep -q "name: $profile," "$WORK/yard.yaml" || continue
+    for rate in ${RATES//,/ }; do run_level "$name" "http://127.0.0.1:$P_GW/v1" "$profile" "$rate"; done
+  else
+    "$PEER_VENV/bin/vllm-router" --host 127.0.0.1 --port "$P_VR" --worker-urls "${SIMS[@]}" --policy "$profile" \
+        --prometheus-host 127.0.0.1 --prometheus-port "$P_VR_PROM" --worker-startup-check-interval 1 \
+        --log-level warning > "$WORK/vllm-router-$profile.log" 2>&1 &
+    VR_PID=$!; track $VR_PID
+    wait_up "http://127.0.0.1:$P_VR/health"
+    for rate in ${RATES//,/ }; do
+      run_level "$name" "http://127.0.0.1:$P_VR/v1" sim "$rate" "http://127.0.0.1:$P_VR_PROM"
+    done
+    kill -INT "$VR_PID" 2>/dev/null || true; wait "$VR_PID" 2>/dev/null || true
+    PIDS=("${PIDS[@]/#$VR_PID/}")
+  fi
+done
+$PY benchmarks/routing_report.py report "$RESULTS"
+echo "results: $RESULTS"
