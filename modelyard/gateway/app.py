@@ -26,8 +26,10 @@ from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream
 from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
+from modelyard.routing.contracts import RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
-from modelyard.routing.router import RoundRobinRouter
+from modelyard.routing.pipeline import Router
+from modelyard.routing.scrape import MetricsScraper
 from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, YardSpec
 from modelyard.store.base import Store, UsageRecord
 
@@ -49,6 +51,7 @@ class Call:
     stream: bool
     ticket: Ticket
     keep_usage: bool = True
+    route: RouteRequest | None = None
 
 
 def slots_per_replica(model: BaseModelSpec) -> int:
@@ -63,7 +66,8 @@ class Gateway:
                  admin_key: str | None = None) -> None:
         self.spec, self.table, self.store = spec, table, store
         self.metrics = metrics or GatewayMetrics()
-        self.router = RoundRobinRouter(table)
+        self.router = Router(spec, table, self.metrics.routing)
+        self.scraper = MetricsScraper(table)
         self.limiter = limiter or LocalLimiter()
         self.queues = {m.name: AdmissionQueue(m.name, self._capacity(m), m.admission.max_queue,
                                               m.admission.max_wait_s) for m in spec.models}
@@ -92,6 +96,7 @@ class Gateway:
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         if self.writer is not None:
             self.writer.start()
+        self.scraper.start(self._session)
         try:
             yield
         finally:
@@ -99,6 +104,7 @@ class Gateway:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.writer is not None:
                 await self.writer.close()  # on SIGTERM too: nothing recorded is lost on a clean stop
+            await self.scraper.stop()
             await self._session.close()
 
     @property
@@ -163,7 +169,8 @@ class Gateway:
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             return ticket
-        call = Call(request.url.path, body, payload, model, payload.get("stream") is True, ticket)
+        call = Call(request.url.path, body, payload, model, payload.get("stream") is True, ticket,
+                    route=RouteRequest.of(model_name, payload, request.headers))
         if call.stream and request.url.path != "/v1/embeddings":
             options = payload.get("stream_options")
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -180,7 +187,7 @@ class Gateway:
         self.retry_budget.request()
         model = call.model.name
         for attempt in range(MAX_ATTEMPTS):
-            endpoint = self.router.pick(model, exclude=tried)
+            endpoint = self.router.pick(call.route or RouteRequest(model), exclude=tried)
             if endpoint is None:
                 break
             if attempt:
@@ -253,6 +260,8 @@ class Gateway:
 
         def finish(done: Outcome) -> None:
             self._release(endpoint, model)
+            if call.route is not None:
+                self.router.finished(call.route, endpoint)
             self._record(call, done)
 
         outcome.status, outcome.replica = upstream.status, endpoint.id

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
+from modelyard.routing.contracts import RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
-from modelyard.routing.router import RoundRobinRouter
+from modelyard.routing.pipeline import Router
 
-__all__ = ["Endpoint", "EndpointTable", "ReplicaState", "RoundRobinRouter"]
+__all__ = ["Endpoint", "EndpointTable", "ReplicaState", "RouteRequest", "Router"]

@@ -31,6 +31,21 @@ class Endpoint:
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0  # time.monotonic(); passive outlier ejection (gateway/failover.py)
+    # the engine's own view, scraped from its /metrics (routing/scrape.py); scraped_at 0.0: never scraped
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    kv_blocks: int | None = None  # KV cache capacity in tokens' blocks x block_size, when the engine says
+    kv_block_size: int | None = None
+    scraped_at: float = 0.0  # time.monotonic()
+    in_flight_at_scrape: int = 0
+
+    @property
+    def kv_tokens(self) -> int | None:
+        """The engine's KV cache capacity in tokens, when it exports it (vLLM's cache_config_info)."""
+        if self.kv_blocks is None:
+            return None
+        return self.kv_blocks * (self.kv_block_size or 16)
 
     @property
     def ready(self) -> bool:
@@ -38,6 +53,12 @@ class Endpoint:
 
     def routable(self, now: float) -> bool:
         return self.state is ReplicaState.READY and self.ejected_until <= now
+
+    def waiting_now(self) -> int:
+        """The engine's waiting queue, freshened: while it queues, each request sent since the scrape queues too."""
+        if self.waiting <= 0:
+            return 0
+        return self.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
 
     @property
     def id(self) -> str:

@@ -154,6 +154,7 @@ def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None
             loc = ("models", index, "replicas")
             problems.append(f"{format_path(loc)}: an openai engine has one replica per url "
                             f"({len(model.urls)}){_where(loc, lines, source)}")
+    problems += _check_routing(spec, lines, source)
     key_names: set[str] = set()
     for index, key in enumerate(spec.gateway.keys):
         if key.name in key_names:
@@ -162,6 +163,71 @@ def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None
         key_names.add(key.name)
     if problems:
         raise SpecError(problems)
+
+
+def _check_routing(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[str]:
+    from modelyard.routing import registry  # the plugin types; routing imports nothing from the loader
+
+    problems: list[str] = []
+
+    def problem(loc: Loc, message: str) -> None:
+        problems.append(f"{format_path(loc)}: {message}{_where(loc, lines, source)}")
+
+    type_names = sorted(registry.PLUGIN_TYPES)
+    declared_names: dict[str, int] = {}
+    for index, declared in enumerate(spec.routing.plugins):
+        if declared.name in declared_names:
+            problem(("routing", "plugins", index, "name"),
+                    f"{declared.name!r} is already used by routing.plugins[{declared_names[declared.name]}]")
+        declared_names.setdefault(declared.name, index)
+        kind = registry.plugin_type(declared.type)
+        if kind is None:
+            problem(("routing", "plugins", index, "type"),
+                    f"unknown plugin type {declared.type!r}{registry.suggest(declared.type, type_names)}")
+            continue
+        builtin = registry.PLUGIN_TYPES.get(declared.name)
+        if builtin is not None and builtin.kind != kind.kind:
+            problem(("routing", "plugins", index, "name"),
+                    f"{declared.name!r} is the built-in {builtin.kind}; a {kind.kind} needs another name")
+        try:
+            kind.params.model_validate(declared.params)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = ("routing", "plugins", index, "params", *error["loc"])
+                if error["type"] == "extra_forbidden":
+                    known = sorted(kind.params.model_fields)
+                    hint = registry.suggest(str(loc[-1]), known) if known else " (it takes no params)"
+                    problem(loc, f"is not a parameter of {kind.name}{hint}")
+                else:
+                    problem(loc, _message(error, loc))
+    plugins = registry.instances(spec.routing)
+    names = sorted(plugins)
+    for index, profile in enumerate(spec.routing.profiles):
+        base: Loc = ("routing", "profiles", index)
+        refs: list[tuple[Loc, str, str]] = [(base + ("filters", i), name, "filter")
+                                            for i, name in enumerate(profile.filters)]
+        refs += [(base + ("scorers", i, "plugin"), ref.plugin, "scorer") for i, ref in enumerate(profile.scorers)]
+        refs.append((base + ("picker",), profile.picker, "picker"))
+        for loc, name, wanted in refs:
+            instance = plugins.get(name)
+            if instance is None and name in declared_names:
+                continue  # declared with a bad type: reported above
+            if instance is None:
+                problem(loc, f"unknown plugin {name!r}{registry.suggest(name, names)}")
+            elif instance.type.kind != wanted:
+                problem(loc, f"{name!r} is a {instance.type.kind}, not a {wanted}")
+    seen_profiles: dict[str, int] = {}
+    for index, profile in enumerate(spec.routing.profiles):
+        if profile.name in seen_profiles:
+            problem(("routing", "profiles", index, "name"),
+                    f"{profile.name!r} is already used by routing.profiles[{seen_profiles[profile.name]}]")
+        seen_profiles.setdefault(profile.name, index)
+    profile_names = sorted(registry.profiles(spec.routing))
+    for index, model in enumerate(spec.models):
+        if model.routing not in profile_names:
+            problem(("models", index, "routing"),
+                    f"unknown profile {model.routing!r}{registry.suggest(model.routing, profile_names)}")
+    return problems
 
 
 def load_spec(path: str | Path) -> YardSpec:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,6 +30,15 @@ class GatewaySpec(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     keys: tuple[KeySpec, ...] = ()
     admin_key_env: str = "MODELYARD_ADMIN_KEY"
+    # gateway processes serving the one port; "auto": one per CPU this process may use (os.sched_getaffinity)
+    workers: int | Literal["auto"] = "auto"
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024):
+            return value
+        raise ValueError('must be an integer from 1 to 1024, or "auto" (one per CPU)')
 
 
 class StoreSpec(Strict):
@@ -73,8 +82,41 @@ class Timeouts(Strict):
     total_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class PluginSpec(Strict):
+    """A routing plugin instance: its name (what profiles refer to), its type (routing/registry.py), its params."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScorerRef(Strict):
+    plugin: str
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"plugin": data} if isinstance(data, str) else data
+
+
+class ProfileSpec(Strict):
+    """How one model's requests choose a replica: filters, then weighted scorers, then a picker."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    filters: tuple[str, ...] = ("ready",)
+    scorers: tuple[ScorerRef, ...] = ()
+    picker: str = "max-score"
+
+
+class RoutingSpec(Strict):
+    plugins: tuple[PluginSpec, ...] = ()
+    profiles: tuple[ProfileSpec, ...] = ()
+
+
 class BaseModelSpec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    routing: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     timeouts: Timeouts = Timeouts()
     admission: AdmissionSpec = AdmissionSpec()
@@ -125,6 +167,7 @@ class YardSpec(Strict):
     state_dir: str = ".modelyard"
     gateway: GatewaySpec = GatewaySpec()
     store: StoreSpec = StoreSpec()
+    routing: RoutingSpec = RoutingSpec()
     models: tuple[ModelSpec, ...]
 
     def model(self, name: str) -> LlamaCppModel | SimulatorModel | OpenAIModel | None:

@@ -1,0 +1,1 @@
+"""Routing plugins, one file each; registry.py lists them."""

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from modelyard.routing.contracts import Context
+from modelyard.routing.plugins import load
+from tests.replicas import replicas, request
+
+
+def test_engine_queue_and_fresh_in_flight_both_count() -> None:
+    scorer = load.create(load.Params(kv_weight=0), Context("m"))
+    # replica 0: 2 in flight through us; replica 1: the engine runs 6 (other clients); replica 2: idle
+    endpoints = replicas(3, in_flight=[2, 0, 0], running=[0, 6, 0])
+    scores = scorer.score(request(), endpoints)
+    assert scores[2] == 1.0 and scores[1] == 0.0 and 0.0 < scores[0] < 1.0
+
+
+def test_waiting_requests_weigh_more_than_running_ones() -> None:
+    scorer = load.create(load.Params(kv_weight=0, waiting_weight=1.0), Context("m"))
+    endpoints = replicas(2, running=[4, 2], waiting=[0, 2])
+    assert scorer.score(request(), endpoints) == [1.0, 0.0]
+
+
+def test_kv_usage_breaks_ties_in_queue() -> None:
+    scorer = load.create(load.Params(kv_weight=0.5), Context("m"))
+    scores = scorer.score(request(), replicas(2, running=1, kv_usage=[0.9, 0.1]))
+    assert scores[1] > scores[0]
+    assert all(0.0 <= s <= 1.0 for s in scores)

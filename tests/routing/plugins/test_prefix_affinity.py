@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from modelyard.routing.contracts import Context
+from modelyard.routing.plugins import prefix_affinity
+from tests.replicas import replicas, request
+
+SYSTEM = "You are a helpful assistant for the shipping team. " * 20
+
+
+def make(**params: object) -> prefix_affinity.PrefixAffinityScorer:
+    return prefix_affinity.create(prefix_affinity.Params.model_validate(params), Context("m"))
+
+
+def test_the_replica_that_served_a_prefix_scores_its_share_of_the_prompt() -> None:
+    scorer, endpoints = make(block_chars=64), replicas(3)
+    assert scorer.score(request(SYSTEM + "first question?"), endpoints) == [0.0, 0.0, 0.0]
+    scorer.routed(request(SYSTEM + "first question?"), endpoints[1])
+    scores = scorer.score(request(SYSTEM + "a second, different question, rather longer than the first one"),
+                          endpoints)
+    assert scores[0] == scores[2] == 0.0
+    assert 0.8 < scores[1] < 1.0
+    assert scorer.score(request(SYSTEM + "first question?"), endpoints)[1] == 1.0
+
+
+def test_capacity_follows_the_engines_kv_cache_when_it_is_known() -> None:
+    scorer = make(block_chars=64, chars_per_token=4.0)
+    unknown, known = replicas(2, kv_blocks=[None, 100], kv_block_size=[None, 16])
+    assert scorer.capacity(unknown) == prefix_affinity.DEFAULT_CAPACITY_BLOCKS
+    assert scorer.capacity(known) == 100 * 16 * 4 // 64
+    assert make(capacity_blocks=7).capacity(known) == 7
+
+
+def test_index_stays_within_capacity() -> None:
+    scorer, endpoints = make(block_chars=16, capacity_blocks=10), replicas(2)
+    for n in range(100):
+        scorer.routed(request(f"{n:04d}" * 40), endpoints[n % 2])
+    assert len(scorer.index) == 20
