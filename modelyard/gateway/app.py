@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.gateway.admin import AdminApi
@@ -33,6 +35,7 @@ from modelyard.routing.scrape import MetricsScraper
 from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, YardSpec
 from modelyard.store.base import Store, UsageRecord
 
+log = logging.getLogger("modelyard.gateway")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
 DEFAULT_SLOTS_PER_REPLICA = 64
@@ -82,6 +85,8 @@ class Gateway:
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._headers: dict[str, tuple[dict[str, str], dict[str, str]]] = {}  # by endpoint id: its own, merged
+        self._timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = {}
 
     def _capacity(self, model: BaseModelSpec, ready: int = 0) -> int:
         """Requests let through to the replicas at once: the spec's bound, else ready replicas x their slots."""
@@ -239,9 +244,14 @@ class Gateway:
     async def _send(self, endpoint: Endpoint, call: Call, data: bytes) -> tuple[aiohttp.ClientResponse, bytes]:
         """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
         timeouts = call.model.timeouts
-        client_timeout = aiohttp.ClientTimeout(total=timeouts.total_s, connect=timeouts.connect_s)
-        headers = {"Content-Type": "application/json", **endpoint.headers}
-        wait = timeouts.first_byte_s if call.stream else timeouts.total_s
+        client_timeout = self._client_timeout(call.model, call.stream)
+        cached = self._headers.get(endpoint.id)
+        if cached is None or cached[0] is not endpoint.headers:
+            cached = self._headers[endpoint.id] = (endpoint.headers,
+                                                   {"Content-Type": "application/json", **endpoint.headers})
+        headers = cached[1]
+        # a stream's total and between-chunks timeouts are the relay's (relay.Watchdog), not aiohttp's
+        wait = min(timeouts.first_byte_s, timeouts.total_s) if call.stream else timeouts.total_s
         upstream: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(wait):
@@ -253,6 +263,15 @@ class Gateway:
                 upstream.close()
             raise
         return upstream, first
+
+    def _client_timeout(self, model: BaseModelSpec, stream: bool) -> aiohttp.ClientTimeout:
+        """aiohttp's timeouts for a model, made once: connect, plus total unless the relay times the stream."""
+        timeout = self._timeouts.get((model.name, stream))
+        if timeout is None:
+            total = None if stream else model.timeouts.total_s
+            timeout = self._timeouts[(model.name, stream)] = aiohttp.ClientTimeout(
+                total=total, connect=model.timeouts.connect_s)
+        return timeout
 
     async def _respond(self, upstream: aiohttp.ClientResponse, first: bytes, endpoint: Endpoint, call: Call,
                        outcome: Outcome) -> Response:
@@ -360,6 +379,34 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return openai_error(500, f"internal error ({type(exc).__name__})", "internal_error")
 
 
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+
+class GatewayApp(Starlette):
+    """Starlette for every route but the generation ones, which go straight from the server to the gateway.
+
+    Their requests skip Starlette's routing and middleware (an exception handler, a router and a wrapper on
+    every `send` of every relayed chunk); an error raised before the answer starts is the same 500 as
+    `_server_error`'s, logged.
+    """
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            response = await self.gateway.generate(Request(scope, receive))
+        except Exception as exc:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            response = await _server_error(Request(scope, receive), exc)
+        await response(scope, receive, send)
+
+
 def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                    limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
                    admin_key: str | None = None) -> Starlette:
@@ -373,7 +420,7 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
         Route("/metrics", gateway.prometheus, methods=["GET"]),
         *gateway.admin.routes(),
     ]
-    app = Starlette(routes=routes, lifespan=gateway.lifespan,
+    app = GatewayApp(gateway, routes=routes, lifespan=gateway.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.gateway = gateway
     app.state.version = __version__

@@ -15,6 +15,7 @@ from modelyard.spec.schema import Timeouts
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
 USAGE_MARK = b'"usage":{'
+CLOCK_SLACK_S = 0.001
 
 
 @dataclass
@@ -45,6 +46,36 @@ def split_usage_event(chunk: bytes, keep: bool) -> tuple[bytes, bytes]:
     return chunk[:start] + chunk[end:], event
 
 
+class Watchdog:
+    """The between-chunks and total timeouts of one stream, as one timer that is not re-armed per chunk.
+
+    The relay stamps `waiting_since` when it starts waiting for the next chunk and clears it when the chunk
+    came; the timer, when it fires, re-arms itself for the moment that stamp runs out (or, while the relay is
+    busy sending, one silence later), and only fails the stream when it has really been silent that long or
+    is past its total deadline: then the upstream reader raises TimeoutError in the relay.
+    """
+
+    __slots__ = ("loop", "content", "between", "deadline", "waiting_since", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, content: aiohttp.StreamReader, between_s: float,
+                 deadline: float) -> None:
+        self.loop, self.content, self.between, self.deadline = loop, content, between_s, deadline
+        self.waiting_since: float | None = None
+        self.handle = loop.call_at(min(loop.time() + between_s, deadline), self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        since = self.waiting_since
+        due = min((now if since is None else since) + self.between, self.deadline)
+        if since is not None and now >= due - CLOCK_SLACK_S:  # a timer may fire a little early
+            self.content.set_exception(TimeoutError())
+            return
+        self.handle = self.loop.call_at(due if since is not None else max(due, now), self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class UpstreamStream:
     """An ASGI response that relays an engine's SSE stream chunk by chunk, as it arrives, without parsing it.
 
@@ -73,7 +104,10 @@ class UpstreamStream:
         outcome = self.outcome
         complete = False
         captured: list[bytes] | None = [] if self.capture else None
-        deadline = outcome.started + self.timeouts.total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
+        content = upstream.content
+        watchdog = Watchdog(loop, content, self.timeouts.between_chunks_s, deadline)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -88,9 +122,9 @@ class UpstreamStream:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if disconnected.is_set():
                     break
-                budget = min(self.timeouts.between_chunks_s, deadline - time.perf_counter())
-                async with asyncio.timeout(max(budget, 0.0)):
-                    chunk = await upstream.content.readany()
+                watchdog.waiting_since = loop.time()
+                chunk = await content.readany()
+                watchdog.waiting_since = None
                 if not chunk:
                     complete = True
                     break
@@ -102,6 +136,7 @@ class UpstreamStream:
                 await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
                             "more_body": True})
         finally:
+            watchdog.cancel()
             if captured:
                 outcome.body = b"".join(captured)
             watcher.cancel()

@@ -1,13 +1,16 @@
 """Who is calling and may they, now: key lookup, per-key limits, the per-model admission queue.
 
 Keys come from two places: the static ring (yard.yaml's keys, $MODELYARD_API_KEY, the generated key), which
-have no limits, and the store (`modelyard keys create ...`), looked up on every request by the sha256 of the
-secret, so a revocation takes effect on the next request on every gateway instance.
+have no limits, and the store (`modelyard keys create ...`), looked up by the sha256 of the secret, so a
+revocation takes effect on the next request on every gateway instance. With a store that says when anything in
+it changed (SQLite's data_version, one cheap synchronous call), known keys are kept in memory until the next
+change, from any process; otherwise (PostgreSQL) each request asks the store.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.responses import Response
@@ -22,6 +25,7 @@ from modelyard.store.base import KeyRecord, Store, check_key
 log = logging.getLogger("modelyard.gateway")
 DEFAULT_RESERVE_TOKENS = 256
 BYTES_PER_PROMPT_TOKEN = 4
+MAX_CACHED_KEYS = 10_000
 
 
 @dataclass
@@ -52,10 +56,44 @@ def reserve_tokens(payload: dict[str, object], body_size: int) -> int:
     return completion + body_size // BYTES_PER_PROMPT_TOKEN
 
 
+class KeyCache:
+    """The store's keys by hash, exact: emptied whenever the store's version changes (a write by anyone).
+
+    A store without `data_version()` is asked on every lookup. Unknown hashes are not remembered (random keys
+    cannot fill the memory), and the cache never holds more than `MAX_CACHED_KEYS`.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.version: Callable[[], int] | None = getattr(store, "data_version", None)
+        self._seen = -1
+        self._keys: dict[str, KeyRecord] = {}
+
+    async def lookup(self, digest: str) -> KeyRecord | None:
+        if self.version is None:
+            return await self.store.lookup_key(digest)
+        version = self.version()
+        if version != self._seen:
+            self._keys.clear()
+            self._seen = version
+        else:
+            key = self._keys.get(digest)
+            if key is not None:
+                return key
+        key = await self.store.lookup_key(digest)
+        # read at `version` or later: a change since then has moved the version, and empties the cache next time
+        if key is not None and self._seen == version:
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys.clear()
+            self._keys[digest] = key
+        return key
+
+
 class Tenancy:
     def __init__(self, ring: KeyRing, store: Store | None, limiter: Limiter, queues: dict[str, AdmissionQueue],
                  metrics: GatewayMetrics) -> None:
         self.ring, self.store, self.limiter, self.queues, self.metrics = ring, store, limiter, queues, metrics
+        self.keys = KeyCache(store) if store is not None else None
 
     async def identify(self, authorization: str | None) -> KeyRecord | Response:
         token = bearer(authorization)
@@ -67,7 +105,7 @@ class Tenancy:
         principal = self.ring.find(digest)
         if principal is not None:
             return KeyRecord(name=principal.name, key_hash=digest)
-        key = await self.store.lookup_key(digest) if self.store is not None else None
+        key = await self.keys.lookup(digest) if self.keys is not None else None
         if key is None:
             return openai_error(401, "Incorrect API key provided", "invalid_api_key")
         return key

@@ -41,6 +41,15 @@ class SQLiteStore:
 
     def __init__(self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
         self.path, self._executor, self._conn = path, executor, conn
+        self._watch: sqlite3.Connection | None = None
+
+    def data_version(self) -> int:
+        """A number that changes whenever a commit lands in the database, from this process or any other: a cache
+        of keys stays exact by dropping itself when it changes. Synchronous and cheap (WAL readers never wait)."""
+        if self._watch is None:  # a connection of its own, which never writes: every commit is another's
+            self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        row = self._watch.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
 
     @classmethod
     async def open(cls, path: str | Path) -> SQLiteStore:
@@ -157,6 +166,8 @@ class SQLiteStore:
         return await self._run(_current_version)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         await self._run(lambda c: c.close())
         self._executor.shutdown(wait=True)
 

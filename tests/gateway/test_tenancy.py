@@ -1,0 +1,42 @@
+"""modelyard/gateway/tenancy.py: the key cache stays exact across processes (SQLite's data_version)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from modelyard.gateway.auth import hash_key
+from modelyard.gateway.tenancy import KeyCache
+from modelyard.store.base import KeyLimits, KeyRecord, check_key
+from modelyard.store.sqlite import SQLiteStore
+
+
+class CountingStore(SQLiteStore):
+    lookups = 0
+
+    async def lookup_key(self, key_hash: str) -> KeyRecord | None:
+        self.lookups += 1
+        return await super().lookup_key(key_hash)
+
+
+def test_a_known_key_is_served_from_memory_until_any_connection_writes(tmp_path: Path) -> None:
+    async def body() -> None:
+        path = tmp_path / "modelyard.db"
+        base = await SQLiteStore.open(path)
+        store = CountingStore(base.path, base._executor, base._conn)
+        other = await SQLiteStore.open(path)  # another process's connection (the CLI, another gateway)
+        try:
+            _, secret = await other.create_key("team-a", KeyLimits(rpm=5))
+            cache = KeyCache(store)
+            digest = hash_key(secret)
+            first, second = await cache.lookup(digest), await cache.lookup(digest)
+            assert first is not None and first == second and store.lookups == 1
+            assert await cache.lookup(hash_key("unknown")) is None
+            assert await cache.lookup(hash_key("unknown")) is None and store.lookups == 3  # never remembered
+            await other.revoke_key("team-a")
+            denial = check_key(await cache.lookup(digest), "chat")  # the very next lookup sees the revocation
+            assert denial is not None and denial.status == 401 and store.lookups == 4
+        finally:
+            await other.close()
+            await store.close()
+    asyncio.run(body())
