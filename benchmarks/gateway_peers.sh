@@ -42,6 +42,10 @@ RESULTS="${OUTDIR:-benchmarks/results/gateway_peers-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$RESULTS"
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
+keep_logs() { cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true; cleanup; }
+trap keep_logs EXIT
+# wait for URL; if it never answers, show the log of the process that should serve it
+up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not up: $1"; tail -30 "$2"; exit 1; }
 NCPU=$(nproc)
 # cores: proxies, load generators, upstream workers
 if [ "$NCPU" -ge 8 ]; then
@@ -61,7 +65,7 @@ P_UP=$(port); P_MY=$(port); P_VR=$(port); P_VRM=$(port); P_LL=$(port)
 $PY benchmarks/mock_upstream.py --port "$P_UP" --model mock --tokens 64 --itl-ms 5 --workers "$UPW" \
     --cpus "$UP_CORES" > "$WORK/upstream.log" 2>&1 &
 PID_UP=$!; track $PID_UP
-wait_up "http://127.0.0.1:$P_UP/health"
+up "http://127.0.0.1:$P_UP/health" "$WORK/upstream.log"
 
 # modelyard: store key with limits far above the load, usage recorded in SQLite; one gateway process
 WORKERS_LINE=""
@@ -102,8 +106,8 @@ YAML
   PIDS_JSON+=", \"litellm\": $PID_LL"
 fi
 PIDS_JSON+="}"
-wait_up "http://127.0.0.1:$P_MY/health"; wait_up "http://127.0.0.1:$P_VR/health"
-[ $LITELLM_ON = 1 ] && wait_up "http://127.0.0.1:$P_LL/health/liveliness"
+up "http://127.0.0.1:$P_MY/health" "$WORK/modelyard.log"; up "http://127.0.0.1:$P_VR/health" "$WORK/vllm-router.log"
+if [ $LITELLM_ON = 1 ]; then up "http://127.0.0.1:$P_LL/health/liveliness" "$WORK/litellm.log"; fi
 echo "$PIDS_JSON" > "$WORK/pids.json"
 REPORT="$PY benchmarks/gateway_peers_report.py"
 COMMON=(--model mock --endpoint chat --dataset random --input-len 32 --output-len 64 --warmup 0 --no-progress
