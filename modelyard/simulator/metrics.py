@@ -20,6 +20,7 @@ ITL = "vllm:inter_token_latency_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"
 E2E = "vllm:e2e_request_latency_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
+CACHE_CONFIG = "vllm:cache_config_info"
 
 # vLLM's buckets for these histograms
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -60,9 +61,14 @@ class Histogram:
 class EngineMetrics:
     """Counters and histograms of one simulated engine; gauges are read from the scheduler when rendering."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, kv_blocks: int | None = None, block_size: int = 16) -> None:
         escaped = model_name.replace("\\", "\\\\").replace('"', '\\"')
         self.labels = f'engine="0",model_name="{escaped}"'
+        # vLLM's info gauge of the cache config: routers read the KV cache size from its labels
+        self.cache_info = "" if kv_blocks is None else (
+            f"# HELP {CACHE_CONFIG} Information of the LLMEngine CacheConfig\n# TYPE {CACHE_CONFIG} gauge\n"
+            f'{CACHE_CONFIG}{{block_size="{block_size}",cache_dtype="auto",enable_prefix_caching="True",engine="0",'
+            f'num_cpu_blocks="None",num_gpu_blocks="{kv_blocks}"}} 1.0\n')
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.prompt_tokens = 0
@@ -85,6 +91,7 @@ class EngineMetrics:
                   (KV_USAGE, "KV-cache usage. 1 means 100 percent usage.", kv_usage))
         for name, help_text, value in gauges:
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name}{{{labels}}} {float(value)!r}\n")
+        out.append(self.cache_info)
         counters = ((PREFIX_QUERIES, "Prefix cache queries, in terms of number of queried tokens.",
                      self.prefix_queries),
                     (PREFIX_HITS, "Prefix cache hits, in terms of number of cached tokens.", self.prefix_hits),

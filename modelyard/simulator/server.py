@@ -32,7 +32,7 @@ class Simulator:
 
     def __init__(self, profile: Profile, model_name: str, crash: Callable[[], None] = _exit_now) -> None:
         self.profile, self.model_name, self.crash = profile, model_name, crash
-        self.metrics = EngineMetrics(model_name)
+        self.metrics = EngineMetrics(model_name, profile.kv_blocks, profile.block_size)
         self.rng = random.Random(profile.seed)
         self.scheduler = Scheduler(profile, self.metrics, random.Random(profile.seed + 1))
         self.sleep_level = 0

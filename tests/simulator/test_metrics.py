@@ -30,3 +30,10 @@ def test_engine_metrics_use_vllm_names_and_labels() -> None:
                  "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket"):
         assert name in text
     assert len(TTFT_BUCKETS) == 22
+
+
+def test_cache_config_info_gives_the_kv_cache_size() -> None:
+    assert "cache_config_info" not in EngineMetrics("m").render(running=0, waiting=0, kv_usage=0.0).decode()
+    text = EngineMetrics("m", kv_blocks=480, block_size=16).render(running=0, waiting=0, kv_usage=0.0).decode()
+    line = next(line for line in text.splitlines() if line.startswith("vllm:cache_config_info{"))
+    assert 'num_gpu_blocks="480"' in line and 'block_size="16"' in line and line.endswith(" 1.0")
