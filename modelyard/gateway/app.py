@@ -98,7 +98,8 @@ class Gateway:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         # idle upstream connections are dropped before the engines drop them (llama-server: after 5 s)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              cookie_jar=aiohttp.DummyCookieJar())  # engines set no cookies
         if self.writer is not None:
             self.writer.start()
         self.scraper.start(self._session)
@@ -174,9 +175,9 @@ class Gateway:
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             return ticket
-        call = Call(request.url.path, body, payload, model, payload.get("stream") is True, ticket,
+        call = Call(request.scope["path"], body, payload, model, payload.get("stream") is True, ticket,
                     route=RouteRequest.of(model_name, payload, request.headers))
-        if call.stream and request.url.path != "/v1/embeddings":
+        if call.stream and call.path != "/v1/embeddings":
             options = payload.get("stream_options")
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
@@ -324,9 +325,11 @@ class Gateway:
         if usage:
             self.metrics.tokens.labels(model, key, "prompt").inc(prompt)
             self.metrics.tokens.labels(model, key, "completion").inc(completion)
-        task = asyncio.get_running_loop().create_task(call.ticket.done(prompt + completion))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        settling = call.ticket.finish(prompt + completion)
+        if settling is not None:  # a limiter that waits (Redis): off the request's path
+            task = asyncio.get_running_loop().create_task(settling)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if self.writer is not None:
             self.writer.record(UsageRecord(
                 ts=time.time(), key_name=key, model=model, replica=outcome.replica, prompt_tokens=prompt,

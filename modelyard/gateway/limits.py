@@ -158,6 +158,10 @@ class LocalLimiter:
         return None
 
     async def settle(self, admission: Admission, real_tokens: int) -> None:
+        self.settle_now(admission, real_tokens)
+
+    def settle_now(self, admission: Admission, real_tokens: int) -> None:
+        """`settle` without an await: the relay's end calls it directly (no task per request)."""
         if admission.settled:
             return
         admission.settled = True

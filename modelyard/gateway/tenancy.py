@@ -10,8 +10,9 @@ change, from any process; otherwise (PostgreSQL) each request asks the store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.responses import Response
 
@@ -39,10 +40,24 @@ class Ticket:
     released: bool = False
 
     async def done(self, real_tokens: int) -> None:
+        settling = self.finish(real_tokens)
+        if settling is not None:
+            await settling
+
+    def finish(self, real_tokens: int) -> Coroutine[Any, Any, None] | None:
+        """Gives the slot back now, and settles at once with a limiter that never waits (LocalLimiter.settle_now);
+        else returns the settling to await (Redis), or None when there is nothing left to do."""
         if self.released:
-            return
+            return None
         self.released = True
         self.slot.release()
+        settle_now = getattr(self.limiter, "settle_now", None)
+        if settle_now is not None:
+            settle_now(self.admission, real_tokens)
+            return None
+        return self._settle(real_tokens)
+
+    async def _settle(self, real_tokens: int) -> None:
         try:
             await self.limiter.settle(self.admission, real_tokens)
         except Exception as exc:  # with Redis, its leases expire on their own
