@@ -13,18 +13,19 @@
 # Writes results.json, table.md and gateway_peers.png to benchmarks/results/gateway_peers-<date>/.
 #
 # usage: benchmarks/gateway_peers.sh [--levels 1,16,64,256] [--duration 15] [--no-litellm] [--clients K]
-#                                    [--upstream-workers U] [--soak [SECONDS]] [--out DIR]
+#                                    [--upstream-workers U] [--direct-up-to 256] [--soak [SECONDS]] [--out DIR]
 #   --levels 1,16,64,256,1024 on the many-core machine; --soak: after the levels, SECONDS (default 600) at 64
-#   streams through modelyard alone, its RSS sampled every 10 s.
+#   streams through modelyard alone, its RSS sampled every 10 s. Levels above --direct-up-to leave the direct
+#   target out: at 1,024 streams it alone would take most of the load generators' and the upstream's cores.
 # env: PY (python with modelyard, default .venv/bin/python), PEERS_VENV (default .peers-venv, created with the
 #   pinned peers when missing), VLLM_ROUTER / LITELLM (the peers' commands; default from PEERS_VENV).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LEVELS=1,16,64,256; DURATION=15; LITELLM_ON=1; CLIENTS=""; UPW=""; SOAK=0; OUTDIR=""
+LEVELS=1,16,64,256; DURATION=15; DIRECT_MAX=256; LITELLM_ON=1; CLIENTS=""; UPW=""; SOAK=0; OUTDIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --levels) LEVELS=$2; shift 2;; --duration) DURATION=$2; shift 2;; --no-litellm) LITELLM_ON=0; shift;;
-    --clients) CLIENTS=$2; shift 2;; --upstream-workers) UPW=$2; shift 2;; --out) OUTDIR=$2; shift 2;;
+    --clients) CLIENTS=$2; shift 2;; --direct-up-to) DIRECT_MAX=$2; shift 2;; --upstream-workers) UPW=$2; shift 2;; --out) OUTDIR=$2; shift 2;;
     --soak) SOAK=600; if [[ "${2:-}" =~ ^[0-9]+$ ]]; then SOAK=$2; shift; fi; shift;;
     *) echo "unknown argument $1"; exit 2;;
   esac
@@ -49,10 +50,10 @@ up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2
 NCPU=$(nproc)
 # cores: proxies, load generators, upstream workers
 if [ "$NCPU" -ge 8 ]; then
-  CORE_MY=0; CORE_VR=1; CORE_LL=2
+  CORE_MY=0; CORE_VR=1; CORE_LL=2; FREE=$((2 + LITELLM_ON))   # first core left for the others
   DEFAULT_CLIENTS=4; [ "$NCPU" -ge 16 ] && DEFAULT_CLIENTS=8   # a power of two divides every level
-  CLIENTS=${CLIENTS:-$DEFAULT_CLIENTS}; UPW=${UPW:-$(( NCPU - 3 - CLIENTS ))}
-  CLIENT_CORES=$(seq -s, 3 $((2 + CLIENTS))); UP_CORES=$(seq -s, $((3 + CLIENTS)) $((NCPU - 1)))
+  CLIENTS=${CLIENTS:-$DEFAULT_CLIENTS}; UPW=${UPW:-$(( NCPU - FREE - CLIENTS ))}
+  CLIENT_CORES=$(seq -s, $FREE $((FREE - 1 + CLIENTS))); UP_CORES=$(seq -s, $((FREE + CLIENTS)) $((NCPU - 1)))
 else
   CORE_MY=0; CORE_VR=0; CORE_LL=0; CLIENTS=${CLIENTS:-1}; UPW=${UPW:-1}
   CLIENT_CORES=$((NCPU - 1)); UP_CORES=$((NCPU - 1))
@@ -106,6 +107,7 @@ YAML
   PIDS_JSON+=", \"litellm\": $PID_LL"
 fi
 PIDS_JSON+="}"
+NO_DIRECT=("${TARGETS[@]:2}")
 up "http://127.0.0.1:$P_MY/health" "$WORK/modelyard.log"; up "http://127.0.0.1:$P_VR/health" "$WORK/vllm-router.log"
 if [ $LITELLM_ON = 1 ]; then up "http://127.0.0.1:$P_LL/health/liveliness" "$WORK/litellm.log"; fi
 echo "$PIDS_JSON" > "$WORK/pids.json"
@@ -134,7 +136,7 @@ echo "warm-up ..."; bench_group warmup 4 3
 for c in ${LEVELS//,/ }; do
   echo "level c=$c: ${DURATION}s ..."
   $REPORT snapshot "$WORK/pids.json" > "$WORK/c$c.before.json"
-  bench_group "c$c" "$c" "$DURATION"
+  if [ "$c" -le "$DIRECT_MAX" ]; then bench_group "c$c" "$c" "$DURATION"; else bench_group "c$c" "$c" "$DURATION" "${NO_DIRECT[@]}"; fi
   $REPORT snapshot "$WORK/pids.json" > "$WORK/c$c.after.json"
 done
 if [ "$SOAK" -gt 0 ]; then
