@@ -5,28 +5,28 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from rich.console import Console, Group
 from rich.live import Live
 from rich.logging import RichHandler
 
 from modelyard.engines import EngineError
+from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
+from modelyard.fleet.process import open_log
+from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
 from modelyard.fleet.supervisor import Supervisor
-from modelyard.gateway.app import create_gateway
 from modelyard.gateway.auth import KeyRing, hash_key, new_key
-from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter
 from modelyard.observability.status import ChangePrinter, banner, status_table
 from modelyard.routing.endpoints import EndpointTable
-from modelyard.spec.schema import YardSpec
-from modelyard.store.base import Store
+from modelyard.spec.schema import OpenAIModel, YardSpec
 from modelyard.store.factory import open_store
 
 ENV_KEY = "MODELYARD_API_KEY"
@@ -92,14 +92,6 @@ def check_port_free(host: str, port: int) -> None:
                           "stop what uses it or pass --port") from None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: `up` owns SIGINT/SIGTERM and stops everything in order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 def _logging(console: Console, log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger("modelyard")
@@ -113,34 +105,60 @@ def _logging(console: Console, log_dir: Path) -> None:
     root.addHandler(screen)
 
 
-async def open_state(spec: YardSpec, state_dir: Path) -> tuple[Store, Limiter, Any]:
-    """The key/usage store and the limiter (Redis-backed when store.redis is set), checked before serving."""
+async def check_state(spec: YardSpec, state_dir: Path) -> None:
+    """Opens the store (which applies its migrations, here, once, before any worker opens it) and reaches
+    store.redis, so that a wrong url stops `up` with a clear message instead of failing every request."""
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         store = await open_store(spec.store.url, state_dir)
     except Exception as exc:
         raise UpError(f"store.url: cannot open the store ({type(exc).__name__}: {exc})") from None
+    await store.close()
     if not spec.store.redis:
-        return store, LocalLimiter(), None
+        return
     import redis.asyncio
 
     client = redis.asyncio.from_url(spec.store.redis)
     try:
         await client.ping()
     except Exception as exc:
-        await client.aclose()
-        await store.close()
         raise UpError(f"store.redis: cannot reach {spec.store.redis} ({type(exc).__name__}: {exc})") from None
-    return store, RedisLimiter(client), client
+    finally:
+        await client.aclose()
 
 
-async def _until_stopped(stop: asyncio.Event, server: asyncio.Task[None], tick: Callable[[], None],
-                         every_s: float) -> None:
-    """Calls `tick` every `every_s` until a stop signal, or until the gateway ends on its own."""
-    while not stop.is_set() and not server.done():
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def worker_env(spec: YardSpec, metrics_dir: Path) -> dict[str, str]:
+    """The workers' environment: ours without the secrets they are given otherwise (hashes, over their stdin)."""
+    secrets = {ENV_KEY, spec.gateway.admin_key_env, *(k.key_env for k in spec.gateway.keys if k.key_env),
+               *(m.api_key_env for m in spec.models if isinstance(m, OpenAIModel) and m.api_key_env)}
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return env
+
+
+async def _until_stopped(stop: asyncio.Event, tick: Callable[[], None], every_s: float) -> None:
+    """Calls `tick` every `every_s` until a stop signal."""
+    while not stop.is_set():
         tick()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def _screen(spec: YardSpec, table: EndpointTable, head: Any, console: Console, live: bool | None,
+                  stop: asyncio.Event) -> None:
+    if console.is_terminal if live is None else live:
+        with Live(Group(head, status_table(spec, table)), console=console, refresh_per_second=2) as screen:
+            await _until_stopped(stop, lambda: screen.update(Group(head, status_table(spec, table))), 0.5)
+    else:
+        console.print(head)
+        printer = ChangePrinter(console)
+        await _until_stopped(stop, lambda: printer.update(table), 0.25)
 
 
 async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | None = None) -> int:
@@ -152,43 +170,43 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     supervisor.prepare()
     check_port_free(host, port)
     _logging(console, state_dir / "logs")
-    store, limiter, redis_client = await open_state(spec, state_dir)
-    admin_key = os.environ.get(spec.gateway.admin_key_env) or None
-    app = create_gateway(spec, table, keys.ring, store, limiter, admin_key=admin_key)
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=5, http="httptools")
-    server = _Server(config)
+    await check_state(spec, state_dir)
+    count = worker_count(spec.gateway.workers)
+    metrics_dir = fresh_dir(state_dir / "metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
-    await supervisor.start()
-    server_task = asyncio.create_task(server.serve())
-    head = banner(f"http://{host}:{port}/v1", keys.shown, str(state_dir / "logs"))
-    use_live = console.is_terminal if live is None else live
+    log_file = open_log(state_dir / "logs" / "modelyard.log")
+    private: PrivateRedis | None = None
+    workers: GatewayWorkers | None = None
     try:
-        if use_live:
-            with Live(Group(head, status_table(spec, table)), console=console, refresh_per_second=2) as screen:
-                await _until_stopped(stop, server_task, lambda: screen.update(Group(head, status_table(spec, table))),
-                                     0.5)
-        else:
-            console.print(head)
-            printer = ChangePrinter(console)
-            await _until_stopped(stop, server_task, lambda: printer.update(table), 0.25)
+        redis_url = spec.store.redis
+        if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
+            private = await PrivateRedis.start(state_dir, log_file)
+            redis_url = private.url
+        settings = {"spec": spec.model_dump(mode="json"), "keys": keys.ring.hashed(),
+                    "admin_key": os.environ.get(spec.gateway.admin_key_env) or None, "state_dir": str(state_dir),
+                    "redis": redis_url, "workers": count, "metrics_dir": str(metrics_dir)}
+        workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), log_file, metrics_dir,
+                                 host, port)
+        await supervisor.start()
+        await workers.start()
+        log.info("gateway: %d worker(s) on %s:%d, pids %s", count, host, port, workers.pids)
+        head = banner(f"http://{host}:{port}/v1", keys.shown, str(state_dir / "logs"))
+        await _screen(spec, table, head, console, live, stop)
+    except (WorkerError, RedisServerError) as exc:
+        raise UpError(str(exc)) from None
     finally:
         console.print("stopping: gateway, then replicas ...")
-        server.should_exit = True
+        if workers is not None:
+            await workers.stop()  # each worker finishes its requests and writes its buffered usage records
         await supervisor.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server_task, 10)  # its lifespan's end writes the buffered usage records
-        await store.close()
-        if redis_client is not None:
-            await redis_client.aclose()
+        if private is not None:
+            await private.stop()
+        log_file.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    if server_task.done() and not stop.is_set() and server_task.exception() is not None:
-        raise UpError(f"the gateway stopped: {server_task.exception()}")
     console.print("stopped; no process left behind")
     return 0
 
@@ -196,7 +214,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
 def run_up(spec: YardSpec, spec_path: Path, console: Console) -> int:
     try:
         # the default asyncio loop, not uvloop: uvloop's spawn loses PR_SET_PDEATHSIG, so replicas would outlive
-        # a killed `modelyard up`
+        # a killed `modelyard up` (the gateway workers, which spawn nothing, run uvloop)
         return asyncio.run(serve(spec, spec_path, console))
     except (UpError, EngineError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

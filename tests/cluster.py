@@ -86,6 +86,15 @@ class Cluster:
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def wait_metric(self, name: str, value: float, timeout_s: float = 10, **labels: str) -> bool:
+        """With several gateway workers, a gauge that another worker keeps is current within a fraction of a second."""
+        deadline = time.monotonic() + timeout_s
+        while self.metric(name, **labels) != value:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30) -> int:
         if self.proc is None:
             return 0

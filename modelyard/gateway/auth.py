@@ -47,6 +47,10 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    def hashed(self) -> dict[str, str]:
+        """sha256 -> name, what `KeyRing(hashed)` takes: the ring without any secret, for another process."""
+        return {digest: principal.name for digest, principal in self._by_hash.items()}
+
     def authenticate(self, authorization: str | None) -> Principal | None:
         token = bearer(authorization)
         return self.find(hash_key(token)) if token is not None else None

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 # every metric name of modelyard's own, in one place
@@ -81,9 +83,15 @@ class RoutingTimings(Collector):
 
 
 class GatewayMetrics:
-    """The gateway's Prometheus metrics, in a registry of their own (no global state)."""
+    """The gateway's Prometheus metrics, in a registry of their own (no global state).
 
-    def __init__(self) -> None:
+    With several gateway worker processes, each is started with $PROMETHEUS_MULTIPROC_DIR set (prometheus_client
+    reads it when imported) and passes that folder as `multiprocess_dir`: every process writes its values to
+    files there and /metrics, whichever worker answers it, adds them up (gauges by their multiprocess_mode).
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(REQUESTS_TOTAL, "Requests by model, key name and HTTP status",
@@ -92,19 +100,30 @@ class GatewayMetrics:
                                   buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram(TTFT_SECONDS, "Time to the first byte of the engine's answer", ["model", "key"],
                               buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge(IN_FLIGHT, "Requests being relayed", ["model"], registry=r)
-        self.replicas = Gauge(REPLICAS, "Replicas by model and state", ["model", "state"], registry=r)
-        self.restarts = Gauge(REPLICA_RESTARTS, "Restarts of a replica since start", ["model", "replica"], registry=r)
+        self.in_flight = Gauge(IN_FLIGHT, "Requests being relayed", ["model"], registry=r,
+                               multiprocess_mode="livesum")
+        # the same in every worker (the supervisor's table): the last value written, by the worker scraped last
+        self.replicas = Gauge(REPLICAS, "Replicas by model and state", ["model", "state"], registry=r,
+                              multiprocess_mode="mostrecent")
+        self.restarts = Gauge(REPLICA_RESTARTS, "Restarts of a replica since start", ["model", "replica"], registry=r,
+                              multiprocess_mode="mostrecent")
         self.tokens = Counter(TOKENS_TOTAL, "Tokens by model, key name and kind (prompt, completion)",
                               ["model", "key", "kind"], registry=r)
         self.retries = Counter(RETRIES_TOTAL, "Attempts retried on another replica", ["model"], registry=r)
         self.rejections = Counter(REJECTIONS_TOTAL, "Requests turned away, by reason", ["model", "key", "reason"],
                                   registry=r)
-        self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting in a model's admission queue", ["model"], registry=r)
+        self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting in a model's admission queue", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
         self.ejections = Counter(EJECTIONS_TOTAL, "Passive outlier ejections of a replica", ["model", "replica"],
                                  registry=r)
-        self.usage_buffered = Gauge(USAGE_BUFFERED, "Usage records not yet written to the store", registry=r)
+        self.usage_buffered = Gauge(USAGE_BUFFERED, "Usage records not yet written to the store", registry=r,
+                                    multiprocess_mode="livesum")
         self.routing = RoutingTimings(r)  # per process: the routing decisions this process made
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        merged.register(self.routing)  # the answering worker's own decisions: they are not in the shared files
+        return generate_latest(merged)

@@ -108,7 +108,8 @@ def test_injection_in_header_and_name_does_not_reach_sql(cluster: Cluster) -> No
 
 def test_a_full_admission_queue_answers_at_once(tmp_path: Path) -> None:
     model = {**sim("chat", itl_base_s=0.05), "admission": {"max_concurrency": 1, "max_queue": 0}}
-    running = Cluster(tmp_path, [model]).start()
+    # one worker: with N, each admits its share of max_concurrency, rounded up (README, gateway.workers)
+    running = Cluster(tmp_path, [model], gateway={"workers": 1}).start()
     try:
         long_started = threading.Event()
 
@@ -137,7 +138,7 @@ def test_usage_buffered_at_sigterm_is_in_the_store_after_restart(tmp_path: Path)
     try:
         for _ in range(5):
             ask(running, API_KEY)
-        assert running.metric("modelyard_usage_buffered_records") == 5  # not written yet
+        assert running.wait_metric("modelyard_usage_buffered_records", 5)  # not written yet
     finally:
         assert running.stop(signal.SIGTERM) == 0
 
@@ -207,10 +208,13 @@ def test_a_lost_redis_fails_closed_with_a_clear_503(tmp_path: Path) -> None:
     from tests.servers import redis_server
 
     with redis_server() as url:
-        running = Cluster(tmp_path, [sim("chat")], extra={"store": {"redis": url}}).start()
+        running = Cluster(tmp_path, [sim("chat")], env={"MODELYARD_ADMIN_KEY": ADMIN},
+                          extra={"store": {"redis": url}}).start()
+        limited = new_key(running, name="limited", rpm=100)
     try:  # the Redis server is gone now
         with pytest.raises(openai.InternalServerError) as info:
-            ask(running, API_KEY)
+            ask(running, limited)
         assert info.value.status_code == 503 and info.value.code == "limiter_unavailable"
+        assert ask(running, API_KEY).choices  # a key without limits never asks Redis
     finally:
         running.stop()

@@ -1,0 +1,200 @@
+"""One gateway worker process: `python -m modelyard.gateway.workers`, started by `modelyard up`
+(modelyard/fleet/gateway_workers.py), never by hand.
+
+Its stdin carries JSON lines from the parent: first `{"config": ..., "endpoints": [...]}` (the spec, the key
+ring as sha256 hashes, the admin key, where the store and the shared limiter are), then `{"endpoints": [...]}`
+whenever the supervisor's table changes (routing/feed.py). Its stdout carries JSON lines to the parent:
+`{"listening": pid}`, `{"ejected": {...}}` (a passive ejection decided here), `{"in_flight": {...}}`; anything
+else the process prints goes to stderr, the log. It listens on the gateway's host:port with SO_REUSEPORT, like
+its siblings, so the kernel spreads new connections over them. It runs uvloop: it starts no child process.
+SIGTERM (or the parent closing stdin) stops it the way uvicorn stops: in-flight requests finish (5 s at
+most), then the buffered usage records are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+
+from modelyard.gateway.app import Gateway, create_gateway
+from modelyard.gateway.auth import KeyRing
+from modelyard.gateway.failover import OutlierDetector
+from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter
+from modelyard.observability.metrics import GatewayMetrics
+from modelyard.routing.endpoints import Endpoint, EndpointTable
+from modelyard.routing.feed import Held, apply, ejection
+from modelyard.spec.schema import YardSpec
+from modelyard.store.factory import open_store
+
+WORKER_HEADER = "x-modelyard-worker"
+MAX_LINE_BYTES = 64 * 1024 * 1024
+REFRESH_S = 0.25
+BACKLOG = 2048
+log = logging.getLogger("modelyard.gateway.worker")
+Send = Callable[[dict[str, Any]], None]
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening socket of its own on host:port, in the SO_REUSEPORT group that the workers share."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class ReportingOutliers(OutlierDetector):
+    """Ejects as the gateway always does, and tells the parent, which shares it with every worker."""
+
+    def __init__(self, send: Send, held: Held) -> None:
+        super().__init__()
+        self.send, self.held = send, held
+
+    def failure(self, endpoint: Endpoint, hung: bool = False) -> None:
+        before = endpoint.ejected_until
+        super().failure(endpoint, hung)
+        if endpoint.ejected_until != before:
+            self.held[(endpoint.model, endpoint.replica)] = endpoint.ejected_until
+            self.send({"ejected": ejection(endpoint)})
+
+
+class _Server(uvicorn.Server):
+    """Signals are the worker's own (below), so that it exits 0 after a graceful stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Worker:
+    def __init__(self, config: dict[str, Any], send: Send) -> None:
+        self.config, self.send = config, send
+        self.spec = YardSpec.model_validate(config["spec"])
+        self.table = EndpointTable()
+        self.held: Held = {}
+
+    async def _limiter(self) -> tuple[Limiter, Any]:
+        url = self.config.get("redis")
+        if not url:
+            return LocalLimiter(), None
+        import redis.asyncio
+
+        client = redis.asyncio.from_url(url)
+        return RedisLimiter(client), client
+
+    async def run(self, feed: asyncio.StreamReader, endpoints: list[dict[str, Any]]) -> int:
+        apply(self.table, endpoints, self.held, time.monotonic())
+        store = await open_store(self.spec.store.url, self.config["state_dir"])
+        limiter, redis_client = await self._limiter()
+        metrics_dir = self.config.get("metrics_dir")
+        metrics = GatewayMetrics(Path(metrics_dir) if metrics_dir else None)
+        app = create_gateway(self.spec, self.table, KeyRing(self.config["keys"]), store, limiter, metrics,
+                             admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]))
+        gateway: Gateway = app.state.gateway
+        gateway.outliers = ReportingOutliers(self.send, self.held)
+        server = _Server(uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on",
+                                        timeout_graceful_shutdown=5, http="httptools",
+                                        headers=[(WORKER_HEADER, str(os.getpid()))]))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        sock = listen_socket(self.spec.gateway.host, self.spec.gateway.port)
+        tasks = [asyncio.create_task(self._follow(feed, server)), asyncio.create_task(self._refresh(gateway, server))]
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            sock.close()
+            await store.close()
+            if redis_client is not None:
+                await redis_client.aclose()
+        return 0 if server.started else 1
+
+    async def _follow(self, feed: asyncio.StreamReader, server: uvicorn.Server) -> None:
+        """Applies the parent's endpoint tables; the parent gone (stdin closed): stop."""
+        while line := await feed.readline():
+            message = orjson.loads(line)
+            if "endpoints" in message:
+                apply(self.table, message["endpoints"], self.held, time.monotonic())
+        server.should_exit = True
+
+    async def _refresh(self, gateway: Gateway, server: uvicorn.Server) -> None:
+        """Says when it listens, then keeps its share of the gauges and of the in-flight counts current."""
+        while not server.started:
+            await asyncio.sleep(0.02)
+        self.send({"listening": os.getpid()})
+        last: dict[str, Any] = {}
+        while True:
+            depth = {m.name: gateway.queues[m.name].waiting for m in self.spec.models}
+            for name, waiting in depth.items():
+                if last.get("depth", {}).get(name) != waiting:
+                    gateway.metrics.queue_depth.labels(name).set(waiting)
+            buffered = gateway.writer.buffered if gateway.writer is not None else 0
+            if last.get("buffered") != buffered:
+                gateway.metrics.usage_buffered.set(buffered)
+            in_flight = {e.id: e.in_flight for e in self.table}
+            if last.get("in_flight") != in_flight:
+                self.send({"in_flight": in_flight})
+            last = {"depth": depth, "buffered": buffered, "in_flight": in_flight}
+            await asyncio.sleep(REFRESH_S)
+
+
+def _logging(index: int) -> None:
+    root = logging.getLogger("modelyard")
+    root.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s %(name)s [gateway worker {index}, pid {os.getpid()}]: %(message)s"))
+    root.addHandler(handler)
+
+
+async def _main(out_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    feed = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(feed), sys.stdin)
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(out_fd, "wb", buffering=0))
+
+    def send(message: dict[str, Any]) -> None:
+        if not transport.is_closing():
+            transport.write(orjson.dumps(message) + b"\n")
+
+    first = await feed.readline()
+    if not first:
+        return 1
+    message = orjson.loads(first)
+    _logging(int(message["config"]["index"]))
+    try:
+        return await Worker(message["config"], send).run(feed, message["endpoints"])
+    finally:
+        transport.close()
+
+
+def main() -> None:
+    out_fd = os.dup(1)  # the channel to the parent; whatever else writes to stdout lands in the log
+    os.dup2(2, 1)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(_main(out_fd)))
+
+
+if __name__ == "__main__":
+    main()

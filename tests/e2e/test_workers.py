@@ -1,0 +1,90 @@
+"""`gateway.workers: 2` through `modelyard up`: one port served by two processes, limits exact across them."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.cluster import API_KEY, Cluster
+
+ADMIN = "admin-" + "z" * 24
+WORKER_HEADER = "x-modelyard-worker"
+
+
+def sim(name: str = "chat") -> dict[str, Any]:
+    return {"name": name, "engine": "simulator", "profile": "tiny-cpu",
+            "params": {"itl_base_s": 0.002, "prefill_overhead_s": 0.001}}
+
+
+def complete(cluster: Cluster, key: str = API_KEY) -> httpx.Response:
+    """One request on a connection of its own, so the kernel may hand it to either worker."""
+    return httpx.post(cluster.url + "/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                      json={"model": "chat", "prompt": "hello", "max_tokens": 3})
+
+
+def worker_processes(cluster: Cluster) -> list[psutil.Process]:
+    return [p for p in cluster.engine_processes() if "modelyard.gateway.workers" in " ".join(p.cmdline())]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(tmp_path, [sim()], gateway={"workers": 2}, env={"MODELYARD_ADMIN_KEY": ADMIN}).start()
+    yield running
+    running.stop()
+
+
+def test_requests_spread_over_both_workers_and_metrics_add_up(cluster: Cluster) -> None:
+    replies = [complete(cluster) for _ in range(30)]
+    assert [r.status_code for r in replies] == [200] * 30
+    served_by = {int(r.headers[WORKER_HEADER]) for r in replies}
+    assert served_by == {p.pid for p in worker_processes(cluster)}
+    assert len(served_by) == 2
+    for _ in range(4):  # whichever worker answers /metrics counts the other's requests too
+        assert cluster.metric("modelyard_requests_total", model="chat", key="env", status="200") == 30
+
+
+def test_an_rpm_limit_is_exact_across_workers(cluster: Cluster) -> None:
+    created = httpx.post(cluster.url + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"},
+                         json={"name": "team", "rpm": 7}, timeout=10)
+    assert created.status_code == 201, created.text
+    key = created.json()["secret"]
+    replies = [complete(cluster, key) for _ in range(20)]
+    assert sorted(r.status_code for r in replies) == [200] * 7 + [429] * 13
+    assert len({r.headers[WORKER_HEADER] for r in replies}) == 2
+    assert cluster.metric("modelyard_rejections_total", model="chat", key="team", reason="rpm") == 13
+
+
+def test_a_killed_worker_is_restarted(cluster: Cluster) -> None:
+    before = worker_processes(cluster)
+    assert len(before) == 2
+    before[0].kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = {p.pid for p in worker_processes(cluster)}
+        if len(pids) == 2 and before[0].pid not in pids:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no worker took the killed one's place:\n{cluster.output()}")
+    replies = [complete(cluster) for _ in range(20)]
+    assert [r.status_code for r in replies] == [200] * 20
+    assert {int(r.headers[WORKER_HEADER]) for r in replies} == pids
+    assert "gateway worker 0 exited" in (cluster.tmp / "state" / "logs" / "modelyard.log").read_text()
+
+
+def test_ctrl_c_leaves_no_process(cluster: Cluster) -> None:
+    assert cluster.proc is not None
+    children = cluster.engine_processes()
+    kinds = " ".join(" ".join(p.cmdline()) for p in children)
+    assert "modelyard.gateway.workers" in kinds and "redis-server" in kinds and "modelyard.simulator" in kinds
+    cluster.proc.send_signal(signal.SIGINT)
+    assert cluster.proc.wait(30) == 0
+    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
