@@ -12,10 +12,11 @@
 # 127.0.0.0/8; bounded in count (NUM_REQUESTS a level) and time (about 10 minutes with the defaults).
 # usage: benchmarks/routing_compare.sh [RATES] [OUTPUT_DIR]
 #   env: REPLICAS (default 4, 2..8), NUM_REQUESTS (default 198: one pass over the dataset), POLICIES (default all
-#        five, e.g. "modelyard:default,vllm-router:cache_aware"), PEER_VENV (vllm-router's venv), PY
+#        five, e.g. "modelyard:default,vllm-router:cache_aware"), PEER_VENV (vllm-router's venv), PY, COMMIT (the
+#        commit to record when the tree is not a git checkout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RATES="${1:-5,10,15,20}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
+RATES="${1:-4,8,12,16,24}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
 REPLICAS="${REPLICAS:-4}"; N="${NUM_REQUESTS:-198}"
 POLICIES="${POLICIES:-modelyard:round-robin,modelyard:least-load,modelyard:default,vllm-router:round_robin,vllm-router:cache_aware}"
 VLLM_ROUTER_VERSION=0.1.17
@@ -82,7 +83,8 @@ json.dump({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "ra
            "num_requests": $N, "replicas": $REPLICAS, "simulators": "${SIMS[*]}".split(),
            "simulator_params": "tiny-cpu ${SIM_PARAMS[*]}", "workload": "${WORKLOAD[*]}",
            "policies": policies, "vllm_router": "$VLLM_ROUTER_VERSION",
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "commit": "${COMMIT:-}" or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                     text=True).stdout.strip(),
            "machine": "$NPROC cores, $CPU", "gateway_yaml": open("$WORK/yard.yaml").read()},
           open(sys.argv[1], "w"), indent=1)
 PY
