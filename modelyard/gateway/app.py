@@ -70,7 +70,7 @@ class Gateway:
         self.spec, self.table, self.store = spec, table, store
         self.workers = workers  # gateway processes sharing the port: each admits its share of a model's capacity
         self.metrics = metrics or GatewayMetrics()
-        self.router = Router(spec, table, self.metrics.routing)
+        self.router = Router(spec, table, self.metrics.routing, processes=workers)
         self.scraper = MetricsScraper(table)
         self.limiter = limiter or LocalLimiter()
         self.queues = {m.name: AdmissionQueue(m.name, self._capacity(m), m.admission.max_queue,

@@ -95,11 +95,14 @@ class RouteRequest:
 
 @dataclass
 class Context:
-    """What a plugin instance is built with: the model it routes for, a clock and a random source."""
+    """What a plugin instance is built with: the model it routes for, a clock, a random source, and how many
+    gateway processes route the same traffic, each with its own plugin state (so that state-keeping plugins can
+    choose what the others would choose)."""
 
     model: str
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    processes: int = 1
 
 
 class Filter(Protocol):

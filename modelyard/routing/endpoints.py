@@ -55,10 +55,11 @@ class Endpoint:
         return self.state is ReplicaState.READY and self.ejected_until <= now
 
     def waiting_now(self) -> int:
-        """The engine's waiting queue, freshened: while it queues, each request sent since the scrape queues too."""
+        """The engine's waiting queue, freshened: while it queues, each request sent since the scrape queues too,
+        and each one finished since lets one in."""
         if self.waiting <= 0:
             return 0
-        return self.waiting + max(0, self.in_flight - self.in_flight_at_scrape)
+        return max(0, self.waiting + self.in_flight - self.in_flight_at_scrape)
 
     @property
     def id(self) -> str:

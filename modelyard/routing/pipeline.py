@@ -84,14 +84,17 @@ class Pipeline:
 
     def weighted(self, request: RouteRequest, candidates: Sequence[Endpoint], before: float = 0.0) -> list[float]:
         """Each candidate's weighted score, normalized by the total weight: in [0, 1]."""
-        totals = [0.0] * len(candidates)
+        totals: list[float] | None = None
         for scorer, weight, timer in self.scorers:
             scores = scorer.score(request, candidates)
-            totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
+            if totals is None:
+                totals = [weight * s for s in scores]
+            else:
+                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
             now = perf_counter()
             timer.observe(now - before)
             before = now
-        return totals
+        return totals if totals is not None else [0.0] * len(candidates)
 
     def finished(self, request: RouteRequest, endpoint: Endpoint) -> None:
         for stateful in self.stateful:
@@ -102,14 +105,15 @@ class Router:
     """Picks a replica for a request with its model's pipeline; the relay only ever calls pick and finished."""
 
     def __init__(self, spec: YardSpec, table: EndpointTable, timings: RoutingTimings | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 processes: int = 1) -> None:
         self.table = table
         self.timings = timings if timings is not None else RoutingTimings()
         profiles = registry.profiles(spec.routing)
         source = rng or random.Random()
         self.pipelines = {
             model.name: Pipeline(model.name, profiles[model.routing], spec.routing,
-                                 Context(model.name, clock, random.Random(source.random())), self.timings)
+                                 Context(model.name, clock, random.Random(source.random()), processes), self.timings)
             for model in spec.models}
 
     def pick(self, request: RouteRequest, exclude: Collection[Endpoint] = ()) -> Endpoint | None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 from modelyard.routing.contracts import block_hashes
 from modelyard.routing.prefix_index import PrefixIndex
 
@@ -55,3 +57,23 @@ def test_a_replica_back_on_another_url_is_forgotten() -> None:
     index.check_url(0, "http://b")
     assert index.matches(hashes) == {1: 4}
     assert len(index) == 4
+
+
+def test_bisected_matches_equal_a_block_by_block_walk() -> None:
+    rng = random.Random(0)
+    index = PrefixIndex()
+    heads = ["".join(rng.choice("abc") for _ in range(6)) for _ in range(12)]
+    for _ in range(600):
+        text = rng.choice(heads) * 40 + "".join(rng.choice("xyz") for _ in range(rng.randrange(0, 400)))
+        index.insert(rng.randrange(6), block_hashes(text, 16, 64), capacity=rng.choice((40, 200)))
+    for _ in range(300):
+        text = rng.choice(heads) * 40 + "".join(rng.choice("xyz") for _ in range(rng.randrange(0, 400)))
+        hashes = block_hashes(text, 16, 64)
+        walked = {}
+        for replica in range(6):
+            depth = 0
+            while depth < len(hashes) and index._holders.get(hashes[depth], 0) >> replica & 1:
+                depth += 1
+            if depth:
+                walked[replica] = depth
+        assert index.matches(hashes) == walked

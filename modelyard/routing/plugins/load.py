@@ -33,11 +33,20 @@ class LoadScorer:
 
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         weight = self.waiting_weight
-        scores = min_max_inverse([queue(e, weight) for e in endpoints])
+        queues = []
+        for e in endpoints:  # `queue`, inlined: this runs for every replica of every request
+            in_flight, waiting = e.in_flight, e.waiting
+            if waiting:
+                waiting += in_flight - e.in_flight_at_scrape
+                if waiting < 0:
+                    waiting = 0
+            busy = e.running + waiting
+            queues.append((busy if busy > in_flight else in_flight) + weight * waiting)
+        scores = min_max_inverse(queues)
         kv = self.kv_weight
         if kv:
-            scores = [(1.0 - kv) * s + kv * (1.0 - min(1.0, e.kv_usage))
-                      for s, e in zip(scores, endpoints, strict=True)]
+            keep = 1.0 - kv
+            scores = [keep * s + kv * (1.0 - e.kv_usage) for s, e in zip(scores, endpoints, strict=True)]
         return scores
 
 

@@ -1,11 +1,18 @@
 """Scores replicas by how much of the request's prompt prefix they served recently (so likely hold in their KV
 cache): matched leading blocks / the request's blocks. The request is recorded for the chosen replica when it is
-routed, so requests that share a new prefix and arrive together follow the first one."""
+routed, so requests that share a new prefix and arrive together follow the first one.
+
+A prompt that no replica holds much of (best match under `cold_below`) is cold. `cold_placement: load` leaves it
+to the other scorers (the least loaded replica gets it); `hash` gives a full score to the replica that rendezvous
+hashing of the prompt's head picks among the candidates, the same choice in every gateway process, so that
+several processes, each with its own index, still send a new prefix to one replica; `auto` (the default) is
+`hash` when the gateway runs several processes, else `load`."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -18,21 +25,25 @@ KIND = "scorer"
 
 
 class Params(PluginParams):
-    block_chars: Annotated[int, Field(ge=8, le=4096)] = 64
-    max_blocks: Annotated[int, Field(ge=1, le=65536)] = 256
-    # per replica; None: the engine's KV cache size when it exports it (vLLM's cache_config_info), else 16384
+    block_chars: Annotated[int, Field(ge=8, le=4096)] = 128
+    max_blocks: Annotated[int, Field(ge=1, le=65536)] = 128
+    # per replica; None: the engine's KV cache size when it exports it (vLLM's cache_config_info), else 8192
     capacity_blocks: Annotated[int, Field(ge=1)] | None = None
     chars_per_token: Annotated[float, Field(gt=0)] = 4.0
+    cold_placement: Literal["auto", "load", "hash"] = "auto"
+    cold_below: Annotated[float, Field(ge=0, le=1)] = 0.5
+    head_blocks: Annotated[int, Field(ge=1)] = 8  # the head that rendezvous hashing of a cold prompt looks at
 
 
-DEFAULT_CAPACITY_BLOCKS = 16384
+DEFAULT_CAPACITY_BLOCKS = 8192
 
 
 class PrefixAffinityScorer:
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Params, processes: int = 1) -> None:
         self.params = params
         self.block_chars, self.max_blocks = params.block_chars, params.max_blocks
         self.index = PrefixIndex()
+        self.hash_cold = params.cold_placement == "hash" or (params.cold_placement == "auto" and processes > 1)
 
     def capacity(self, endpoint: Endpoint) -> int:
         if self.params.capacity_blocks is not None:
@@ -47,10 +58,18 @@ class PrefixAffinityScorer:
         if not hashes:
             return [0.0] * len(endpoints)
         matched = self.index.matches(hashes)
-        if not matched:
-            return [0.0] * len(endpoints)
         total = len(hashes)
-        return [matched.get(e.replica, 0) / total for e in endpoints]
+        scores = [matched.get(e.replica, 0) / total for e in endpoints] if matched else [0.0] * len(endpoints)
+        if self.hash_cold and (not matched or max(matched.values()) < self.params.cold_below * total):
+            scores[self.rendezvous(request, endpoints)] = 1.0
+        return scores
+
+    def rendezvous(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> int:
+        """The candidate that highest-random-weight hashing of the prompt's head picks: the same in every process
+        (a CRC and int tuples: no per-process hash seed)."""
+        head = zlib.crc32(request.text[:self.params.head_blocks * self.block_chars].encode())
+        weights = [hash((head, e.replica)) for e in endpoints]
+        return weights.index(max(weights))
 
     def routed(self, request: RouteRequest, endpoint: Endpoint) -> None:
         hashes = request.prefix_hashes(self.block_chars, self.max_blocks)
@@ -63,4 +82,4 @@ class PrefixAffinityScorer:
 
 
 def create(params: Params, context: Context) -> PrefixAffinityScorer:
-    return PrefixAffinityScorer(params)
+    return PrefixAffinityScorer(params, context.processes)

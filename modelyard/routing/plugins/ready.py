@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
-from modelyard.routing.endpoints import Endpoint
+from modelyard.routing.endpoints import Endpoint, ReplicaState
 
 TYPE = "ready"
 KIND = "filter"
@@ -20,8 +20,8 @@ class ReadyFilter:
         self.clock = clock
 
     def filter(self, request: RouteRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
-        now = self.clock()
-        return [e for e in endpoints if e.routable(now)]
+        now, ready = self.clock(), ReplicaState.READY
+        return [e for e in endpoints if e.state is ready and e.ejected_until <= now]  # Endpoint.routable, inlined
 
 
 def create(params: Params, context: Context) -> ReadyFilter:

@@ -32,8 +32,12 @@ class SaturationFilter:
                                                                    params.max_in_flight)
 
     def filter(self, request: RouteRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
-        args = (self.max_waiting, self.max_kv_usage, self.max_in_flight)
-        kept = [e for e in endpoints if not saturated(e, *args)]
+        max_waiting, max_kv, max_in_flight = self.max_waiting, self.max_kv_usage, self.max_in_flight
+        if max_in_flight is None:  # `saturated`, inlined: this runs for every replica of every request
+            kept = [e for e in endpoints if e.kv_usage < max_kv and not (
+                e.waiting and e.waiting + e.in_flight - e.in_flight_at_scrape > max_waiting)]
+        else:
+            kept = [e for e in endpoints if not saturated(e, max_waiting, max_kv, max_in_flight)]
         return kept or endpoints
 
 

@@ -35,3 +35,26 @@ def test_index_stays_within_capacity() -> None:
     for n in range(100):
         scorer.routed(request(f"{n:04d}" * 40), endpoints[n % 2])
     assert len(scorer.index) == 20
+
+
+def test_cold_prompts_go_where_every_gateway_process_would_send_them() -> None:
+    endpoints = replicas(8)
+    prompts = [f"System prompt of group {g}. " * 30 + "question" for g in range(20)]
+    one = prefix_affinity.create(prefix_affinity.Params(), Context("m", processes=2))
+    other = prefix_affinity.create(prefix_affinity.Params(), Context("m", processes=2))
+    picks = []
+    for prompt in prompts:
+        scores = one.score(request(prompt), endpoints)
+        assert sorted(scores)[-2:] == [0.0, 1.0]
+        assert other.score(request(prompt), endpoints) == scores
+        picks.append(scores.index(1.0))
+    assert len(set(picks)) > 3  # spread over the replicas
+    without = prefix_affinity.create(prefix_affinity.Params(), Context("m", processes=1))
+    assert without.score(request(prompts[0]), endpoints) == [0.0] * 8
+
+
+def test_a_prompt_held_enough_somewhere_is_not_cold() -> None:
+    scorer, endpoints = make(cold_placement="hash"), replicas(4)
+    prompt = SYSTEM + "first question?"
+    scorer.routed(request(prompt), endpoints[3])
+    assert scorer.score(request(prompt), endpoints) == [0.0, 0.0, 0.0, 1.0]

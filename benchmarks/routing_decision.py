@@ -1,0 +1,97 @@
+"""Routing decision time per request, for every built-in profile, at 64 replicas (issue target: under 100 us).
+
+One gateway-side Router in this process, 64 ready replicas with engine metrics that move as requests are placed,
+and the shared-prefix workload's chat requests (modelyard bench's `shared-prefix` dataset: long system prompts
+shared by groups, multi-turn conversations). Times `Router.pick` from the RouteRequest's creation (so the prompt
+rendering and prefix hashing are included) to the chosen replica. Writes
+benchmarks/results/routing_decision/<host>-<time>.json.
+
+    .venv/bin/python benchmarks/routing_decision.py --replicas 64 --requests 20000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from modelyard.bench import datasets
+from modelyard.routing import registry
+from modelyard.routing.contracts import RouteRequest
+from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
+from modelyard.routing.pipeline import Router
+from modelyard.spec.schema import OpenAIModel, YardSpec
+
+RESULTS = Path(__file__).parent / "results" / "routing_decision"
+
+
+def table_of(replicas: int, rng: random.Random) -> EndpointTable:
+    table = EndpointTable()
+    for index in range(replicas):
+        table.add(Endpoint(model="m", replica=index, url=f"http://127.0.0.{index + 1}:9000", state=ReplicaState.READY,
+                           in_flight=rng.randint(0, 16), running=rng.randint(0, 32), waiting=rng.randint(0, 3),
+                           kv_usage=rng.random() * 0.9, scraped_at=1.0))
+    return table
+
+
+def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    model = OpenAIModel(name="m", engine="openai", urls=tuple(f"http://127.0.0.{i + 1}:9000" for i in range(replicas)),
+                        replicas=replicas, routing=profile)
+    table = table_of(replicas, rng)
+    router = Router(YardSpec(models=(model,)), table, rng=random.Random(seed))
+    endpoints = table.of("m")
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    for n in range(requests + 500):
+        payload = prompts[n % len(prompts)]
+        start = clock()
+        chosen = router.pick(RouteRequest.of("m", payload, None))
+        elapsed = clock() - start
+        if n >= 500:  # warm-up excluded
+            samples.append(elapsed)
+        assert chosen is not None
+        chosen.in_flight += 1  # the load moves: the chosen one gets busier, a random one finishes a request
+        done = endpoints[rng.randrange(replicas)]
+        done.in_flight = max(0, done.in_flight - 1)
+        if n % 64 == 0:
+            scraped = endpoints[rng.randrange(replicas)]
+            scraped.running, scraped.waiting = scraped.in_flight, rng.randint(0, 3)
+    samples.sort()
+    us = [s / 1000 for s in samples]
+    return {"profile": profile, "replicas": replicas, "requests": requests,
+            "median_us": round(statistics.median(us), 2), "p90_us": round(us[int(len(us) * 0.90)], 2),
+            "p99_us": round(us[int(len(us) * 0.99)], 2), "mean_us": round(statistics.fmean(us), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    spec = datasets.SharedPrefixSpec(groups=16, system_tokens=1024, conversations_per_group=16, turns=3)
+    prompts = [{"model": "m", "messages": list(p.messages), "user": f"{p.group}"}
+               for p in datasets.shared_prefix(spec, args.seed)]
+    results = [measure(p.name, args.replicas, prompts, args.requests, args.seed) for p in registry.BUILTIN_PROFILES]
+    chars = statistics.median(len(RouteRequest("m", p).text) for p in prompts)
+    report = {"command": f"benchmarks/routing_decision.py --replicas {args.replicas} --requests {args.requests}",
+              "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                         f"Python {platform.python_version()}",
+              "workload": f"shared-prefix chat requests, median {chars:.0f} characters of prompt text",
+              "results": results}
+    out = args.out or RESULTS / f"{platform.node()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for row in results:
+        print(f"{row['profile']:>12}: median {row['median_us']:7.1f} us, p99 {row['p99_us']:7.1f} us")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
