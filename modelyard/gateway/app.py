@@ -66,9 +66,8 @@ class Gateway:
 
     def __init__(self, spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                  limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
-                 admin_key: str | None = None, workers: int = 1) -> None:
+                 admin_key: str | None = None) -> None:
         self.spec, self.table, self.store = spec, table, store
-        self.workers = workers  # gateway processes sharing the port: each admits its share of a model's capacity
         self.metrics = metrics or GatewayMetrics()
         self.router = Router(spec, table, self.metrics.routing, processes=workers)
         self.scraper = MetricsScraper(table)
@@ -88,12 +87,13 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._headers: dict[str, tuple[dict[str, str], dict[str, str]]] = {}  # by endpoint id: its own, merged
         self._timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def _capacity(self, model: BaseModelSpec, ready: int = 0) -> int:
         """Requests let through to the replicas at once: the spec's bound, else ready replicas x their slots."""
         if model.admission.max_concurrency is not None:
-            return -(-model.admission.max_concurrency // self.workers)
-        return max(1, -(-(ready or model.replicas) * slots_per_replica(model) // self.workers))
+            return model.admission.max_concurrency
+        return max(1, (ready or model.replicas) * slots_per_replica(model))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -207,7 +207,7 @@ class Gateway:
             if endpoint.upstream_model and endpoint.upstream_model != model:
                 data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
             endpoint.in_flight += 1
-            self.metrics.in_flight.labels(model).inc()
+            self._child(self.metrics.in_flight, model).inc()
             try:
                 upstream, first = await self._send(endpoint, call, data)
             except UPSTREAM_ERRORS as exc:
@@ -307,25 +307,32 @@ class Gateway:
         return Response(content, status_code=upstream.status, media_type=media,
                         headers={"x-modelyard-replica": endpoint.id})
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A metric's labelled child, looked up once (prometheus_client's `labels` takes a lock each time)."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
+
     def _release(self, endpoint: Endpoint, model: str) -> None:
         endpoint.in_flight -= 1
-        self.metrics.in_flight.labels(model).dec()
+        self._child(self.metrics.in_flight, model).dec()
 
     def _record(self, call: Call, outcome: Outcome) -> None:
         """Metrics now; the key's limits and the usage store off the request's path."""
         now = time.perf_counter()
         model, key = call.model.name, call.ticket.key.name
         status = "error" if outcome.error and outcome.error != "client_disconnected" else str(outcome.status)
-        self.metrics.requests.labels(model, key, status).inc()
-        self.metrics.duration.labels(model, key).observe(now - outcome.started)
+        self._child(self.metrics.requests, model, key, status).inc()
+        self._child(self.metrics.duration, model, key).observe(now - outcome.started)
         ttft = outcome.first_byte - outcome.started if outcome.first_byte is not None else None
         if ttft is not None:
-            self.metrics.ttft.labels(model, key).observe(ttft)
+            self._child(self.metrics.ttft, model, key).observe(ttft)
         usage = parse_usage(outcome.usage)
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         if usage:
-            self.metrics.tokens.labels(model, key, "prompt").inc(prompt)
-            self.metrics.tokens.labels(model, key, "completion").inc(completion)
+            self._child(self.metrics.tokens, model, key, "prompt").inc(prompt)
+            self._child(self.metrics.tokens, model, key, "completion").inc(completion)
         settling = call.ticket.finish(prompt + completion)
         if settling is not None:  # a limiter that waits (Redis): off the request's path
             task = asyncio.get_running_loop().create_task(settling)
@@ -413,8 +420,8 @@ class GatewayApp(Starlette):
 
 def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                    limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
-                   admin_key: str | None = None, workers: int = 1) -> Starlette:
-    gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key, workers)
+                   admin_key: str | None = None) -> Starlette:
+    gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key)
     routes = [
         Route("/v1/chat/completions", gateway.generate, methods=["POST"]),
         Route("/v1/completions", gateway.generate, methods=["POST"]),

@@ -27,6 +27,7 @@ Redis runs atomically, timed by Redis's own clock.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 import uuid
@@ -119,6 +120,7 @@ class LocalLimiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._keys: dict[str, _KeyState] = {}
+        self._ids = itertools.count()
 
     async def admit(self, key: KeyRecord, reserve_tokens: int) -> Admission | Rejection:
         now = self._clock()
@@ -129,7 +131,7 @@ class LocalLimiter:
             if state.idle():
                 del self._keys[key.name]
             return rejection
-        admission = Admission(key.name, reserve_tokens)
+        admission = Admission(key.name, reserve_tokens, id=str(next(self._ids)))  # unique in this process
         entry = _Entry(now, admission.id, reserve_tokens)
         state.window.append(entry)
         state.by_id[entry.id] = entry
@@ -258,19 +260,21 @@ class RedisLimiter:
                  pending_ttl_s: float = 600.0) -> None:
         self._redis, self._prefix = redis, prefix
         self._lease_ms, self._pending_ttl_ms = int(lease_s * 1000), int(pending_ttl_s * 1000)
+        self._names: dict[str, list[str]] = {}
         self._admit = redis.register_script(ADMIT_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         self._commit = redis.register_script(COMMIT_LUA)
 
     def _keys(self, name: str) -> list[str]:
-        # the name is hashed: any text is a safe Redis key, and {tag} keeps one key's data in one cluster slot
-        tag = hashlib.sha256(name.encode()).hexdigest()[:32]
-        base = f"{self._prefix}:{{{tag}}}"
-        return [f"{base}:req", f"{base}:tok", f"{base}:tsum", f"{base}:conc", f"{base}:pend"]
+        keys = self._names.get(name)
+        if keys is None:  # made once per key name
+            # the name is hashed: any text is a safe Redis key, and {tag} keeps one key's data in one cluster slot
+            tag = hashlib.sha256(name.encode()).hexdigest()[:32]
+            base = f"{self._prefix}:{{{tag}}}"
+            keys = self._names[name] = [f"{base}:req", f"{base}:tok", f"{base}:tsum", f"{base}:conc", f"{base}:pend"]
+        return keys
 
     async def admit(self, key: KeyRecord, reserve_tokens: int) -> Admission | Rejection:
-        if not (key.rpm or key.tpm or key.max_concurrency or key.budget_tokens):
-            return Admission(key.name, reserve_tokens, settled=True)  # nothing to count: no round trip
         admission = Admission(key.name, reserve_tokens)
         args = [admission.id, reserve_tokens, key.rpm, key.tpm, key.max_concurrency, key.budget_tokens,
                 key.used_tokens, self._lease_ms, int(WINDOW_S * 1000), self._pending_ttl_ms]
