@@ -1,10 +1,10 @@
 """Routing decision time per request, for every built-in profile, at 64 replicas (issue target: under 100 us).
 
 One gateway-side Router in this process, 64 ready replicas with engine metrics that move as requests are placed,
-and the shared-prefix workload's chat requests (modelyard bench's `shared-prefix` dataset: long system prompts
-shared by groups, multi-turn conversations). Times `Router.pick` from the RouteRequest's creation (so the prompt
-rendering and prefix hashing are included) to the chosen replica. Writes
-benchmarks/results/routing_decision/<host>-<time>.json.
+and shared-prefix chat requests shaped like `modelyard bench --dataset shared-prefix`'s (16 groups, each a
+~1000-word system prompt, 16 conversations of 3 turns; made here with `random`, so that the script needs nothing
+but the routing package). Times `Router.pick` from the RouteRequest's creation (so the prompt rendering and prefix
+hashing are included) to the chosen replica. Writes benchmarks/results/routing_decision/<host>-<time>.json.
 
     .venv/bin/python benchmarks/routing_decision.py --replicas 64 --requests 20000
 """
@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelyard.bench import datasets
 from modelyard.routing import registry
 from modelyard.routing.contracts import RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
@@ -27,6 +26,30 @@ from modelyard.routing.pipeline import Router
 from modelyard.spec.schema import OpenAIModel, YardSpec
 
 RESULTS = Path(__file__).parent / "results" / "routing_decision"
+
+
+WORDS = ("order", "ship", "invoice", "refund", "the", "a", "of", "to", "customer", "package", "late", "address",
+         "warehouse", "please", "check", "status", "when", "will", "my", "arrive", "is", "and", "for", "account")
+
+
+def shared_prefix(rng: random.Random, groups: int = 16, system_words: int = 1000, conversations: int = 16,
+                  turns: int = 3) -> list[dict[str, Any]]:
+    """Chat requests, turn by turn, round-robin over groups (as the bench's shared-prefix dataset orders them)."""
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    systems = [f"You are assistant {g}. " + words(system_words) for g in range(groups)]
+    histories = {(g, c): [{"role": "system", "content": systems[g]}]
+                 for g in range(groups) for c in range(conversations)}
+    out = []
+    for _ in range(turns):
+        for c in range(conversations):
+            for g in range(groups):
+                history = histories[(g, c)]
+                history.append({"role": "user", "content": words(32)})
+                out.append({"model": "m", "messages": list(history), "user": f"g{g}-c{c}"})
+                history.append({"role": "assistant", "content": words(64)})
+    return out
 
 
 def table_of(replicas: int, rng: random.Random) -> EndpointTable:
@@ -63,9 +86,12 @@ def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests
             scraped.running, scraped.waiting = scraped.in_flight, rng.randint(0, 3)
     samples.sort()
     us = [s / 1000 for s in samples]
+    plugins = {plugin: round(h.sum / max(1, sum(h.counts)) * 1e6, 2)
+               for (_, plugin), h in router.timings._plugins.items()}
     return {"profile": profile, "replicas": replicas, "requests": requests,
             "median_us": round(statistics.median(us), 2), "p90_us": round(us[int(len(us) * 0.90)], 2),
-            "p99_us": round(us[int(len(us) * 0.99)], 2), "mean_us": round(statistics.fmean(us), 2)}
+            "p99_us": round(us[int(len(us) * 0.99)], 2), "mean_us": round(statistics.fmean(us), 2),
+            "plugin_mean_us": plugins}
 
 
 def main() -> None:
@@ -75,9 +101,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    spec = datasets.SharedPrefixSpec(groups=16, system_tokens=1024, conversations_per_group=16, turns=3)
-    prompts = [{"model": "m", "messages": list(p.messages), "user": f"{p.group}"}
-               for p in datasets.shared_prefix(spec, args.seed)]
+    prompts = shared_prefix(random.Random(args.seed))
     results = [measure(p.name, args.replicas, prompts, args.requests, args.seed) for p in registry.BUILTIN_PROFILES]
     chars = statistics.median(len(RouteRequest("m", p).text) for p in prompts)
     report = {"command": f"benchmarks/routing_decision.py --replicas {args.replicas} --requests {args.requests}",
@@ -89,7 +113,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for row in results:
-        print(f"{row['profile']:>12}: median {row['median_us']:7.1f} us, p99 {row['p99_us']:7.1f} us")
+        print(f"{row['profile']:>12}: median {row['median_us']:7.1f} us, p99 {row['p99_us']:7.1f} us, "
+              f"plugins (mean us) {row['plugin_mean_us']}")
     print(f"-> {out}")
 
 

@@ -11,7 +11,6 @@ from pydantic import Field
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
 from modelyard.routing.endpoints import Endpoint
-from modelyard.routing.plugins.least_inflight import min_max_inverse
 
 TYPE = "load"
 KIND = "scorer"
@@ -32,22 +31,19 @@ class LoadScorer:
         self.waiting_weight, self.kv_weight = params.waiting_weight, params.kv_weight
 
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
-        weight = self.waiting_weight
-        queues = []
-        for e in endpoints:  # `queue`, inlined: this runs for every replica of every request
-            in_flight, waiting = e.in_flight, e.waiting
-            if waiting:
-                waiting += in_flight - e.in_flight_at_scrape
-                if waiting < 0:
-                    waiting = 0
-            busy = e.running + waiting
-            queues.append((busy if busy > in_flight else in_flight) + weight * waiting)
-        scores = min_max_inverse(queues)
+        ww = self.waiting_weight
+        # `queue`, inlined, for speed: this runs for every replica of every request
+        queues = [(e.in_flight if e.in_flight > e.running else e.running) if not e.waiting else
+                  max(e.in_flight, e.running + (w := max(0, e.waiting + e.in_flight - e.in_flight_at_scrape))) + ww * w
+                  for e in endpoints]
+        low, high = min(queues), max(queues)
         kv = self.kv_weight
-        if kv:
-            keep = 1.0 - kv
-            scores = [keep * s + kv * (1.0 - e.kv_usage) for s, e in zip(scores, endpoints, strict=True)]
-        return scores
+        if high <= low:
+            return [1.0 - kv * e.kv_usage for e in endpoints] if kv else [1.0] * len(endpoints)
+        keep, span = (1.0 - kv) / (high - low), high - low
+        if not kv:
+            return [(high - q) / span for q in queues]
+        return [keep * (high - q) + kv * (1.0 - e.kv_usage) for q, e in zip(queues, endpoints, strict=True)]
 
 
 def create(params: Params, context: Context) -> LoadScorer:

@@ -25,17 +25,17 @@ KIND = "scorer"
 
 
 class Params(PluginParams):
-    block_chars: Annotated[int, Field(ge=8, le=4096)] = 128
-    max_blocks: Annotated[int, Field(ge=1, le=65536)] = 128
-    # per replica; None: the engine's KV cache size when it exports it (vLLM's cache_config_info), else 8192
+    block_chars: Annotated[int, Field(ge=8, le=4096)] = 256
+    max_blocks: Annotated[int, Field(ge=1, le=65536)] = 64
+    # per replica; None: the engine's KV cache size when it exports it (vLLM's cache_config_info), else 4096
     capacity_blocks: Annotated[int, Field(ge=1)] | None = None
     chars_per_token: Annotated[float, Field(gt=0)] = 4.0
     cold_placement: Literal["auto", "load", "hash"] = "auto"
     cold_below: Annotated[float, Field(ge=0, le=1)] = 0.5
-    head_blocks: Annotated[int, Field(ge=1)] = 8  # the head that rendezvous hashing of a cold prompt looks at
+    head_blocks: Annotated[int, Field(ge=1)] = 4  # the head that rendezvous hashing of a cold prompt looks at
 
 
-DEFAULT_CAPACITY_BLOCKS = 8192
+DEFAULT_CAPACITY_BLOCKS = 4096
 
 
 class PrefixAffinityScorer:
@@ -59,7 +59,11 @@ class PrefixAffinityScorer:
             return [0.0] * len(endpoints)
         matched = self.index.matches(hashes)
         total = len(hashes)
-        scores = [matched.get(e.replica, 0) / total for e in endpoints] if matched else [0.0] * len(endpoints)
+        if matched:
+            get, unit = matched.get, 1.0 / total
+            scores = [get(e.replica, 0) * unit for e in endpoints]
+        else:
+            scores = [0.0] * len(endpoints)
         if self.hash_cold and (not matched or max(matched.values()) < self.params.cold_below * total):
             scores[self.rendezvous(request, endpoints)] = 1.0
         return scores
