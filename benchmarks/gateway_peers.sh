@@ -124,7 +124,7 @@ bench_group() {  # $1 label, $2 total concurrency, $3 seconds, $4.. extra target
   IFS=, read -r -a cores <<< "$CLIENT_CORES"
   for i in $(seq 0 $((k - 1))); do
     $(pin "${cores[$((i % ${#cores[@]}))]}") $PY -m modelyard bench "${targets[@]}" "${COMMON[@]}" \
-        --concurrency "$per" --num-requests $((per * 400)) --max-duration "$secs" --seed "$i" \
+        --concurrency "$per" --num-requests $((per * NREQ_PER_STREAM)) --max-duration "$secs" --seed "$i" \
         --output-dir "$WORK/$label/client$i" > "$WORK/$label-client$i.log" 2>&1 &
     pids+=($!); track $!
   done
@@ -132,6 +132,7 @@ bench_group() {  # $1 label, $2 total concurrency, $3 seconds, $4.. extra target
   [ $rc = 0 ] || { echo "a bench client failed at $label:"; tail -20 "$WORK/$label"-client*.log; exit 1; }
 }
 
+NREQ_PER_STREAM=400   # more than a level can send in its --duration: levels end on time, not on count
 echo "warm-up ..."; bench_group warmup 4 3
 for c in ${LEVELS//,/ }; do
   echo "level c=$c: ${DURATION}s ..."
@@ -142,7 +143,7 @@ done
 if [ "$SOAK" -gt 0 ]; then
   echo "soak: ${SOAK}s at 64 streams through modelyard ..."
   $REPORT rss "$PID_MY" 10 > "$WORK/soak-rss.jsonl" & RSS_PID=$!; track $RSS_PID
-  bench_group soak 64 "$SOAK" --target "modelyard=http://127.0.0.1:$P_MY/v1@MY_KEY"
+  NREQ_PER_STREAM=100000; bench_group soak 64 "$SOAK" --target "modelyard=http://127.0.0.1:$P_MY/v1@MY_KEY"
   sleep 1; kill "$RSS_PID" 2>/dev/null || true
 fi
 cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true
