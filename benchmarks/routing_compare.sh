@@ -9,16 +9,18 @@
 # one policy at a time, every level starting from empty prefix caches (POST /reset_prefix_cache on each replica).
 # Per level it records the bench summary, the per-request CSV and the replicas' (and the router's) counters before
 # and after; benchmarks/routing_report.py turns them into routing_compare.{json,md,png}. Everything listens on
-# 127.0.0.0/8; bounded in count (NUM_REQUESTS a level) and time (about 10 minutes with the defaults).
+# 127.0.0.0/8; bounded in count (NUM_REQUESTS a level) and time (about 14 minutes with the defaults on 2 busy cores).
 # usage: benchmarks/routing_compare.sh [RATES] [OUTPUT_DIR]
 #   env: REPLICAS (default 4, 2..8), NUM_REQUESTS (default 198: one pass over the dataset), POLICIES (default all
-#        five, e.g. "modelyard:default,vllm-router:cache_aware"), PEER_VENV (vllm-router's venv), PY, COMMIT (the
-#        commit to record when the tree is not a git checkout)
+#        five; add modelyard:default-tuned for the default profile with TUNED_SATURATION (default
+#        "{max_waiting: 16}") and TUNED_PREFIX (default "{}") as its plugins' params), PEER_VENV (vllm-router's
+#        venv), PY, COMMIT (the commit to record when the tree is not a git checkout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES="${1:-4,8,12,16,24}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
 REPLICAS="${REPLICAS:-4}"; N="${NUM_REQUESTS:-198}"
 POLICIES="${POLICIES:-modelyard:round-robin,modelyard:least-load,modelyard:default,vllm-router:round_robin,vllm-router:cache_aware}"
+TUNED_SATURATION="${TUNED_SATURATION:-{max_waiting: 16\}}"; TUNED_PREFIX="${TUNED_PREFIX:-{\}}"
 VLLM_ROUTER_VERSION=0.1.17
 PEER_VENV="${PEER_VENV:-$HOME/.cache/modelyard/peers/vllm-router-$VLLM_ROUTER_VERSION}"
 PY="${PY:-.venv/bin/python}"
@@ -61,6 +63,17 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
 {
   echo "state_dir: $WORK/state"
   echo "gateway: {host: 127.0.0.1, port: $P_GW}"
+  # default-tuned: the default profile with other parameters for its saturation filter and prefix-affinity scorer
+  # (TUNED_SATURATION, TUNED_PREFIX: YAML maps); used only when POLICIES names it
+  if [ "$HAS_ROUTING" = 1 ]; then
+    echo "routing:"
+    echo "  plugins:"
+    echo "    - {name: sat-tuned, type: saturation-filter, params: $TUNED_SATURATION}"
+    echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
+    echo "  profiles:"
+    echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
+    echo "       scorers: [{plugin: prefix-tuned, weight: 3}, {plugin: load, weight: 1}]}"
+  fi
   echo "models:"
   for policy in ${POLICIES//,/ }; do
     [ "${policy%%:*}" = modelyard ] || continue

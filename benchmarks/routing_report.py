@@ -109,6 +109,25 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"| {name} | {r['rate']:g} | {r['ttft_p50_ms']:.0f} / {r['ttft_p90_ms']:.0f} / "
                          f"{r['ttft_p99_ms']:.0f} | {ratio} | {r['request_throughput']:.2f}{fails} | "
                          f"{r['output_throughput']:.0f} | {hit} | {' '.join(map(str, r['requests_per_replica']))} |")
+    return "\n".join(lines) + "\n" + ratios(data)
+
+
+def ratios(data: dict[str, Any], ours: str = "modelyard-default") -> str:
+    """Each other policy's TTFT p90 over ours, at each rate (above 1: ours is faster), with both throughputs."""
+    if not data["policies"].get(ours):
+        return ""
+    others = [n for n in data["policies"] if n != ours and data["policies"][n]]
+    lines = ["", f"TTFT p90 of each policy / TTFT p90 of {ours} (above 1: {ours} is faster); "
+             "req/s of each in brackets", "",
+             "| rate | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+    by_rate = {n: {r["rate"]: r for r in data["policies"][n]} for n in data["policies"]}
+    for mine in data["policies"][ours]:
+        cells = []
+        for name in others:
+            r = by_rate[name].get(mine["rate"])
+            cells.append("-" if r is None else f"{r['ttft_p90_ms'] / mine['ttft_p90_ms']:.2f}x "
+                         f"({r['request_throughput']:.1f} vs {mine['request_throughput']:.1f})")
+        lines.append(f"| {mine['rate']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
