@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # benchmarks/gateway_peers.sh on the device machine (16 cores, Python 3.12, no network): modelyard's dependencies
-# and vllm-router travel as wheels in .whl/ (see docs/benchmarks.md for the pip download line); LiteLLM does not fit
+# and vllm-router travel as wheels in .whl/ (made by benchmarks/device_wheels.sh); LiteLLM does not fit
 # the 64 MiB carry budget and is left out. The results come back as $OUT/gateway_peers-device.tgz.
 # usage (device tool, carry [".whl"]): benchmarks/device_gateway_peers.sh [gateway_peers.sh arguments]
 set -euo pipefail
