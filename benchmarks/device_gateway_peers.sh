@@ -17,7 +17,7 @@ nproc; python3 --version
 RES=/tmp/gateway_peers-device-$(date +%Y%m%d-%H%M%S)
 rc=0
 # bounded below the device tool's 10-minute limit, so that what was measured still comes back
-PY=python3 VLLM_ROUTER=/tmp/site/bin/vllm-router timeout --signal=INT "${DEVICE_LIMIT_S:-560}" \
+PY=python3 VLLM_ROUTER=/tmp/site/bin/vllm-router PYSPY=${PYSPY-/tmp/site/bin/py-spy} timeout --signal=INT "${DEVICE_LIMIT_S:-560}" \
     benchmarks/gateway_peers.sh --no-litellm --out "$RES" "$@" || rc=$?
 tar czf "${OUT:-/tmp}/gateway_peers-device.tgz" -C "$(dirname "$RES")" "$(basename "$RES")"
 exit $rc

@@ -18,7 +18,9 @@
 #   streams through modelyard alone, its RSS sampled every 10 s. Levels above --direct-up-to leave the direct
 #   target out: at 1,024 streams it alone would take most of the load generators' and the upstream's cores.
 # env: PY (python with modelyard, default .venv/bin/python), PEERS_VENV (default .peers-venv, created with the
-#   pinned peers when missing), VLLM_ROUTER / LITELLM (the peers' commands; default from PEERS_VENV).
+#   pinned peers when missing), VLLM_ROUTER / LITELLM (the peers' commands; default from PEERS_VENV),
+#   PYSPY (a py-spy binary: after the levels, one more pass at the last level, not in the table, while py-spy
+#   samples the modelyard gateway; its top functions go to RESULTS/pyspy-modelyard.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEVELS=1,16,64,256; DURATION=15; DIRECT_MAX=256; LITELLM_ON=1; CLIENTS=""; UPW=""; SOAK=0; OUTDIR=""
@@ -140,6 +142,17 @@ for c in ${LEVELS//,/ }; do
   if [ "$c" -le "$DIRECT_MAX" ]; then bench_group "c$c" "$c" "$DURATION"; else bench_group "c$c" "$c" "$DURATION" "${NO_DIRECT[@]}"; fi
   $REPORT snapshot "$WORK/pids.json" > "$WORK/c$c.after.json"
 done
+if [ -n "${PYSPY:-}" ]; then
+  last=${LEVELS##*,}; echo "profile pass: c=$last, py-spy on modelyard ..."
+  IFS=, read -r -a ccores <<< "$CLIENT_CORES"
+  $(pin "${ccores[0]}") "$PYSPY" record --pid "$PID_MY" --subprocesses --nonblocking --rate 200 --format raw \
+      --duration "$DURATION" --output "$WORK/pyspy-raw.txt" > "$WORK/pyspy.log" 2>&1 &
+  SPY=$!; track $SPY
+  bench_group profile "$last" "$DURATION" "${NO_DIRECT[@]}"
+  wait "$SPY" || true
+  $REPORT pyspy "$WORK/pyspy-raw.txt" > "$RESULTS/pyspy-modelyard.txt" 2>&1 || true
+  cp "$WORK/pyspy-raw.txt" "$RESULTS/" 2>/dev/null || true
+fi
 if [ "$SOAK" -gt 0 ]; then
   echo "soak: ${SOAK}s at 64 streams through modelyard ..."
   $REPORT rss "$PID_MY" 10 > "$WORK/soak-rss.jsonl" & RSS_PID=$!; track $RSS_PID

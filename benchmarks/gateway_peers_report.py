@@ -4,6 +4,7 @@
   snapshot PIDS_JSON            -> {name: {cpu_s, rss_mb}} summed over each process and its descendants
   rss PID INTERVAL              -> one JSON line {t_s, rss_mb} every INTERVAL seconds until killed
   merge WORK RESULTS --levels L -> RESULTS/results.json, table.md, gateway_peers.png
+  pyspy RAW                     -> the top functions of a `py-spy record --format raw` profile, self and total
 """
 from __future__ import annotations
 
@@ -198,6 +199,29 @@ def merge(args: argparse.Namespace) -> None:
     print("\n".join(md))
 
 
+def pyspy(raw: str, top: int = 30) -> None:
+    self_n: dict[str, int] = {}
+    total_n: dict[str, int] = {}
+    samples = 0
+    for line in Path(raw).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+                  for f in stack.split(";")[1:]]  # drop the process/thread frame
+        if frames:
+            self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            total_n[f] = total_n.get(f, 0) + n
+    print(f"{samples} samples")
+    for title, table_ in (("self", self_n), ("total (inclusive)", total_n)):
+        print(f"\n-- top {top} by {title} --")
+        for name, n in sorted(table_.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"{100 * n / max(samples, 1):5.1f}%  {name}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -213,11 +237,15 @@ def main() -> None:
     m.add_argument("--cores", default="")
     m.add_argument("--clients", type=int, default=1)
     m.add_argument("--upstream-workers", type=int, default=1)
+    y = sub.add_parser("pyspy")
+    y.add_argument("raw")
     a = p.parse_args()
     if a.cmd == "snapshot":
         snapshot(a.pids)
     elif a.cmd == "rss":
         rss(a.pid, a.interval)
+    elif a.cmd == "pyspy":
+        pyspy(a.raw)
     else:
         merge(a)
 
