@@ -66,8 +66,9 @@ class Gateway:
 
     def __init__(self, spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                  limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
-                 admin_key: str | None = None) -> None:
+                 admin_key: str | None = None, workers: int = 1) -> None:
         self.spec, self.table, self.store = spec, table, store
+        self.workers = workers  # gateway processes sharing the port: each admits its share of a model's capacity
         self.metrics = metrics or GatewayMetrics()
         self.router = Router(spec, table, self.metrics.routing, processes=workers)
         self.scraper = MetricsScraper(table)
@@ -92,8 +93,8 @@ class Gateway:
     def _capacity(self, model: BaseModelSpec, ready: int = 0) -> int:
         """Requests let through to the replicas at once: the spec's bound, else ready replicas x their slots."""
         if model.admission.max_concurrency is not None:
-            return model.admission.max_concurrency
-        return max(1, (ready or model.replicas) * slots_per_replica(model))
+            return -(-model.admission.max_concurrency // self.workers)
+        return max(1, -(-(ready or model.replicas) * slots_per_replica(model) // self.workers))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -420,8 +421,8 @@ class GatewayApp(Starlette):
 
 def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                    limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
-                   admin_key: str | None = None) -> Starlette:
-    gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key)
+                   admin_key: str | None = None, workers: int = 1) -> Starlette:
+    gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key, workers)
     routes = [
         Route("/v1/chat/completions", gateway.generate, methods=["POST"]),
         Route("/v1/completions", gateway.generate, methods=["POST"]),

@@ -275,6 +275,8 @@ class RedisLimiter:
         return keys
 
     async def admit(self, key: KeyRecord, reserve_tokens: int) -> Admission | Rejection:
+        if not (key.rpm or key.tpm or key.max_concurrency or key.budget_tokens):
+            return Admission(key.name, reserve_tokens, settled=True)  # nothing to count: no round trip
         admission = Admission(key.name, reserve_tokens)
         args = [admission.id, reserve_tokens, key.rpm, key.tpm, key.max_concurrency, key.budget_tokens,
                 key.used_tokens, self._lease_ms, int(WINDOW_S * 1000), self._pending_ttl_ms]

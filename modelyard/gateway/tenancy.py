@@ -51,6 +51,8 @@ class Ticket:
             return None
         self.released = True
         self.slot.release()
+        if self.admission.settled:  # a key without limits: the limiter counted nothing (RedisLimiter.admit)
+            return None
         settle_now = getattr(self.limiter, "settle_now", None)
         if settle_now is not None:
             settle_now(self.admission, real_tokens)
