@@ -12,7 +12,7 @@ def make(**params: object) -> prefix_affinity.PrefixAffinityScorer:
 
 
 def test_the_replica_that_served_a_prefix_scores_its_share_of_the_prompt() -> None:
-    scorer, endpoints = make(block_chars=64), replicas(3)
+    scorer, endpoints = make(block_chars=64, cold_placement="load"), replicas(3)
     assert scorer.score(request(SYSTEM + "first question?"), endpoints) == [0.0, 0.0, 0.0]
     scorer.routed(request(SYSTEM + "first question?"), endpoints[1])
     scores = scorer.score(request(SYSTEM + "a second, different question, rather longer than the first one"),
@@ -49,8 +49,8 @@ def test_cold_prompts_go_where_every_gateway_process_would_send_them() -> None:
         assert other.score(request(prompt), endpoints) == scores
         picks.append(scores.index(1.0))
     assert len(set(picks)) > 3  # spread over the replicas
-    without = prefix_affinity.create(prefix_affinity.Params(), Context("m", processes=1))
-    assert without.score(request(prompts[0]), endpoints) == [0.0] * 8
+    alone = prefix_affinity.create(prefix_affinity.Params(), Context("m", processes=1))
+    assert alone.score(request(prompts[0]), endpoints) == [1.0] * 8  # least-used: all caches equally empty
 
 
 def test_a_prompt_held_enough_somewhere_is_not_cold() -> None:
@@ -58,3 +58,24 @@ def test_a_prompt_held_enough_somewhere_is_not_cold() -> None:
     prompt = SYSTEM + "first question?"
     scorer.routed(request(prompt), endpoints[3])
     assert scorer.score(request(prompt), endpoints) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_cold_placement_by_hash_skips_an_overloaded_replica() -> None:
+    scorer, endpoints = make(cold_placement="hash"), replicas(4)
+    prompt = request("A new system prompt nobody has seen yet. " * 30)
+    first = scorer.score(prompt, endpoints).index(1.0)
+    endpoints[first].running = 40  # far beyond the mean: the next replica in hash order gets it
+    second = scorer.score(prompt, endpoints).index(1.0)
+    assert second != first
+    assert make(cold_placement="hash").score(prompt, endpoints).index(1.0) == second  # every process agrees
+
+
+def test_cold_prompts_go_to_the_least_used_cache_when_one_process_routes() -> None:
+    scorer, endpoints = make(block_chars=64), replicas(3)
+    scorer.routed(request(SYSTEM + "q"), endpoints[0])
+    scorer.routed(request("Another long system prompt for another team. " * 20), endpoints[1])
+    scorer.routed(request("A third one, shorter. " * 10), endpoints[1])
+    scores = scorer.score(request("Something nobody asked before, at some length. " * 20), endpoints)
+    assert scores.index(1.0) == 2 and scores[1] == 0.0  # replica 2 holds nothing, replica 1 the most
+    warm = scorer.score(request(SYSTEM + "another question"), endpoints)
+    assert warm.index(max(warm)) == 0  # not cold: the match decides
