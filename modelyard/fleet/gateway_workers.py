@@ -10,6 +10,7 @@ it fails instead of sharing it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -96,6 +97,8 @@ class GatewayWorkers:
             failed = [w for w in self.workers if w.exit_code is not None and not w.listening.is_set()]
             if failed or time.monotonic() > deadline:
                 listening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listening
                 what = (f"exited with code {failed[0].exit_code}" if failed
                         else f"did not listen within {START_TIMEOUT_S:g}s")
                 raise WorkerError(f"gateway worker {(failed or self.workers)[0].index} {what} "

@@ -64,18 +64,22 @@ def test_an_rpm_limit_is_exact_across_workers(cluster: Cluster) -> None:
 def test_a_killed_worker_is_restarted(cluster: Cluster) -> None:
     before = worker_processes(cluster)
     assert len(before) == 2
+    assert {int(complete(cluster).headers[WORKER_HEADER]) for _ in range(30)} == {p.pid for p in before}
     before[0].kill()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        pids = {p.pid for p in worker_processes(cluster)}
-        if len(pids) == 2 and before[0].pid not in pids:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"no worker took the killed one's place:\n{cluster.output()}")
-    replies = [complete(cluster) for _ in range(20)]
-    assert [r.status_code for r in replies] == [200] * 20
-    assert {int(r.headers[WORKER_HEADER]) for r in replies} == pids
+    answered: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(answered - {before[0].pid}) < 2:
+        try:
+            reply = complete(cluster)
+        except httpx.TransportError:
+            continue  # a connection the killed worker's socket had taken when it died
+        if reply.status_code == 200:
+            answered.add(int(reply.headers[WORKER_HEADER]))
+        time.sleep(0.05)
+    pids = {p.pid for p in worker_processes(cluster) if p.status() != psutil.STATUS_ZOMBIE}
+    assert len(answered - {before[0].pid}) == 2, cluster.output()
+    assert before[0].pid not in pids and answered - {before[0].pid} == pids
+    assert [complete(cluster).status_code for _ in range(10)] == [200] * 10
     assert "gateway worker 0 exited" in (cluster.tmp / "state" / "logs" / "modelyard.log").read_text()
 
 

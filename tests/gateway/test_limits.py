@@ -157,3 +157,19 @@ def test_local_window_slides() -> None:
 def test_rejection_codes() -> None:
     assert Rejection("rpm", 3).code == "rate_limit_exceeded" and "requests-per-minute" in Rejection("rpm", 3).message
     assert Rejection("concurrency", 1).code == "concurrency_limit_exceeded"
+
+
+def test_a_key_without_limits_costs_no_redis_round_trip() -> None:
+    class NoRedis:
+        def register_script(self, script: str) -> Callable[..., Awaitable[object]]:
+            async def call(**kwargs: object) -> object:
+                raise AssertionError("a key without limits reached Redis")
+            return call
+
+    limiter = RedisLimiter(NoRedis())
+
+    async def body() -> None:
+        admission = await limiter.admit(_key(), 100)
+        assert isinstance(admission, Admission) and admission.settled
+        await limiter.settle(admission, 20)
+    asyncio.run(body())
