@@ -11,14 +11,15 @@
 # and after; benchmarks/routing_report.py turns them into routing_compare.{json,md,png}. Everything listens on
 # 127.0.0.0/8; bounded in count (NUM_REQUESTS a level) and time (about 14 minutes with the defaults on 2 busy cores).
 # usage: benchmarks/routing_compare.sh [RATES] [OUTPUT_DIR]
-#   env: REPLICAS (default 4, 2..8), NUM_REQUESTS (default 198: one pass over the dataset), POLICIES (default all
+#   env: REPLICAS (default 4, 2..8), NUM_REQUESTS (default 198: one pass over the dataset), GATEWAY_WORKERS
+#        (gateway.workers, default 1; "auto" is one per CPU, each with its own routing state), POLICIES (default all
 #        five; add modelyard:default-tuned for the default profile with TUNED_SATURATION (default
 #        "{max_waiting: 16}") and TUNED_PREFIX (default "{}") as its plugins' params), PEER_VENV (vllm-router's
 #        venv), PY, COMMIT (the commit to record when the tree is not a git checkout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES="${1:-4,8,12,16,24}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
-REPLICAS="${REPLICAS:-4}"; N="${NUM_REQUESTS:-198}"
+REPLICAS="${REPLICAS:-4}"; N="${NUM_REQUESTS:-198}"; GATEWAY_WORKERS="${GATEWAY_WORKERS:-1}"
 POLICIES="${POLICIES:-modelyard:round-robin,modelyard:least-load,modelyard:default,vllm-router:round_robin,vllm-router:cache_aware}"
 TUNED_SATURATION="${TUNED_SATURATION:-{max_waiting: 16\}}"; TUNED_PREFIX="${TUNED_PREFIX:-{\}}"
 VLLM_ROUTER_VERSION=0.1.17
@@ -62,7 +63,8 @@ URLS=$(printf '"%s", ' "${SIMS[@]}"); URLS="[${URLS%, }]"
 HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(int('routing' in M.model_fields))")
 {
   echo "state_dir: $WORK/state"
-  echo "gateway: {host: 127.0.0.1, port: $P_GW}"
+  # one gateway process by default: each process routes with its own state (prefix index, round-robin position)
+  echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS}"
   # default-tuned: the default profile with other parameters for its saturation filter and prefix-affinity scorer
   # (TUNED_SATURATION, TUNED_PREFIX: YAML maps); used only when POLICIES names it
   if [ "$HAS_ROUTING" = 1 ]; then
