@@ -45,7 +45,7 @@ RESULTS="${OUTDIR:-benchmarks/results/gateway_peers-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$RESULTS"
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
-keep_logs() { cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true; cleanup; }
+keep_logs() { cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true; cp "$WORK"/state/logs/modelyard.log "$RESULTS/modelyard-gateway.log" 2>/dev/null || true; cleanup; }
 trap keep_logs EXIT
 # wait for URL; if it never answers, show the log of the process that should serve it
 up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not up: $1"; tail -30 "$2"; exit 1; }
