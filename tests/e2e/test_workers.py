@@ -92,3 +92,18 @@ def test_ctrl_c_leaves_no_process(cluster: Cluster) -> None:
     assert cluster.proc.wait(30) == 0
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []
+
+
+def test_a_killed_up_takes_its_workers_and_redis_along(cluster: Cluster) -> None:
+    assert cluster.proc is not None
+    children = cluster.engine_processes()
+    assert len(children) == 4  # two workers, the private redis, one replica
+    cluster.proc.kill()
+    cluster.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert alive == []
