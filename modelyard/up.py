@@ -9,7 +9,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,18 @@ async def _until_stopped(stop: asyncio.Event, tick: Callable[[], None], every_s:
             await asyncio.wait_for(stop.wait(), every_s)
 
 
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Runs `work` to its end, or until a stop signal (Ctrl-C while the workers start)."""
+    task, waiter = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # its error, if it failed
+
+
 async def _screen(spec: YardSpec, table: EndpointTable, head: Any, console: Console, live: bool | None,
                   stop: asyncio.Event) -> None:
     if console.is_terminal if live is None else live:
@@ -183,7 +195,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     try:
         redis_url = spec.store.redis
         if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
-            private = await PrivateRedis.start(state_dir, log_file)
+            private = await PrivateRedis.start(state_dir, state_dir / "logs" / "redis.log")
             redis_url = private.url
         settings = {"spec": spec.model_dump(mode="json"), "keys": keys.ring.hashed(),
                     "admin_key": os.environ.get(spec.gateway.admin_key_env) or None, "state_dir": str(state_dir),
@@ -191,7 +203,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), log_file, metrics_dir,
                                  host, port)
         await supervisor.start()
-        await workers.start()
+        await _unless_stopped(workers.start(), stop)
         log.info("gateway: %d worker(s) on %s:%d, pids %s", count, host, port, workers.pids)
         head = banner(f"http://{host}:{port}/v1", keys.shown, str(state_dir / "logs"))
         await _screen(spec, table, head, console, live, stop)

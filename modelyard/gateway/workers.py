@@ -131,9 +131,12 @@ class Worker:
     async def _follow(self, feed: asyncio.StreamReader, server: uvicorn.Server) -> None:
         """Applies the parent's endpoint tables; the parent gone (stdin closed): stop."""
         while line := await feed.readline():
-            message = orjson.loads(line)
-            if "endpoints" in message:
-                apply(self.table, message["endpoints"], self.held, time.monotonic())
+            try:
+                message = orjson.loads(line)
+                if "endpoints" in message:
+                    apply(self.table, message["endpoints"], self.held, time.monotonic())
+            except (ValueError, KeyError, TypeError) as exc:  # keep serving with the last good table
+                log.error("bad endpoint table from the parent: %s: %s", type(exc).__name__, exc)
         server.should_exit = True
 
     async def _refresh(self, gateway: Gateway, server: uvicorn.Server) -> None:
