@@ -89,7 +89,12 @@ class KeyCache:
     async def lookup(self, digest: str) -> KeyRecord | None:
         if self.version is None:
             return await self.store.lookup_key(digest)
-        version = self.version()
+        try:
+            version = self.version()
+        except Exception:  # the store cannot say now (SQLite busy): ask it, and remember nothing
+            self._seen = -1
+            self._keys.clear()
+            return await self.store.lookup_key(digest)
         if version != self._seen:
             self._keys.clear()
             self._seen = version

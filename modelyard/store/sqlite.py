@@ -47,7 +47,8 @@ class SQLiteStore:
         """A number that changes whenever a commit lands in the database, from this process or any other: a cache
         of keys stays exact by dropping itself when it changes. Synchronous and cheap (WAL readers never wait)."""
         if self._watch is None:  # a connection of its own, which never writes: every commit is another's
-            self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # timeout 0: never sleeps on the event loop; a busy database raises, and the caller asks the store
+            self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         row = self._watch.execute("PRAGMA data_version").fetchone()
         return int(row[0])
 

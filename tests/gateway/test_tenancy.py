@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from modelyard.gateway.auth import hash_key
@@ -39,4 +40,28 @@ def test_a_known_key_is_served_from_memory_until_any_connection_writes(tmp_path:
         finally:
             await other.close()
             await store.close()
+    asyncio.run(body())
+
+
+class BusyStore:
+    """A store that cannot tell its version now (SQLite busy) but answers lookups."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def data_version(self) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+    async def lookup_key(self, key_hash: str) -> KeyRecord | None:
+        self.lookups += 1
+        return KeyRecord(name="team-a", key_hash=key_hash)
+
+
+def test_a_store_that_cannot_tell_its_version_is_asked_every_time() -> None:
+    async def body() -> None:
+        store = BusyStore()
+        cache = KeyCache(store)  # type: ignore[arg-type]
+        for _ in range(3):
+            assert (await cache.lookup("h")) is not None
+        assert store.lookups == 3
     asyncio.run(body())
