@@ -17,6 +17,7 @@ class Upstream:
         self.mode = "ok"  # ok | error500 | die_mid_stream | hang | slow_stream
         self.aborted = threading.Event()  # set when a client (the gateway) closed a stream before its end
         self.requests = 0
+        self.probes_ok = True  # False: 1-token probes get `mode` too (a replica that stays broken)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -54,7 +55,7 @@ class Upstream:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = await request.json()
         probe = body.get("max_tokens") == 1
-        mode = "ok" if probe else self.mode
+        mode = "ok" if probe and self.probes_ok else self.mode
         if not probe:
             self.requests += 1
         if mode == "error500":

@@ -107,3 +107,27 @@ def test_a_killed_up_takes_its_workers_and_redis_along(cluster: Cluster) -> None
             break
         time.sleep(0.1)
     assert alive == []
+
+
+def test_an_ejection_in_one_worker_holds_in_every_worker(tmp_path: Path) -> None:
+    from tests.upstream import Upstream
+
+    with Upstream() as bad, Upstream() as good:
+        model = {"name": "chat", "engine": "openai", "urls": [bad.url, good.url], "replicas": 2}
+        running = Cluster(tmp_path, [model], gateway={"workers": 2}).start()
+        try:
+            assert len({complete(running).headers[WORKER_HEADER] for _ in range(30)}) == 2
+            bad.mode, bad.probes_ok = "error500", False
+            for _ in range(100):  # until one worker has seen 3 failures in a row and ejected it
+                complete(running)
+                if running.metric("modelyard_replica_ejections_total", model="chat", replica="0") >= 1:
+                    break
+            else:
+                raise AssertionError("replica 0 was never ejected")
+            before = bad.requests
+            replies = [complete(running) for _ in range(10)]  # within the 5 s ejection
+            assert [r.status_code for r in replies] == [200] * 10
+            assert len({r.headers[WORKER_HEADER] for r in replies}) == 2
+            assert bad.requests == before  # the worker that did not eject it knew too
+        finally:
+            running.stop()
