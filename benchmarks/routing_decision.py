@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -94,6 +95,14 @@ def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests
             "plugin_mean_us": plugins}
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=64)
@@ -105,8 +114,7 @@ def main() -> None:
     results = [measure(p.name, args.replicas, prompts, args.requests, args.seed) for p in registry.BUILTIN_PROFILES]
     chars = statistics.median(len(RouteRequest("m", p).text) for p in prompts)
     report = {"command": f"benchmarks/routing_decision.py --replicas {args.replicas} --requests {args.requests}",
-              "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                         f"Python {platform.python_version()}",
+              "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}",
               "workload": f"shared-prefix chat requests, median {chars:.0f} characters of prompt text",
               "results": results}
     out = args.out or RESULTS / f"{platform.node()}-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
+from itertools import repeat
+from operator import add, mul
 from time import perf_counter
 from typing import cast
 
@@ -86,15 +88,15 @@ class Pipeline:
         """Each candidate's weighted score, normalized by the total weight: in [0, 1]."""
         totals: list[float] | None = None
         for scorer, weight, timer in self.scorers:
-            scores = scorer.score(request, candidates)
-            if totals is None:
-                totals = [weight * s for s in scores]
-            else:
-                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
+            weighted = map(mul, repeat(weight), scorer.score(request, candidates))  # element-wise in C
+            totals = list(weighted) if totals is None else list(map(add, totals, weighted))
             now = perf_counter()
             timer.observe(now - before)
             before = now
-        return totals if totals is not None else [0.0] * len(candidates)
+        if totals is None:
+            return [0.0] * len(candidates)
+        assert len(totals) == len(candidates), "a scorer must give one score per candidate"
+        return totals
 
     def finished(self, request: RouteRequest, endpoint: Endpoint) -> None:
         for stateful in self.stateful:

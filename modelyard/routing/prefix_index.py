@@ -28,6 +28,10 @@ class PrefixIndex:
     def blocks(self, replica: int) -> int:
         return len(self._lru.get(replica, ()))
 
+    def sizes(self) -> dict[int, int]:
+        """Replica -> blocks held, for the replicas that hold any."""
+        return {replica: len(lru) for replica, lru in self._lru.items() if lru}
+
     @property
     def distinct_blocks(self) -> int:
         return len(self._holders)

@@ -1,6 +1,7 @@
-"""Scores replicas by load: the requests at the engine (the larger of the gateway's fresh in-flight count and the
-engine's scraped running + waiting, with waiting requests counted `waiting_weight` more times, since they have not
-started) and the engine's KV cache usage. 1 for the least loaded candidate, 0 for the most loaded."""
+"""Scores replicas by load: the engine's requests (running + waiting at the last scrape, plus the requests the
+gateway sent there since, minus those that ended since: always fresh, and it counts other clients' requests too),
+with waiting requests counted `waiting_weight` more times, since they have not started; and the engine's KV cache
+usage. 1 for the least loaded candidate, 0 for the most loaded."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ class Params(PluginParams):
 
 
 def queue(endpoint: Endpoint, waiting_weight: float) -> float:
-    waiting = endpoint.waiting_now()
-    return max(endpoint.in_flight, endpoint.running + waiting) + waiting_weight * waiting
+    return (endpoint.running + endpoint.in_flight - endpoint.in_flight_at_scrape
+            + (1.0 + waiting_weight) * endpoint.waiting)
 
 
 class LoadScorer:
@@ -31,18 +32,16 @@ class LoadScorer:
         self.waiting_weight, self.kv_weight = params.waiting_weight, params.kv_weight
 
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
-        ww = self.waiting_weight
-        # `queue`, inlined, for speed: this runs for every replica of every request
-        queues = [(e.in_flight if e.in_flight > e.running else e.running) if not e.waiting else
-                  max(e.in_flight, e.running + (w := max(0, e.waiting + e.in_flight - e.in_flight_at_scrape))) + ww * w
-                  for e in endpoints]
+        k = 1.0 + self.waiting_weight  # `queue`, inlined, for speed: this runs for every replica of every request
+        queues = [e.running + e.in_flight - e.in_flight_at_scrape + k * e.waiting for e in endpoints]
         low, high = min(queues), max(queues)
         kv = self.kv_weight
         if high <= low:
             return [1.0 - kv * e.kv_usage for e in endpoints] if kv else [1.0] * len(endpoints)
-        keep, span = (1.0 - kv) / (high - low), high - low
+        span = high - low
         if not kv:
             return [(high - q) / span for q in queues]
+        keep = (1.0 - kv) / span
         return [keep * (high - q) + kv * (1.0 - e.kv_usage) for q, e in zip(queues, endpoints, strict=True)]
 
 

@@ -1,4 +1,4 @@
-"""Picks the replica with the highest score; ties are broken at random."""
+"""Picks the replica with the highest score; ties (equal scores) are broken at random."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from modelyard.routing.endpoints import Endpoint
 
 TYPE = "max-score"
 KIND = "picker"
-TIE = 1e-9
 
 
 class Params(PluginParams):
@@ -23,8 +22,9 @@ class MaxScorePicker:
 
     def pick(self, request: RouteRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> Endpoint:
         best = max(scores)
-        top = [e for e, s in zip(endpoints, scores, strict=True) if s >= best - TIE]
-        return top[0] if len(top) == 1 else self.rng.choice(top)
+        if scores.count(best) == 1:  # max, count and index loop in C
+            return endpoints[scores.index(best)]
+        return self.rng.choice([e for e, s in zip(endpoints, scores, strict=True) if s == best])
 
 
 def create(params: Params, context: Context) -> MaxScorePicker:

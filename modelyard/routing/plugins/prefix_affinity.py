@@ -74,7 +74,8 @@ class PrefixAffinityScorer:
             if self.cold == "hash":
                 scores[self.rendezvous(request, endpoints)] = 1.0
             else:
-                scores = min_max_inverse([self.index.blocks(e.replica) for e in endpoints])
+                held = self.index.sizes().get
+                scores = min_max_inverse([held(e.replica, 0) for e in endpoints])
         return scores
 
     def rendezvous(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> int:
