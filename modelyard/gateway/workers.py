@@ -48,12 +48,11 @@ Send = Callable[[dict[str, Any]], None]
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """A listening socket of its own on host:port, in the SO_REUSEPORT group that the workers share."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
+    sock.bind((host, port))
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
