@@ -43,6 +43,7 @@ if [ ! -x "$VLLM_ROUTER" ] || { [ $LITELLM_ON = 1 ] && [ ! -x "$LITELLM" ]; }; t
 fi
 RESULTS="${OUTDIR:-benchmarks/results/gateway_peers-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$RESULTS"
+{ git rev-parse --short HEAD 2>/dev/null || cat .whl/src.commit 2>/dev/null || echo unknown; } > "$RESULTS/commit.txt"
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
 keep_logs() { cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true; cp "$WORK"/state/logs/modelyard.log "$RESULTS/modelyard-gateway.log" 2>/dev/null || true; cleanup; }
