@@ -67,7 +67,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
   echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS}"
   # default-tuned: the default profile with other parameters for its saturation filter and prefix-affinity scorer
   # (TUNED_SATURATION, TUNED_PREFIX: YAML maps); used only when POLICIES names it
-  if [ "$HAS_ROUTING" = 1 ]; then
+  if [ "$HAS_ROUTING" = 1 ] && [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]]; then
     echo "routing:"
     echo "  plugins:"
     echo "    - {name: sat-tuned, type: saturation-filter, params: $TUNED_SATURATION}"
