@@ -1,0 +1,49 @@
+"""One gateway process on uvloop + httptools, built as a gateway worker builds it: store keys cached from the
+SQLite store, LocalLimiter, usage writer on. For benchmarks/gateway_hot_path.sh; with $SRC set, the modelyard
+of that checkout (another commit) is imported instead of this one.
+usage: python benchmarks/hot_path_gateway.py yard.yaml
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("SRC"):  # the modelyard of another checkout, not the editable install's
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, os.environ["SRC"])
+
+from pathlib import Path  # noqa: E402
+
+import uvicorn  # noqa: E402
+import uvloop  # noqa: E402
+
+from modelyard.fleet.supervisor import Supervisor  # noqa: E402
+from modelyard.gateway.app import create_gateway  # noqa: E402
+from modelyard.gateway.auth import KeyRing  # noqa: E402
+from modelyard.gateway.limits import LocalLimiter  # noqa: E402
+from modelyard.routing.endpoints import EndpointTable  # noqa: E402
+from modelyard.spec.loader import load_spec  # noqa: E402
+from modelyard.store.factory import open_store  # noqa: E402
+
+
+async def main(path: Path) -> None:
+    spec = load_spec(path)
+    state = Path(spec.state_dir)
+    table = EndpointTable()
+    supervisor = Supervisor(spec, table, state)
+    store = await open_store(spec.store.url, state)
+    app = create_gateway(spec, table, KeyRing(), store, LocalLimiter())
+    config = uvicorn.Config(app, host=spec.gateway.host, port=spec.gateway.port, access_log=False,
+                            log_level="warning", lifespan="on", http="httptools", loop="none")
+    await supervisor.start()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await supervisor.stop()
+        await store.close()
+
+
+if __name__ == "__main__":
+    print("modelyard from", os.path.dirname(__import__("modelyard").__file__), flush=True)
+    uvloop.run(main(Path(sys.argv[1])))
