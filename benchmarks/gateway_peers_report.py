@@ -199,9 +199,10 @@ def merge(args: argparse.Namespace) -> None:
     print("\n".join(md))
 
 
-def pyspy(raw: str, top: int = 30) -> None:
-    self_n: dict[str, int] = {}
-    total_n: dict[str, int] = {}
+def pyspy(raw: str, top: int = 25) -> None:
+    """Samples per process (the gateway worker, the `modelyard up` supervisor), then each busy one's top functions."""
+    per: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+    counts: dict[str, int] = {}
     samples = 0
     for line in Path(raw).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -209,17 +210,28 @@ def pyspy(raw: str, top: int = 30) -> None:
             continue
         n = int(count)
         samples += n
+        parts = stack.split(";")
+        cut = max(i for i, f in enumerate(parts) if f.startswith("process ") or i == 0)
+        proc = parts[cut].split(":", 1)[-1].strip('"')[:70]
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
-                  for f in stack.split(";")[1:]]  # drop the process/thread frame
+                  for f in parts[cut + 1:]]
+        counts[proc] = counts.get(proc, 0) + n
+        self_n, total_n = per.setdefault(proc, ({}, {}))
         if frames:
             self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
         for f in set(frames):
             total_n[f] = total_n.get(f, 0) + n
-    print(f"{samples} samples")
-    for title, table_ in (("self", self_n), ("total (inclusive)", total_n)):
-        print(f"\n-- top {top} by {title} --")
-        for name, n in sorted(table_.items(), key=lambda kv: -kv[1])[:top]:
-            print(f"{100 * n / max(samples, 1):5.1f}%  {name}")
+    print(f"{samples} samples (py-spy --nonblocking, idle not excluded reliably: select/epoll frames are idle time)")
+    for proc, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"{100 * n / max(samples, 1):5.1f}%  {proc}")
+    for proc, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        if n < 0.1 * samples:
+            continue
+        self_n, total_n = per[proc]
+        for title, table_, k in (("self", self_n, top), ("total", total_n, 15)):
+            print(f"\n-- {proc}: top {k} by {title}, % of this process's samples --")
+            for name, c in sorted(table_.items(), key=lambda kv: -kv[1])[:k]:
+                print(f"{100 * c / n:5.1f}%  {name}")
 
 
 def main() -> None:
