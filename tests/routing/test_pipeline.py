@@ -58,8 +58,8 @@ def test_weights_are_normalized_and_decide_between_scorers() -> None:
     endpoints = table.of("m")
     totals = pipeline.weighted(request(), endpoints)
     assert all(0.0 <= t <= 1.0 for t in totals)
-    # least-inflight: [1, 0]; load (queue 6 vs 1, its kv_weight 0.25, no KV used): [0.25, 1]; weights 3/4 and 1/4
-    assert totals == pytest.approx([0.75 * 1 + 0.25 * 0.25, 0.75 * 0 + 0.25 * 1])
+    # least-inflight: [1, 0]; load (engine queue 6 vs 1): [0, 1]; weights 3/4 and 1/4
+    assert totals == pytest.approx([0.75 * 1 + 0.25 * 0, 0.75 * 0 + 0.25 * 1])
     assert router.pick(request()) is endpoints[0]
 
 

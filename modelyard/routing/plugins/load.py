@@ -1,7 +1,8 @@
 """Scores replicas by load: the engine's requests (running + waiting at the last scrape, plus the requests the
-gateway sent there since, minus those that ended since: always fresh, and it counts other clients' requests too),
-with waiting requests counted `waiting_weight` more times, since they have not started; and the engine's KV cache
-usage. 1 for the least loaded candidate, 0 for the most loaded."""
+gateway sent there since, minus those that ended since: always fresh, and other clients' requests count too), with
+waiting requests counted `waiting_weight` more times, since they have not started, and the whole scaled up by the
+engine's KV cache usage (x (1 + `kv_weight` x usage): a replica whose cache is full looks twice as loaded with the
+default). 1 for the least loaded candidate, 0 for the most loaded, linear in between."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import Field
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
 from modelyard.routing.endpoints import Endpoint
+from modelyard.routing.plugins.least_inflight import min_max_inverse
 
 TYPE = "load"
 KIND = "scorer"
@@ -19,12 +21,13 @@ KIND = "scorer"
 
 class Params(PluginParams):
     waiting_weight: Annotated[float, Field(ge=0)] = 1.0
-    kv_weight: Annotated[float, Field(ge=0, le=1)] = 0.25
+    kv_weight: Annotated[float, Field(ge=0, le=10)] = 1.0
 
 
-def queue(endpoint: Endpoint, waiting_weight: float) -> float:
-    return (endpoint.running + endpoint.in_flight - endpoint.in_flight_at_scrape
-            + (1.0 + waiting_weight) * endpoint.waiting)
+def queue(endpoint: Endpoint, waiting_weight: float, kv_weight: float) -> float:
+    requests = (endpoint.running + endpoint.in_flight - endpoint.in_flight_at_scrape
+                + (1.0 + waiting_weight) * endpoint.waiting)
+    return requests * (1.0 + kv_weight * endpoint.kv_usage)
 
 
 class LoadScorer:
@@ -32,17 +35,10 @@ class LoadScorer:
         self.waiting_weight, self.kv_weight = params.waiting_weight, params.kv_weight
 
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
-        k = 1.0 + self.waiting_weight  # `queue`, inlined, for speed: this runs for every replica of every request
-        queues = [e.running + e.in_flight - e.in_flight_at_scrape + k * e.waiting for e in endpoints]
-        low, high = min(queues), max(queues)
-        kv = self.kv_weight
-        if high <= low:
-            return [1.0 - kv * e.kv_usage for e in endpoints] if kv else [1.0] * len(endpoints)
-        span = high - low
-        if not kv:
-            return [(high - q) / span for q in queues]
-        keep = (1.0 - kv) / span
-        return [keep * (high - q) + kv * (1.0 - e.kv_usage) for q, e in zip(queues, endpoints, strict=True)]
+        # `queue`, inlined: this runs for every replica of every request
+        k, kv = 1.0 + self.waiting_weight, self.kv_weight
+        return min_max_inverse([(e.running + e.in_flight - e.in_flight_at_scrape + k * e.waiting)
+                                * (1.0 + kv * e.kv_usage) for e in endpoints])
 
 
 def create(params: Params, context: Context) -> LoadScorer:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from modelyard.routing.contracts import Context
 from modelyard.routing.plugins import load
 from tests.replicas import replicas, request
@@ -24,3 +28,16 @@ def test_kv_usage_breaks_ties_in_queue() -> None:
     scores = scorer.score(request(), replicas(2, running=1, kv_usage=[0.9, 0.1]))
     assert scores[1] > scores[0]
     assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_the_fast_path_equals_the_plain_definition() -> None:
+    rng = random.Random(4)
+    endpoints = replicas(64)
+    for e in endpoints:
+        e.in_flight, e.in_flight_at_scrape = rng.randint(0, 20), rng.randint(0, 20)
+        e.running, e.waiting, e.kv_usage = rng.randint(0, 30), rng.randint(0, 4), rng.random()
+    params = load.Params(waiting_weight=0.5, kv_weight=0.3)
+    queues = [load.queue(e, params.waiting_weight, params.kv_weight) for e in endpoints]
+    low, high = min(queues), max(queues)
+    plain = [(high - q) / (high - low) for q in queues]
+    assert load.create(params, Context("m")).score(request(), endpoints) == pytest.approx(plain)
