@@ -64,7 +64,7 @@ def merge_level(level_dir: Path) -> tuple[dict[str, dict[str, Any]], list[dict[s
         clients.append(run["client"])
         for name, m in run["targets"].items():
             acc = per.setdefault(name, {"ok": 0, "failed": 0, "cancelled": 0, "rps": 0.0, "duration_s": 0.0,
-                                        "ttft": [], "itl": [], "tokens": 0, "errors": set()})
+                                        "ttft": [], "itl": [], "tpot": [], "tokens": 0, "errors": set()})
             acc["ok"] += m["completed"]
             acc["failed"] += m["failed"]
             acc["cancelled"] += m["cancelled"]
@@ -76,6 +76,8 @@ def merge_level(level_dir: Path) -> tuple[dict[str, dict[str, Any]], list[dict[s
             if r["success"]:
                 acc["ttft"].append(r["ttft_ms"])
                 acc["itl"].extend(r["itl_ms"])
+                if r.get("tpot_ms") is not None and r["output_tokens"] > 1:
+                    acc["tpot"].append(r["tpot_ms"])
             elif r.get("error") and not r.get("cancelled"):
                 acc["errors"].add(str(r["error"])[:120])
     out = {}
@@ -85,6 +87,7 @@ def merge_level(level_dir: Path) -> tuple[dict[str, dict[str, Any]], list[dict[s
             "request_throughput": acc["rps"], "duration_s": acc["duration_s"], "relayed_tokens": acc["tokens"],
             "ttft_p50_ms": pct(acc["ttft"], 50), "ttft_p99_ms": pct(acc["ttft"], 99),
             "itl_p50_ms": pct(acc["itl"], 50), "itl_p99_ms": pct(acc["itl"], 99),
+            "tpot_p50_ms": pct(acc["tpot"], 50), "tpot_p99_ms": pct(acc["tpot"], 99),
             "errors": sorted(acc["errors"])[:5],
         }
     return out, clients
@@ -113,8 +116,9 @@ def fmt(v: float | None, nd: int = 1) -> str:
 
 def table(levels: dict[str, dict[str, dict[str, Any]]]) -> str:
     head = ("| streams | target | TTFT p50 / p99 (ms) | added TTFT p50 / p99 vs direct (ms) | ITL p50 / p99 (ms) | "
-            "added ITL p99 (ms) | req/s | vs vllm-router | errors (cancelled) | CPU s / 1k tokens |")
-    lines = [head, "|" + "---|" * 10]
+            "added ITL p99 (ms) | TPOT p50 / p99 (ms) | req/s | vs vllm-router | errors (cancelled) | "
+            "CPU s / 1k tokens |")
+    lines = [head, "|" + "---|" * 11]
     for level, targets in levels.items():
         d = targets.get("direct", {})
         vr = targets.get("vllm-router", {})
@@ -128,7 +132,8 @@ def table(levels: dict[str, dict[str, dict[str, Any]]]) -> str:
             lines.append(
                 f"| {level} | {name} | {fmt(m['ttft_p50_ms'])} / {fmt(m['ttft_p99_ms'])} | "
                 f"{added('ttft_p50_ms')} / {added('ttft_p99_ms')} | {fmt(m['itl_p50_ms'])} / {fmt(m['itl_p99_ms'])} | "
-                f"{added('itl_p99_ms')} | {fmt(m['request_throughput'])} | {ratio} | "
+                f"{added('itl_p99_ms')} | {fmt(m['tpot_p50_ms'], 2)} / {fmt(m['tpot_p99_ms'], 2)} | "
+                f"{fmt(m['request_throughput'])} | {ratio} | "
                 f"{m['failed']} ({m['cancelled']}) | {fmt(m.get('cpu_s_per_1k_tokens'), 3)} |")
     return "\n".join(lines)
 
