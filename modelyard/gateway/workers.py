@@ -42,6 +42,8 @@ WORKER_HEADER = "x-modelyard-worker"
 MAX_LINE_BYTES = 64 * 1024 * 1024
 REFRESH_S = 0.25
 BACKLOG = 2048
+REDIS_CONNECTIONS = 128
+REDIS_POOL_WAIT_S = 10.0
 log = logging.getLogger("modelyard.gateway.worker")
 Send = Callable[[dict[str, Any]], None]
 
@@ -94,7 +96,10 @@ class Worker:
             return LocalLimiter(), None
         import redis.asyncio
 
-        client = redis.asyncio.from_url(url)
+        # a bounded pool that waits for a free connection: redis-py's default one fails past 100 at once
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS,
+                                                             timeout=REDIS_POOL_WAIT_S)
+        client = redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
         return RedisLimiter(client), client
 
     async def run(self, feed: asyncio.StreamReader, endpoints: list[dict[str, Any]]) -> int:
