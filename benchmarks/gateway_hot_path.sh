@@ -5,6 +5,7 @@
 # 1,000 relayed tokens from /proc. Each REF (a commit; default: this checkout) gets its own simulator and
 # gateway, one after the other. Pinned with taskset: the gateway on core 1, simulator and load on core 0.
 # PYSPY=/path/to/py-spy also records a profile of each gateway (raw folded stacks, prof-REF.txt).
+# REDIS=1: the per-key limits in a private redis-server (unix socket), as with several gateway workers.
 # usage: benchmarks/gateway_hot_path.sh [CONCURRENCY] [NUM_REQUESTS] [REF ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,12 @@ WORK=$(mktemp -d)
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then echo "taskset -c $1"; fi; }
 cleanup_worktrees() { for r in "${REFS[@]}"; do [ "$r" = . ] || git worktree remove --force "$WORK/src-$r" 2>/dev/null || true; done; cleanup; }
 trap cleanup_worktrees EXIT
+if [ -n "${REDIS:-}" ]; then
+  REDIS_BIN=$($PY -c "from modelyard.fleet.redis_server import redis_server_binary; print(redis_server_binary())")
+  $(pin 0) "$REDIS_BIN" --port 0 --unixsocket "$WORK/redis.sock" --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+  track $!; for _ in $(seq 50); do [ -S "$WORK/redis.sock" ] && break; sleep 0.1; done
+  export REDIS_URL="unix://$WORK/redis.sock"
+fi
 for REF in "${REFS[@]}"; do
   SRC=""; if [ "$REF" != . ]; then SRC="$WORK/src-$REF"; git worktree add -f --detach "$SRC" "$REF" >/dev/null; fi
   P_SIM=$(port); P_GW=$(port); STATE="$WORK/state-$REF"

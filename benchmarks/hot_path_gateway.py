@@ -1,6 +1,7 @@
 """One gateway process on uvloop + httptools, built as a gateway worker builds it: store keys cached from the
-SQLite store, LocalLimiter, usage writer on. For benchmarks/gateway_hot_path.sh; with $SRC set, the modelyard
-of that checkout (another commit) is imported instead of this one.
+SQLite store, LocalLimiter (RedisLimiter on $REDIS_URL when set), usage writer on. For
+benchmarks/gateway_hot_path.sh; with $SRC set, the modelyard of that checkout (another commit) is imported
+instead of this one.
 usage: python benchmarks/hot_path_gateway.py yard.yaml
 """
 
@@ -21,7 +22,7 @@ import uvloop  # noqa: E402
 from modelyard.fleet.supervisor import Supervisor  # noqa: E402
 from modelyard.gateway.app import create_gateway  # noqa: E402
 from modelyard.gateway.auth import KeyRing  # noqa: E402
-from modelyard.gateway.limits import LocalLimiter  # noqa: E402
+from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter  # noqa: E402
 from modelyard.routing.endpoints import EndpointTable  # noqa: E402
 from modelyard.spec.loader import load_spec  # noqa: E402
 from modelyard.store.factory import open_store  # noqa: E402
@@ -33,7 +34,13 @@ async def main(path: Path) -> None:
     table = EndpointTable()
     supervisor = Supervisor(spec, table, state)
     store = await open_store(spec.store.url, state)
-    app = create_gateway(spec, table, KeyRing(), store, LocalLimiter())
+    limiter: Limiter = LocalLimiter()
+    if os.environ.get("REDIS_URL"):  # the limiter several gateway workers share (as gateway/workers.py builds it)
+        import redis.asyncio
+
+        pool = redis.asyncio.BlockingConnectionPool.from_url(os.environ["REDIS_URL"], max_connections=64, timeout=5)
+        limiter = RedisLimiter(redis.asyncio.Redis.from_pool(pool))
+    app = create_gateway(spec, table, KeyRing(), store, limiter)
     config = uvicorn.Config(app, host=spec.gateway.host, port=spec.gateway.port, access_log=False,
                             log_level="warning", lifespan="on", http="httptools", loop="none")
     await supervisor.start()
