@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from modelyard.gateway.script_pipe import ScriptPipe
 from modelyard.store.base import KeyRecord
 
 WINDOW_S = 60.0
@@ -264,6 +265,7 @@ class RedisLimiter:
         self._admit = redis.register_script(ADMIT_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         self._commit = redis.register_script(COMMIT_LUA)
+        self._pipe = ScriptPipe(redis)  # the admissions and settlements of one loop turn: one round trip
 
     def _keys(self, name: str) -> list[str]:
         keys = self._names.get(name)
@@ -280,7 +282,7 @@ class RedisLimiter:
         admission = Admission(key.name, reserve_tokens)
         args = [admission.id, reserve_tokens, key.rpm, key.tpm, key.max_concurrency, key.budget_tokens,
                 key.used_tokens, self._lease_ms, int(WINDOW_S * 1000), self._pending_ttl_ms]
-        ok, reason, retry_ms = await self._admit(keys=self._keys(key.name), args=args)
+        ok, reason, retry_ms = await self._pipe.call(self._admit, self._keys(key.name), args)
         if int(ok):
             return admission
         text = reason.decode() if isinstance(reason, bytes) else str(reason)
@@ -290,8 +292,8 @@ class RedisLimiter:
         if admission.settled:
             return
         admission.settled = True
-        await self._settle(keys=self._keys(admission.key_name),
-                           args=[admission.id, admission.reserved, real_tokens])
+        await self._pipe.call(self._settle, self._keys(admission.key_name),
+                              [admission.id, admission.reserved, real_tokens])
 
     async def commit_budget(self, totals: Mapping[str, int]) -> None:
         for name, tokens in totals.items():

@@ -173,3 +173,19 @@ def test_a_key_without_limits_costs_no_redis_round_trip() -> None:
         assert isinstance(admission, Admission) and admission.settled
         await limiter.settle(admission, 20)
     asyncio.run(body())
+
+
+def test_a_burst_is_exact_after_redis_forgot_its_scripts(redis_url: str) -> None:
+    async def main() -> None:
+        client = aioredis.from_url(redis_url)
+        try:
+            limiter = RedisLimiter(client)
+            key = _key(rpm=5)
+            assert isinstance(await limiter.admit(key, 1), Admission)  # the scripts are loaded
+            await client.script_flush()  # as after a Redis restart
+            results = list(await asyncio.gather(*(limiter.admit(key, 1) for _ in range(8))))  # one pipeline
+            assert len(_admitted(results)) == 4
+            await asyncio.gather(*(limiter.settle(a, 1) for a in _admitted(results)))
+        finally:
+            await client.aclose()
+    asyncio.run(main())
