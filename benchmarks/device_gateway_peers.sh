@@ -5,10 +5,10 @@
 # usage (device tool, carry [".whl"]): benchmarks/device_gateway_peers.sh [gateway_peers.sh arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# .whl/src.tar (optional): `git archive HEAD` of the commit to measure, so the run sees that commit, not a working tree
+# .whl/src.tar.gz (optional): `git archive HEAD` of the commit to measure, so the run sees that commit, not a working tree
 # that other work is changing; .whl/src.commit names it
-if [ -f .whl/src.tar ]; then
-  mkdir -p /tmp/src && tar xf .whl/src.tar -C /tmp/src && cp -r .whl /tmp/src/ && cd /tmp/src
+if [ -f .whl/src.tar.gz ]; then
+  mkdir -p /tmp/src && tar xzf .whl/src.tar.gz -C /tmp/src && cp -r .whl /tmp/src/ && cd /tmp/src
   echo "measuring commit $(cat .whl/src.commit 2>/dev/null)"
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
