@@ -41,6 +41,7 @@ from modelyard.store.factory import open_store
 WORKER_HEADER = "x-modelyard-worker"
 MAX_LINE_BYTES = 64 * 1024 * 1024
 REFRESH_S = 0.25
+PUBLISH_EVERY = 4  # routing timings published once a second
 BACKLOG = 2048
 REDIS_CONNECTIONS = 128
 REDIS_POOL_WAIT_S = 10.0
@@ -149,7 +150,12 @@ class Worker:
             await asyncio.sleep(0.02)
         self.send({"listening": os.getpid()})
         last: dict[str, Any] = {}
+        rounds = 0
         while True:
+            rounds += 1
+            if rounds % PUBLISH_EVERY == 0:
+                with contextlib.suppress(OSError):
+                    gateway.metrics.routing.publish()  # the other workers' /metrics add these routing timings
             depth = {m.name: gateway.queues[m.name].waiting for m in self.spec.models}
             for name, waiting in depth.items():
                 if last.get("depth", {}).get(name) != waiting:

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import os
 from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,6 +31,7 @@ ROUTING_PLUGIN_SECONDS = "modelyard_routing_plugin_seconds"
 ROUTING_DECISION_SECONDS = "modelyard_routing_decision_seconds"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+ROUTING_FILE_PREFIX = "routing_"  # in the multiprocess folder, beside prometheus_client's own files
 ROUTING_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -45,6 +50,17 @@ class FastHistogram:
         self.counts[bisect_left(ROUTING_BUCKETS, seconds)] += 1
         self.sum += seconds
 
+    def copy(self) -> FastHistogram:
+        other = FastHistogram()
+        other.counts, other.sum = list(self.counts), self.sum
+        return other
+
+    def add(self, counts: list[int], total: float) -> None:
+        if len(counts) != len(self.counts):
+            raise ValueError("bucket layouts differ")
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.sum += total
+
     def buckets(self) -> list[tuple[str, float]]:
         out, running = [], 0
         for bound, count in zip(ROUTING_BUCKETS, self.counts, strict=False):
@@ -57,9 +73,10 @@ class FastHistogram:
 class RoutingTimings(Collector):
     """Time spent choosing replicas: per plugin call and per whole decision, by model."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, shared_dir: Path | None = None) -> None:
         self._plugins: dict[tuple[str, str], FastHistogram] = {}
         self._decisions: dict[str, FastHistogram] = {}
+        self.shared_dir = shared_dir  # several worker processes: each publishes its own there, /metrics sums them
         if registry is not None:
             registry.register(self)
 
@@ -69,14 +86,46 @@ class RoutingTimings(Collector):
     def decision(self, model: str) -> FastHistogram:
         return self._decisions.setdefault(model, FastHistogram())
 
+    def snapshot(self) -> dict[str, list[Any]]:
+        return {"plugins": [[m, p, h.counts, h.sum] for (m, p), h in self._plugins.items()],
+                "decisions": [[m, h.counts, h.sum] for m, h in self._decisions.items()]}
+
+    def publish(self) -> None:
+        """Writes this process's timings where the other workers' /metrics read them (several workers only)."""
+        if self.shared_dir is None:
+            return
+        path = self.shared_dir / f"{ROUTING_FILE_PREFIX}{os.getpid()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.snapshot()))
+        tmp.replace(path)
+
+    def _merged(self) -> tuple[dict[tuple[str, str], FastHistogram], dict[str, FastHistogram]]:
+        """This process's timings plus those the other workers published (dead workers' too: counters)."""
+        if self.shared_dir is None:
+            return self._plugins, self._decisions
+        plugins = {k: h.copy() for k, h in self._plugins.items()}
+        decisions = {k: h.copy() for k, h in self._decisions.items()}
+        own = f"{ROUTING_FILE_PREFIX}{os.getpid()}.json"
+        for path in self.shared_dir.glob(f"{ROUTING_FILE_PREFIX}*.json"):
+            if path.name == own:
+                continue
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                data = orjson.loads(path.read_bytes())
+                for model, plugin, counts, total in data["plugins"]:
+                    plugins.setdefault((model, plugin), FastHistogram()).add(counts, total)
+                for model, counts, total in data["decisions"]:
+                    decisions.setdefault(model, FastHistogram()).add(counts, total)
+        return plugins, decisions
+
     def collect(self) -> Iterator[HistogramMetricFamily]:
+        merged_plugins, merged_decisions = self._merged()
         plugins = HistogramMetricFamily(ROUTING_PLUGIN_SECONDS, "Time of one routing plugin call",
                                         labels=["model", "plugin"])
-        for (model, plugin), histogram in self._plugins.items():
+        for (model, plugin), histogram in merged_plugins.items():
             plugins.add_metric([model, plugin], histogram.buckets(), histogram.sum)
         decisions = HistogramMetricFamily(ROUTING_DECISION_SECONDS, "Time of one routing decision (all plugins)",
                                           labels=["model"])
-        for model, histogram in self._decisions.items():
+        for model, histogram in merged_decisions.items():
             decisions.add_metric([model], histogram.buckets(), histogram.sum)
         yield plugins
         yield decisions
@@ -118,12 +167,12 @@ class GatewayMetrics:
                                  registry=r)
         self.usage_buffered = Gauge(USAGE_BUFFERED, "Usage records not yet written to the store", registry=r,
                                     multiprocess_mode="livesum")
-        self.routing = RoutingTimings(r)  # per process: the routing decisions this process made
+        self.routing = RoutingTimings(r, multiprocess_dir)  # not in prometheus_client's files: published apart
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
-        merged.register(self.routing)  # the answering worker's own decisions: they are not in the shared files
+        merged.register(self.routing)  # every worker's decisions: its own live, the others' as they published them
         return generate_latest(merged)
