@@ -12,6 +12,10 @@ if [ -f .whl/src.tar.gz ]; then
   echo "measuring commit $(cat .whl/src.commit 2>/dev/null)"
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+tar xJf .whl/vllm_router.tar.xz -C /tmp/site
+mkdir -p /tmp/site/bin
+printf '#!/usr/bin/env python3\nfrom vllm_router.launch_router import main\nmain()\n' > /tmp/site/bin/vllm-router
+chmod +x /tmp/site/bin/vllm-router
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nproc; python3 --version
 RES=/tmp/gateway_peers-device-$(date +%Y%m%d-%H%M%S)

@@ -14,7 +14,16 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     aiohappyeyeballs==2.7.1 orjson==3.13.0 pydantic==2.14.3 pydantic_core==2.50.4 \
     typing-inspection==0.4.5 annotated-types==0.8.0 redis==8.1.0 starlette==1.10.0 uvicorn==0.54.0 httptools==0.9.0 \
     click==8.5.1 rich==15.0.0 psutil==7.2.2 \
-    vllm-router==0.1.17 setproctitle==1.3.8 fastapi==0.165.0 opentelemetry-api==1.45.2 py-spy==0.4.3
+    setproctitle==1.3.8 fastapi==0.165.0 opentelemetry-api==1.45.2 py-spy==0.4.3
+# vllm-router's wheel (24 MB) re-packed with xz (17 MB): the carry must fit beside the working tree in 64 MiB
+if [ ! -f .whl/vllm_router.tar.xz ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+      -d "$tmp" vllm-router==0.1.17
+  (cd "$tmp" && unzip -q vllm_router-*.whl && rm vllm_router-*.whl && tar cJf - .) > .whl/vllm_router.tar.xz
+  rm -rf "$tmp"
+fi
+rm -f .whl/vllm_router-*.whl
 COMMIT=${1:-HEAD}
 git archive "$COMMIT" modelyard benchmarks/lib.sh benchmarks/gateway_peers.sh benchmarks/gateway_peers_report.py \
     benchmarks/mock_upstream.py pyproject.toml | gzip -9 > .whl/src.tar.gz
