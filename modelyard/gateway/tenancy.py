@@ -9,6 +9,7 @@ change, from any process; otherwise (PostgreSQL) each request asks the store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class KeyCache:
         self.version: Callable[[], int] | None = getattr(store, "data_version", None)
         self._seen = -1
         self._keys: dict[str, KeyRecord] = {}
+        self._asking: dict[str, tuple[int, asyncio.Future[KeyRecord | None]]] = {}  # lookups in flight
 
     async def lookup(self, digest: str) -> KeyRecord | None:
         if self.version is None:
@@ -102,13 +104,27 @@ class KeyCache:
             key = self._keys.get(digest)
             if key is not None:
                 return key
-        key = await self.store.lookup_key(digest)
+        key = await self._ask(digest, version)
         # read at `version` or later: a change since then has moved the version, and empties the cache next time
         if key is not None and self._seen == version:
             if len(self._keys) >= MAX_CACHED_KEYS:
                 self._keys.clear()
             self._keys[digest] = key
         return key
+
+
+    async def _ask(self, digest: str, version: int) -> KeyRecord | None:
+        """One store lookup per key and version however many requests miss at once (after each write)."""
+        asking = self._asking.get(digest)
+        if asking is not None and asking[0] == version:  # started at this version: as fresh as a new one
+            return await asyncio.shield(asking[1])
+        future = asyncio.ensure_future(self.store.lookup_key(digest))
+        self._asking[digest] = (version, future)
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if self._asking.get(digest, (0, None))[1] is future:
+                del self._asking[digest]
 
 
 class Tenancy:

@@ -65,3 +65,20 @@ def test_a_store_that_cannot_tell_its_version_is_asked_every_time() -> None:
             assert (await cache.lookup("h")) is not None
         assert store.lookups == 3
     asyncio.run(body())
+
+
+def test_requests_that_miss_at_once_share_one_lookup(tmp_path: Path) -> None:
+    async def body() -> None:
+        base = await SQLiteStore.open(tmp_path / "modelyard.db")
+        store = CountingStore(base.path, base._executor, base._conn)
+        try:
+            _, secret = await store.create_key("team-a", KeyLimits(rpm=5))
+            cache = KeyCache(store)
+            keys = await asyncio.gather(*(cache.lookup(hash_key(secret)) for _ in range(20)))
+            assert all(k is not None and k.name == "team-a" for k in keys) and store.lookups == 1
+            await store.revoke_key("team-a")  # a write: the next ones ask again, once
+            keys = await asyncio.gather(*(cache.lookup(hash_key(secret)) for _ in range(20)))
+            assert all(k is not None and k.revoked_at is not None for k in keys) and store.lookups == 2
+        finally:
+            await store.close()
+    asyncio.run(body())
