@@ -46,6 +46,11 @@ def split_usage_event(chunk: bytes, keep: bool) -> tuple[bytes, bytes]:
     return chunk[:start] + chunk[end:], event
 
 
+def _cancel_pending(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
+
+
 class Watchdog:
     """The between-chunks and total timeouts of one stream, as one timer that is not re-armed per chunk.
 
@@ -93,12 +98,14 @@ class UpstreamStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = asyncio.Event()
         upstream = self.upstream
+        ended = False
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            disconnected.set()
-            upstream.close()
+            if not ended:  # uvicorn also answers "disconnect" once the response is complete
+                disconnected.set()
+                upstream.close()
 
         watcher = asyncio.create_task(watch())
         outcome = self.outcome
@@ -139,7 +146,7 @@ class UpstreamStream:
             watchdog.cancel()
             if captured:
                 outcome.body = b"".join(captured)
-            watcher.cancel()
+            ended = True
             if disconnected.is_set():
                 outcome.error = outcome.error or "client_disconnected"
             if complete and not disconnected.is_set():
@@ -148,4 +155,7 @@ class UpstreamStream:
                 upstream.close()
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # a server that woke the watcher at the end (uvicorn) lets it finish on its own, which costs less
+            # than cancelling it; with any other, it is cancelled on the next turn
+            loop.call_soon(_cancel_pending, watcher)
             self.finish(outcome)
