@@ -64,11 +64,13 @@ def merge_level(level_dir: Path) -> tuple[dict[str, dict[str, Any]], list[dict[s
         clients.append(run["client"])
         for name, m in run["targets"].items():
             acc = per.setdefault(name, {"ok": 0, "failed": 0, "cancelled": 0, "rps": 0.0, "duration_s": 0.0,
-                                        "ttft": [], "itl": [], "tpot": [], "tokens": 0, "errors": set()})
+                                        "ttft": [], "itl": [], "tpot": [], "tokens": 0, "errors": set(),
+                                        "per_client": []})
             acc["ok"] += m["completed"]
             acc["failed"] += m["failed"]
             acc["cancelled"] += m["cancelled"]
             acc["rps"] += m["request_throughput"]
+            acc["per_client"].append(m["completed"])
             acc["duration_s"] = max(acc["duration_s"], m["duration_s"])
         for r in data["requests"]:
             acc = per[r["target"]]
@@ -89,6 +91,7 @@ def merge_level(level_dir: Path) -> tuple[dict[str, dict[str, Any]], list[dict[s
             "itl_p50_ms": pct(acc["itl"], 50), "itl_p99_ms": pct(acc["itl"], 99),
             "tpot_p50_ms": pct(acc["tpot"], 50), "tpot_p99_ms": pct(acc["tpot"], 99),
             "errors": sorted(acc["errors"])[:5],
+            "completed_per_load_generator": acc["per_client"],  # uneven = some connections served late
         }
     return out, clients
 
