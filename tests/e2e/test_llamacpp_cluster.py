@@ -131,6 +131,9 @@ def test_single_replica_down_gives_a_clean_503_then_recovers(tmp_path: Path) -> 
         with pytest.raises(openai.InternalServerError) as info:
             client.completions.create(model="smollm2", prompt="Hi", max_tokens=1)
         assert info.value.status_code == 503
+        # the gateway (each of its workers) learns of the death from the supervisor a moment later: wait for that,
+        # else /health may still answer from a table that shows the dead replica ready
+        assert single.wait_metric("modelyard_replica_restarts", 1, timeout_s=30, model="smollm2", replica="0")
         single.wait_ready(1, timeout_s=120)
         assert client.completions.create(model="smollm2", prompt="Hi", max_tokens=1).choices
         children = single.engine_processes()
