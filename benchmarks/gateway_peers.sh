@@ -46,7 +46,16 @@ mkdir -p "$RESULTS"
 { git rev-parse --short HEAD 2>/dev/null || cat .whl/src.commit 2>/dev/null || echo unknown; } > "$RESULTS/commit.txt"
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
-keep_logs() { cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true; cp "$WORK"/state/logs/modelyard.log "$RESULTS/modelyard-gateway.log" 2>/dev/null || true; cleanup; }
+# on exit: keep the logs; SIGINT to every process started here, then SIGTERM to what is left (a background
+# process of a non-interactive shell may ignore SIGINT), so that the wait in lib.sh's cleanup ends
+keep_logs() {
+  cp "$WORK"/*.log "$RESULTS/" 2>/dev/null || true
+  cp "$WORK"/state/logs/modelyard.log "$RESULTS/modelyard-gateway.log" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 2
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  cleanup
+}
 trap keep_logs EXIT
 # wait for URL; if it never answers, show the log of the process that should serve it
 up() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not up: $1"; tail -30 "$2"; exit 1; }
