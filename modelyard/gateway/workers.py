@@ -115,6 +115,7 @@ class Worker:
         gateway.outliers = ReportingOutliers(self.send, self.held)
         server = _Server(uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on",
                                         timeout_graceful_shutdown=5, http="httptools",
+                                        proxy_headers=False,  # the gateway never reads the client's address
                                         headers=[(WORKER_HEADER, str(os.getpid()))]))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
