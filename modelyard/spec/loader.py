@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,33 +173,9 @@ def _check_routing(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[s
     def problem(loc: Loc, message: str) -> None:
         problems.append(f"{format_path(loc)}: {message}{_where(loc, lines, source)}")
 
-    type_names = sorted(registry.PLUGIN_TYPES)
-    declared_names: dict[str, int] = {}
+    declared_names = _first_uses([p.name for p in spec.routing.plugins], ("routing", "plugins"), problem)
     for index, declared in enumerate(spec.routing.plugins):
-        if declared.name in declared_names:
-            problem(("routing", "plugins", index, "name"),
-                    f"{declared.name!r} is already used by routing.plugins[{declared_names[declared.name]}]")
-        declared_names.setdefault(declared.name, index)
-        kind = registry.plugin_type(declared.type)
-        if kind is None:
-            problem(("routing", "plugins", index, "type"),
-                    f"unknown plugin type {declared.type!r}{registry.suggest(declared.type, type_names)}")
-            continue
-        builtin = registry.PLUGIN_TYPES.get(declared.name)
-        if builtin is not None and builtin.kind != kind.kind:
-            problem(("routing", "plugins", index, "name"),
-                    f"{declared.name!r} is the built-in {builtin.kind}; a {kind.kind} needs another name")
-        try:
-            kind.params.model_validate(declared.params)
-        except ValidationError as exc:
-            for error in exc.errors():
-                loc = ("routing", "plugins", index, "params", *error["loc"])
-                if error["type"] == "extra_forbidden":
-                    known = sorted(kind.params.model_fields)
-                    hint = registry.suggest(str(loc[-1]), known) if known else " (it takes no params)"
-                    problem(loc, f"is not a parameter of {kind.name}{hint}")
-                else:
-                    problem(loc, _message(error, loc))
+        _check_plugin(index, declared.name, declared.type, declared.params, problem)
     plugins = registry.instances(spec.routing)
     names = sorted(plugins)
     for index, profile in enumerate(spec.routing.profiles):
@@ -216,18 +192,49 @@ def _check_routing(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[s
                 problem(loc, f"unknown plugin {name!r}{registry.suggest(name, names)}")
             elif instance.type.kind != wanted:
                 problem(loc, f"{name!r} is a {instance.type.kind}, not a {wanted}")
-    seen_profiles: dict[str, int] = {}
-    for index, profile in enumerate(spec.routing.profiles):
-        if profile.name in seen_profiles:
-            problem(("routing", "profiles", index, "name"),
-                    f"{profile.name!r} is already used by routing.profiles[{seen_profiles[profile.name]}]")
-        seen_profiles.setdefault(profile.name, index)
+    _first_uses([p.name for p in spec.routing.profiles], ("routing", "profiles"), problem)
     profile_names = sorted(registry.profiles(spec.routing))
     for index, model in enumerate(spec.models):
         if model.routing not in profile_names:
             problem(("models", index, "routing"),
                     f"unknown profile {model.routing!r}{registry.suggest(model.routing, profile_names)}")
     return problems
+
+
+def _first_uses(names: list[str], section: Loc, problem: Callable[[Loc, str], None]) -> dict[str, int]:
+    """Where each name is first used in a list of named entries; a later use of a name is a problem."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            problem((*section, index, "name"), f"{name!r} is already used by {format_path((*section, first[name]))}")
+        first.setdefault(name, index)
+    return first
+
+
+def _check_plugin(index: int, name: str, type_name: str, params: Any, problem: Callable[[Loc, str], None]) -> None:
+    """One routing.plugins entry: a known type, a name that is not a built-in of another kind, valid params."""
+    from modelyard.routing import registry
+
+    kind = registry.plugin_type(type_name)
+    if kind is None:
+        problem(("routing", "plugins", index, "type"),
+                f"unknown plugin type {type_name!r}{registry.suggest(type_name, sorted(registry.PLUGIN_TYPES))}")
+        return
+    builtin = registry.PLUGIN_TYPES.get(name)
+    if builtin is not None and builtin.kind != kind.kind:
+        problem(("routing", "plugins", index, "name"),
+                f"{name!r} is the built-in {builtin.kind}; a {kind.kind} needs another name")
+    try:
+        kind.params.model_validate(params)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = ("routing", "plugins", index, "params", *error["loc"])
+            if error["type"] == "extra_forbidden":
+                known = sorted(kind.params.model_fields)
+                hint = registry.suggest(str(loc[-1]), known) if known else " (it takes no params)"
+                problem(loc, f"is not a parameter of {kind.name}{hint}")
+            else:
+                problem(loc, _message(error, loc))
 
 
 def load_spec(path: str | Path) -> YardSpec:
