@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import uvicorn
 
+from modelyard.gateway.accept import BatchAcceptor
 from modelyard.gateway.app import Gateway, create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.failover import OutlierDetector
@@ -77,11 +78,34 @@ class ReportingOutliers(OutlierDetector):
 
 
 class _Server(uvicorn.Server):
-    """Signals are the worker's own (below), so that it exits 0 after a graceful stop."""
+    """uvicorn's server with the worker's own signals (below: it exits 0 after a graceful stop) and its own accept
+    loop on `listen` (gateway/accept.py: uvloop alone accepts one connection per loop iteration)."""
+
+    def __init__(self, config: uvicorn.Config, listen: socket.socket) -> None:
+        super().__init__(config)
+        self.listen = listen
+        self.acceptor: BatchAcceptor | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the lifespan and the connection state; no listener of uvicorn's
+        if self.should_exit:
+            return
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop)
+
+        self.acceptor = BatchAcceptor(self.listen, protocol, loop)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.acceptor is not None:
+            self.acceptor.close()  # no new connections; those open finish as uvicorn stops them
+        await super().shutdown(sockets)
 
 
 class Worker:
@@ -113,17 +137,17 @@ class Worker:
                              admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]))
         gateway: Gateway = app.state.gateway
         gateway.outliers = ReportingOutliers(self.send, self.held)
+        sock = listen_socket(self.spec.gateway.host, self.spec.gateway.port)
         server = _Server(uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on",
                                         timeout_graceful_shutdown=5, http="httptools",
                                         proxy_headers=False,  # the gateway never reads the client's address
-                                        headers=[(WORKER_HEADER, str(os.getpid()))]))
+                                        headers=[(WORKER_HEADER, str(os.getpid()))]), sock)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-        sock = listen_socket(self.spec.gateway.host, self.spec.gateway.port)
         tasks = [asyncio.create_task(self._follow(feed, server)), asyncio.create_task(self._refresh(gateway, server))]
         try:
-            await server.serve(sockets=[sock])
+            await server.serve()
         finally:
             for task in tasks:
                 task.cancel()
