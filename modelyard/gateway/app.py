@@ -43,6 +43,12 @@ UPSTREAM_KEEPALIVE_S = 4.0
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
+def stale_connection(exc: BaseException) -> bool:
+    """A pooled connection that the engine had closed (worth one more try on the same replica); a refused or
+    failed connect is a down replica, retried elsewhere at once."""
+    return isinstance(exc, STALE_CONNECTION_ERRORS) and not isinstance(exc, aiohttp.ClientConnectorError)
+
+
 @dataclass
 class Call:
     """One generation request on its way: what the relay needs to know about it."""
@@ -214,7 +220,7 @@ class Gateway:
             except UPSTREAM_ERRORS as exc:
                 self._release(endpoint, model)
                 last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
-                if isinstance(exc, STALE_CONNECTION_ERRORS) and not stale_retried:
+                if stale_connection(exc) and not stale_retried:
                     stale_retried = True  # a pooled connection the engine had closed: once more, same replica
                     tried.pop()
                     continue
