@@ -59,8 +59,8 @@ class Call:
     model: BaseModelSpec
     stream: bool
     ticket: Ticket
+    route: RouteRequest
     keep_usage: bool = True
-    route: RouteRequest | None = None
 
 
 def slots_per_replica(model: BaseModelSpec) -> int:
@@ -184,7 +184,7 @@ class Gateway:
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             return ticket
         call = Call(request.scope["path"], body, payload, model, payload.get("stream") is True, ticket,
-                    route=RouteRequest.of(model_name, payload, request.headers))
+                    RouteRequest.of(model_name, payload, request.headers))
         if call.stream and call.path != "/v1/embeddings":
             options = payload.get("stream_options")
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -201,7 +201,7 @@ class Gateway:
         self.retry_budget.request()
         model = call.model.name
         for attempt in range(MAX_ATTEMPTS):
-            endpoint = self.router.pick(call.route or RouteRequest(model), exclude=tried)
+            endpoint = self.router.pick(call.route, exclude=tried)
             if endpoint is None:
                 break
             if attempt:
@@ -288,8 +288,7 @@ class Gateway:
 
         def finish(done: Outcome) -> None:
             self._release(endpoint, model)
-            if call.route is not None:
-                self.router.finished(call.route, endpoint)
+            self.router.finished(call.route, endpoint)
             self._record(call, done)
 
         outcome.status, outcome.replica = upstream.status, endpoint.id

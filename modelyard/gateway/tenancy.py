@@ -112,7 +112,6 @@ class KeyCache:
             self._keys[digest] = key
         return key
 
-
     async def _ask(self, digest: str, version: int) -> KeyRecord | None:
         """One store lookup per key and version however many requests miss at once (after each write)."""
         asking = self._asking.get(digest)

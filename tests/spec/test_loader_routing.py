@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
-from modelyard.spec import SpecError, parse_spec
+from modelyard.spec import parse_spec
+from tests.spec.test_loader import problems
 
 SPEC = """\
 routing:
@@ -25,12 +24,6 @@ models:
   - name: other
     engine: simulator
 """
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(SpecError) as info:
-        parse_spec(text)
-    return info.value.problems
 
 
 def test_the_agreed_format_loads_and_models_default_to_the_default_profile() -> None:
