@@ -7,7 +7,6 @@ one (in the built-in profiles too). A type may be written with its kind as a suf
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -76,13 +75,6 @@ def plugin_type(name: str) -> PluginType | None:
         if found is not None and found.kind != suffix:
             found = None
     return found
-
-
-def suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    if not close:
-        close = [k for k in known if k.startswith(name) or name.startswith(k)][:1]
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 
 @dataclass(frozen=True)

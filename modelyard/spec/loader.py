@@ -99,8 +99,20 @@ def _suggest(loc: Loc) -> str:
     for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
                 schema.OpenAIModel, schema.ModelSource, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec):
         fields.update(cls.model_fields)
-    close = difflib.get_close_matches(name, sorted(fields), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = _closest(name, sorted(fields))
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
+
+
+def _names_hint(name: str, known: list[str]) -> str:
+    """For a name that must be one of `known`: the closest, else one that starts with it or that it starts with,
+    else the whole list."""
+    close = _closest(name, known) or next((k for k in known if k.startswith(name) or name.startswith(k)), None)
+    return f" (did you mean {close!r}?)" if close else f" (known: {', '.join(known)})"
 
 
 def _where(loc: Loc, lines: dict[Loc, int], source: str) -> str:
@@ -189,7 +201,7 @@ def _check_routing(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[s
             if instance is None and name in declared_names:
                 continue  # declared with a bad type: reported above
             if instance is None:
-                problem(loc, f"unknown plugin {name!r}{registry.suggest(name, names)}")
+                problem(loc, f"unknown plugin {name!r}{_names_hint(name, names)}")
             elif instance.type.kind != wanted:
                 problem(loc, f"{name!r} is a {instance.type.kind}, not a {wanted}")
     _first_uses([p.name for p in spec.routing.profiles], ("routing", "profiles"), problem)
@@ -197,7 +209,7 @@ def _check_routing(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[s
     for index, model in enumerate(spec.models):
         if model.routing not in profile_names:
             problem(("models", index, "routing"),
-                    f"unknown profile {model.routing!r}{registry.suggest(model.routing, profile_names)}")
+                    f"unknown profile {model.routing!r}{_names_hint(model.routing, profile_names)}")
     return problems
 
 
@@ -218,7 +230,7 @@ def _check_plugin(index: int, name: str, type_name: str, params: Any, problem: C
     kind = registry.plugin_type(type_name)
     if kind is None:
         problem(("routing", "plugins", index, "type"),
-                f"unknown plugin type {type_name!r}{registry.suggest(type_name, sorted(registry.PLUGIN_TYPES))}")
+                f"unknown plugin type {type_name!r}{_names_hint(type_name, sorted(registry.PLUGIN_TYPES))}")
         return
     builtin = registry.PLUGIN_TYPES.get(name)
     if builtin is not None and builtin.kind != kind.kind:
@@ -231,7 +243,7 @@ def _check_plugin(index: int, name: str, type_name: str, params: Any, problem: C
             loc = ("routing", "plugins", index, "params", *error["loc"])
             if error["type"] == "extra_forbidden":
                 known = sorted(kind.params.model_fields)
-                hint = registry.suggest(str(loc[-1]), known) if known else " (it takes no params)"
+                hint = _names_hint(str(loc[-1]), known) if known else " (it takes no params)"
                 problem(loc, f"is not a parameter of {kind.name}{hint}")
             else:
                 problem(loc, _message(error, loc))
