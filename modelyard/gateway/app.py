@@ -26,6 +26,7 @@ from modelyard.gateway.failover import OutlierDetector, RetryBudget
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream
 from modelyard.gateway.tenancy import Tenancy, Ticket
+from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
 from modelyard.routing.contracts import RouteRequest
@@ -39,14 +40,12 @@ log = logging.getLogger("modelyard.gateway")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
 DEFAULT_SLOTS_PER_REPLICA = 64
-UPSTREAM_KEEPALIVE_S = 4.0
-STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 def stale_connection(exc: BaseException) -> bool:
     """A pooled connection that the engine had closed (worth one more try on the same replica); a refused or
     failed connect is a down replica, retried elsewhere at once."""
-    return isinstance(exc, STALE_CONNECTION_ERRORS) and not isinstance(exc, aiohttp.ClientConnectorError)
+    return isinstance(exc, StaleConnection)
 
 
 @dataclass
@@ -90,10 +89,10 @@ class Gateway:
                        if store is not None and spec.store.record_usage else None)
         self.admin = AdminApi(store, admin_key)
         self.created = int(time.time())
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
+        self.upstream = UpstreamPool()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._headers: dict[str, tuple[dict[str, str], dict[str, str]]] = {}  # by endpoint id: its own, merged
-        self._timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = {}
+        self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def _capacity(self, model: BaseModelSpec, ready: int = 0) -> int:
@@ -104,10 +103,7 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        # idle upstream connections are dropped before the engines drop them (llama-server: after 5 s)
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              cookie_jar=aiohttp.DummyCookieJar())  # engines set no cookies
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())  # engines set no cookies
         if self.writer is not None:
             self.writer.start()
         self.scraper.start(self._session)
@@ -120,6 +116,7 @@ class Gateway:
                 await self.writer.close()  # on SIGTERM too: nothing recorded is lost on a clean stop
             await self.scraper.stop()
             await self._session.close()
+            self.upstream.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -250,39 +247,30 @@ class Gateway:
         if endpoint.ejections > before:
             self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
-    async def _send(self, endpoint: Endpoint, call: Call, data: bytes) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def _send(self, endpoint: Endpoint, call: Call, data: bytes) -> tuple[Connection, bytes]:
         """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
         timeouts = call.model.timeouts
-        client_timeout = self._client_timeout(call.model, call.stream)
-        cached = self._headers.get(endpoint.id)
+        target = self.upstream.target(endpoint.url)
+        cached = self._heads.get((endpoint.id, call.path))
         if cached is None or cached[0] is not endpoint.headers:
-            cached = self._headers[endpoint.id] = (endpoint.headers,
-                                                   {"Content-Type": "application/json", **endpoint.headers})
-        headers = cached[1]
-        # a stream's total and between-chunks timeouts are the relay's (relay.Watchdog), not aiohttp's
+            cached = self._heads[(endpoint.id, call.path)] = (endpoint.headers,
+                                                              request_head(target, call.path, endpoint.headers))
+        # a stream's total and between-chunks timeouts are the relay's (relay.Watchdog)
         wait = min(timeouts.first_byte_s, timeouts.total_s) if call.stream else timeouts.total_s
-        upstream: aiohttp.ClientResponse | None = None
+        conn: Connection | None = None
         try:
             async with asyncio.timeout(wait):
-                upstream = await self.session.post(endpoint.url + call.path, data=data, headers=headers,
-                                                   timeout=client_timeout)
-                first = await upstream.content.readany() if call.stream and upstream.status == 200 else b""
+                conn = await self.upstream.connect(target, timeouts.connect_s)
+                conn.send(cached[1], data)
+                status = await conn.head()
+                first = await conn.chunk() if call.stream and status == 200 else b""
         except BaseException:
-            if upstream is not None:
-                upstream.close()
+            if conn is not None:
+                conn.close()
             raise
-        return upstream, first
+        return conn, first
 
-    def _client_timeout(self, model: BaseModelSpec, stream: bool) -> aiohttp.ClientTimeout:
-        """aiohttp's timeouts for a model, made once: connect, plus total unless the relay times the stream."""
-        timeout = self._timeouts.get((model.name, stream))
-        if timeout is None:
-            total = None if stream else model.timeouts.total_s
-            timeout = self._timeouts[(model.name, stream)] = aiohttp.ClientTimeout(
-                total=total, connect=model.timeouts.connect_s)
-        return timeout
-
-    async def _respond(self, upstream: aiohttp.ClientResponse, first: bytes, endpoint: Endpoint, call: Call,
+    async def _respond(self, upstream: Connection, first: bytes, endpoint: Endpoint, call: Call,
                        outcome: Outcome) -> Response:
         model = call.model.name
 
@@ -297,7 +285,8 @@ class Gateway:
             return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
                                   outcome, finish, capture=call.model.store_text)
         try:
-            content = await upstream.read()
+            async with asyncio.timeout(max(0.0, call.model.timeouts.total_s - (time.perf_counter() - outcome.started))):
+                content = await upstream.read()
         except UPSTREAM_ERRORS as exc:
             upstream.close()
             outcome.status, outcome.error = 502, type(exc).__name__
@@ -309,7 +298,7 @@ class Gateway:
         if call.model.store_text:
             outcome.body = content
         finish(outcome)
-        media = upstream.headers.get("Content-Type", "application/json")
+        media = (upstream.header(b"content-type") or b"application/json").decode("latin-1")
         return Response(content, status_code=upstream.status, media_type=media,
                         headers={"x-modelyard-replica": endpoint.id})
 

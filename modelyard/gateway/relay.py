@@ -5,15 +5,17 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from modelyard.gateway.errors import sse_error
+from modelyard.gateway.upstream import Connection
 from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
-UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
+UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 USAGE_MARK = b'"usage":{'
 CLOCK_SLACK_S = 0.001
 
@@ -51,29 +53,40 @@ def _cancel_pending(task: asyncio.Task[None]) -> None:
         task.cancel()
 
 
+def direct_cycle(send: Send) -> Any:
+    """uvicorn's httptools request cycle behind `send`, once it started a chunked response: the relay then writes
+    each chunk to its transport itself, framed as uvicorn's `send` would, instead of awaiting `send` per chunk.
+    None under any other server (the relay then awaits `send`). uvicorn is pinned; tests/gateway/test_relay.py
+    fails if this stops finding the cycle."""
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is RequestResponseCycle and cycle.chunked_encoding is True and not cycle.disconnected:
+        return cycle
+    return None
+
+
 class Watchdog:
     """The between-chunks and total timeouts of one stream, as one timer that is not re-armed per chunk.
 
-    The relay stamps `waiting_since` when it starts waiting for the next chunk and clears it when the chunk
-    came; the timer, when it fires, re-arms itself for the moment that stamp runs out (or, while the relay is
-    busy sending, one silence later), and only fails the stream when it has really been silent that long or
-    is past its total deadline: then the upstream reader raises TimeoutError in the relay.
+    The relay stamps `waiting_since` whenever it waits for the engine (after each chunk) and clears it while the
+    client cannot take more; the timer, when it fires, re-arms itself for the moment that stamp runs out (or one
+    silence later when it is cleared), and calls `expire` only when the engine has really been silent that long
+    or the stream is past its total deadline.
     """
 
-    __slots__ = ("loop", "content", "between", "deadline", "waiting_since", "handle")
+    __slots__ = ("loop", "expire", "between", "deadline", "waiting_since", "handle")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, content: aiohttp.StreamReader, between_s: float,
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[], None], between_s: float,
                  deadline: float) -> None:
-        self.loop, self.content, self.between, self.deadline = loop, content, between_s, deadline
-        self.waiting_since: float | None = None
+        self.loop, self.expire, self.between, self.deadline = loop, expire, between_s, deadline
+        self.waiting_since: float | None = loop.time()
         self.handle = loop.call_at(min(loop.time() + between_s, deadline), self._check)
 
     def _check(self) -> None:
         now = self.loop.time()
         since = self.waiting_since
         due = min((now if since is None else since) + self.between, self.deadline)
-        if since is not None and now >= due - CLOCK_SLACK_S:  # a timer may fire a little early
-            self.content.set_exception(TimeoutError())
+        if (since is not None or now >= self.deadline) and now >= due - CLOCK_SLACK_S:  # timers may fire early
+            self.expire()
             return
         self.handle = self.loop.call_at(due if since is not None else max(due, now), self._check)
 
@@ -81,78 +94,151 @@ class Watchdog:
         self.handle.cancel()
 
 
+class _Pipe:
+    """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
+
+    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "wake", "pending", "finished",
+                 "error", "disconnected", "paused", "watchdog")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
+                 capture: bool) -> None:
+        self.loop, self.conn, self.outcome, self.keep_usage = loop, conn, outcome, keep_usage
+        self.captured: list[bytes] | None = [] if capture else None
+        self.cycle: Any = None
+        self.wake: asyncio.Future[None] = loop.create_future()
+        self.pending: list[bytes] = []  # without a direct cycle: chunks for the task to send
+        self.finished = self.disconnected = self.paused = False
+        self.error: BaseException | None = None
+        self.watchdog: Watchdog | None = None
+
+    def _wake(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.captured is not None:
+            self.captured.append(chunk)
+        if USAGE_MARK in chunk:
+            chunk, self.outcome.usage = split_usage_event(chunk, self.keep_usage)
+        cycle = self.cycle
+        if cycle is not None:
+            if cycle.disconnected or cycle.transport.is_closing():
+                self.disconnect()
+                return
+            if chunk:
+                cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
+                self.pause()
+        elif chunk:
+            self.pending.append(chunk)
+            self.pause()  # until the task has sent it
+        if self.watchdog is not None and not self.paused:
+            self.watchdog.waiting_since = self.loop.time()
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.conn.pause()
+            if self.watchdog is not None:
+                self.watchdog.waiting_since = None  # waiting for the client, not the engine
+            self._wake()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.conn.resume()
+            if self.watchdog is not None:
+                self.watchdog.waiting_since = self.loop.time()
+
+    def ended(self, error: BaseException | None) -> None:
+        if not self.finished:
+            self.finished, self.error = True, error
+            self._wake()
+
+    def expire(self) -> None:
+        """The watchdog's verdict: the engine went silent (or the stream ran out of time)."""
+        if not self.finished:
+            self.finished, self.error = True, TimeoutError()
+            self.conn.close()
+            self._wake()
+
+    def disconnect(self) -> None:
+        """The client went away: the engine's connection is closed at once, which aborts its work."""
+        if not self.disconnected:
+            self.disconnected = self.finished = True
+            self.conn.close()
+            self._wake()
+
+
 class UpstreamStream:
     """An ASGI response that relays an engine's SSE stream chunk by chunk, as it arrives, without parsing it.
 
-    The first chunk was already read (before it, a failure is retried on another replica). A client that
+    The first chunk was already read (before it, a failure is retried on another replica). After it, each piece
+    the engine sends goes from its connection's callback straight to the client's transport (under uvicorn; under
+    another server through `send`), and the client's back-pressure pauses reading from the engine. A client that
     disconnects closes the upstream connection at once, which aborts the engine's work. An upstream that fails
     mid-stream ends the stream with an SSE error event: no retry once tokens went out. The usage event that the
     gateway asked for on the client's behalf is recorded and not passed on unless the client asked for it too.
     """
 
-    def __init__(self, upstream: aiohttp.ClientResponse, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
+    def __init__(self, conn: Connection, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
                  keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], capture: bool = False) -> None:
-        self.upstream, self.first, self.endpoint, self.timeouts = upstream, first, endpoint, timeouts
+        self.conn, self.first, self.endpoint, self.timeouts = conn, first, endpoint, timeouts
         self.keep_usage, self.outcome, self.finish, self.capture = keep_usage, outcome, finish, capture
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        disconnected = asyncio.Event()
-        upstream = self.upstream
-        ended = False
+        loop = asyncio.get_running_loop()
+        conn, outcome = self.conn, self.outcome
+        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture)
+        responded = False
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not ended:  # uvicorn also answers "disconnect" once the response is complete
-                disconnected.set()
-                upstream.close()
+            if not responded:  # uvicorn also answers "disconnect" once the response is complete
+                pipe.disconnect()
 
         watcher = asyncio.create_task(watch())
-        outcome = self.outcome
-        complete = False
-        captured: list[bytes] | None = [] if self.capture else None
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
-        content = upstream.content
-        watchdog = Watchdog(loop, content, self.timeouts.between_chunks_s, deadline)
+        watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-modelyard-replica", self.endpoint.id.encode())]})
-            chunk = self.first
+            pipe.cycle = direct_cycle(send)
+            pipe.feed(self.first)
+            if not pipe.finished:
+                conn.attach(pipe.feed, pipe.ended)
             while True:
-                if captured is not None:
-                    captured.append(chunk)
-                if USAGE_MARK in chunk:
-                    chunk, outcome.usage = split_usage_event(chunk, self.keep_usage)
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if disconnected.is_set():
+                if pipe.pending:
+                    body, pipe.pending = b"".join(pipe.pending), []
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    pipe.resume()
+                elif pipe.paused and not pipe.finished:
+                    await pipe.cycle.flow.drain()
+                    pipe.resume()
+                elif pipe.finished:
                     break
-                watchdog.waiting_since = loop.time()
-                chunk = await content.readany()
-                watchdog.waiting_since = None
-                if not chunk:
-                    complete = True
-                    break
-        except UPSTREAM_ERRORS as exc:
-            if not disconnected.is_set():
-                outcome.error = "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
-                message = ("the engine stopped sending" if isinstance(exc, TimeoutError)
-                           else f"the engine failed mid-stream ({type(exc).__name__})")
+                else:
+                    await pipe.wake
+                    pipe.wake = loop.create_future()
+            if pipe.error is not None and not pipe.disconnected:
+                outcome.error = "timeout" if isinstance(pipe.error, TimeoutError) else "upstream_error"
+                message = ("the engine stopped sending" if isinstance(pipe.error, TimeoutError)
+                           else f"the engine failed mid-stream ({type(pipe.error).__name__})")
                 await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
                             "more_body": True})
         finally:
             watchdog.cancel()
-            if captured:
-                outcome.body = b"".join(captured)
-            ended = True
-            if disconnected.is_set():
+            if pipe.captured:
+                outcome.body = b"".join(pipe.captured)
+            responded = True
+            if pipe.disconnected:
                 outcome.error = outcome.error or "client_disconnected"
-            if complete and not disconnected.is_set():
-                upstream.release()
+            if pipe.finished and pipe.error is None and not pipe.disconnected:
+                conn.release()
             else:
-                upstream.close()
+                conn.close()
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             # a server that woke the watcher at the end (uvicorn) lets it finish on its own, which costs less

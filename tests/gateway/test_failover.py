@@ -37,17 +37,3 @@ def test_consecutive_failures_eject_for_a_growing_time_and_success_resets() -> N
     clock.now += 11
     detector.success(endpoint)
     assert endpoint.ejections == 0 and endpoint.routable(clock.now)
-
-
-def test_a_refused_connect_is_not_taken_for_a_stale_pooled_connection() -> None:
-    import aiohttp
-    from aiohttp.client_reqrep import ConnectionKey
-
-    from modelyard.gateway.app import stale_connection
-
-    key = ConnectionKey("127.0.0.1", 9, False, True, None, None, None)
-    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
-    assert not stale_connection(refused)
-    assert stale_connection(aiohttp.ServerDisconnectedError())
-    assert stale_connection(aiohttp.ClientOSError(104, "Connection reset by peer"))
-    assert not stale_connection(TimeoutError())

@@ -1,0 +1,242 @@
+"""The gateway's client to the engines (gateway/upstream.py) and the relay's direct writes (gateway/relay.py),
+against real servers on loopback: raw asyncio servers that answer exactly what each test needs, and uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvicorn
+
+from modelyard.gateway.app import stale_connection
+from modelyard.gateway.relay import direct_cycle
+from modelyard.gateway.upstream import (
+    ConnectFailed,
+    StaleConnection,
+    Target,
+    UpstreamError,
+    UpstreamPool,
+    request_head,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length"))
+    return head + await reader.readexactly(length)
+
+
+def run(handler: Handler, test: Callable[[UpstreamPool, Target], Awaitable[None]]) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = UpstreamPool()
+        try:
+            await asyncio.wait_for(test(pool, pool.target(f"http://127.0.0.1:{port}")), 10)
+        finally:
+            pool.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_a_request_is_written_once_and_the_connection_reused() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(OK)
+        writer.close()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        head = request_head(target, "/v1/completions", {"Authorization": "Bearer k"})
+        for _ in range(3):
+            conn = await pool.connect(target, 1)
+            conn.send(head, b'{"a":1}')
+            assert await conn.head() == 200
+            assert await conn.read() == b"{}"
+            assert conn.header(b"content-type") == b"application/json"
+            conn.release()
+        assert pool.opened == 1 and pool.idle() == 1
+
+    run(handler, test)
+    assert len(seen) == 3
+    assert seen[0].startswith(b"POST /v1/completions HTTP/1.1\r\n")
+    assert b"Authorization: Bearer k\r\n" in seen[0] and seen[0].endswith(b'Content-Length: 7\r\n\r\n{"a":1}')
+
+
+def test_a_base_url_path_prefixes_the_request_path() -> None:
+    target = Target.parse("https://api.example.com:8443/openai/")
+    assert (target.host, target.port, target.tls) == ("api.example.com", 8443, True)
+    assert request_head(target, "/v1/chat/completions", {}).startswith(b"POST /openai/v1/chat/completions HTTP/1.1")
+    with pytest.raises(ValueError):
+        request_head(target, "/v1/x", {"X-Evil": "a\r\nHost: b"})
+
+
+def test_a_chunked_stream_reaches_the_sink_piece_by_piece() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for index in range(3):
+            event = b"data: %d\n\n" % index
+            writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await reader.read()  # the connection stays open: keep-alive
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        conn = await pool.connect(target, 1)
+        conn.send(request_head(target, "/v1/completions", {}), b"{}")
+        assert await conn.head() == 200
+        assert await conn.chunk() == b"data: 0\n\n"
+        got: list[bytes] = []
+        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        conn.attach(got.append, ended.set_result)
+        assert await ended is None
+        assert got == [b"data: 1\n\n", b"data: 2\n\n"]
+        conn.release()
+        assert pool.idle() == 1
+
+    run(handler, test)
+
+
+def test_a_body_that_ends_with_the_connection_is_read_whole() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello ")
+        await writer.drain()
+        writer.write(b"world")
+        writer.close()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        conn = await pool.connect(target, 1)
+        conn.send(request_head(target, "/v1/completions", {}), b"{}")
+        assert await conn.head() == 200
+        assert await conn.read() == b"hello world"
+        conn.release()
+        assert pool.idle() == 0  # not kept: the engine closes it
+
+    run(handler, test)
+
+
+def test_a_closed_pooled_connection_is_stale_but_a_refused_one_is_a_down_replica() -> None:
+    answered = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await read_request(reader)
+        if answered == 0:
+            answered += 1
+            writer.write(OK)
+            await writer.drain()
+            await read_request(reader)  # the second request on the kept connection: closed without an answer
+        writer.transport.abort()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        head = request_head(target, "/v1/completions", {})
+        conn = await pool.connect(target, 1)
+        conn.send(head, b"{}")
+        assert await conn.read() == b"{}"
+        conn.release()
+        conn = await pool.connect(target, 1)
+        assert conn.reused
+        conn.send(head, b"{}")
+        with pytest.raises(StaleConnection) as stale:
+            await conn.head()
+        assert stale_connection(stale.value)
+        conn.close()
+        conn = await pool.connect(target, 1)  # a new connection that the server drops: not stale, failed
+        conn.send(head, b"{}")
+        with pytest.raises(UpstreamError) as failed:
+            await conn.head()
+        assert not stale_connection(failed.value)
+
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            closed = pool.target(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        with pytest.raises(ConnectFailed) as refused:
+            await pool.connect(closed, 1)
+        assert not stale_connection(refused.value) and not stale_connection(TimeoutError())
+
+    run(handler, test)
+
+
+def test_an_engine_that_dies_mid_stream_ends_the_sink_with_an_error_and_garbage_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await read_request(reader)
+        if b"garbage" in body:
+            writer.write(b"SMTP READY\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 0\n\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        head = request_head(target, "/v1/completions", {})
+        conn = await pool.connect(target, 1)
+        conn.send(head, b"{}")
+        assert await conn.chunk() == b"data: 0\n\n"
+        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        conn.attach(lambda chunk: None, ended.set_result)
+        assert isinstance(await ended, UpstreamError)
+        conn.close()
+        conn = await pool.connect(target, 1)
+        conn.send(head, b'"garbage"')
+        with pytest.raises(UpstreamError, match="not valid HTTP"):
+            await conn.head()
+
+    run(handler, test)
+
+
+def test_the_relay_finds_uvicorns_cycle_to_write_chunks_itself() -> None:
+    """The direct path (no `send` per chunk) depends on uvicorn's httptools protocol (pinned): this says when an
+    upgrade breaks it, instead of the gateway quietly falling back to the slower path."""
+    found: list[bool] = []
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        cycle = direct_cycle(send)
+        found.append(cycle is not None)
+        cycle.transport.write(b"5\r\nhello\r\n")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def main() -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="off",
+                                               log_level="warning"))
+        task = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            pool = UpstreamPool()
+            target = pool.target(f"http://127.0.0.1:{port}")
+            conn = await pool.connect(target, 1)
+            conn.send(request_head(target, "/", {}), b"{}")
+            assert await conn.head() == 200
+            assert await conn.read() == b"hello"
+            conn.close()
+        finally:
+            server.should_exit = True
+            await task
+
+    asyncio.run(main())
+    assert found == [True]
