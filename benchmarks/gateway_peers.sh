@@ -151,6 +151,8 @@ for c in ${LEVELS//,/ }; do
   $REPORT snapshot "$WORK/pids.json" > "$WORK/c$c.before.json"
   if [ "$c" -le "$DIRECT_MAX" ]; then bench_group "c$c" "$c" "$DURATION"; else bench_group "c$c" "$c" "$DURATION" "${NO_DIRECT[@]}"; fi
   $REPORT snapshot "$WORK/pids.json" > "$WORK/c$c.after.json"
+  mkdir -p "$RESULTS/requests"   # every request's timings (start, TTFT, ...), to see when the slow ones happened
+  for f in "$WORK/c$c"/client*/requests.csv; do [ -f "$f" ] && gzip -c "$f" > "$RESULTS/requests/c$c-$(basename "$(dirname "$f")").csv.gz"; done
 done
 if [ -n "${PYSPY:-}" ]; then
   last=${LEVELS##*,}; echo "profile pass: c=$last, py-spy on modelyard ..."

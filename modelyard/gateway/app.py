@@ -24,7 +24,7 @@ from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.failover import OutlierDetector, RetryBudget
 from modelyard.gateway.limits import Limiter, LocalLimiter
-from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream
+from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
@@ -91,6 +91,7 @@ class Gateway:
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
+        self.writes = WriteBatch()
         self._tasks: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -283,7 +284,7 @@ class Gateway:
         outcome.first_byte = time.perf_counter()
         if call.stream and upstream.status == 200:
             return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
-                                  outcome, finish, capture=call.model.store_text)
+                                  outcome, finish, self.writes, capture=call.model.store_text)
         try:
             async with asyncio.timeout(max(0.0, call.model.timeouts.total_s - (time.perf_counter() - outcome.started))):
                 content = await upstream.read()

@@ -94,17 +94,51 @@ class Watchdog:
         self.handle.cancel()
 
 
+class WriteBatch:
+    """The relay's writes to clients, made once per event-loop turn instead of in each engine connection's callback.
+
+    The engines' chunks are read in the loop's I/O phase, which, under load, goes on as long as sockets are ready
+    (libuv polls again at once, up to 48 times, while a poll fills its 1,024 events); a write made there would keep
+    the tasks that answer new requests (run between polls) waiting behind every stream's writes. Here a chunk is
+    queued, and one callback writes every queued stream's chunks (several of one stream as one HTTP chunk) in the
+    turn's task phase, in order with those tasks.
+    """
+
+    __slots__ = ("loop", "pipes", "scheduled")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pipes: list[_Pipe] = []
+        self.scheduled = False
+
+    def add(self, pipe: _Pipe) -> None:
+        self.pipes.append(pipe)
+        if not self.scheduled:
+            self.scheduled = True
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pipes, self.pipes = self.pipes, []
+        for pipe in pipes:
+            pipe.write_out()
+
+
 class _Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
 
-    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "wake", "pending", "finished",
-                 "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "batch", "out", "wake", "pending",
+                 "finished", "error", "disconnected", "paused", "watchdog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
-                 capture: bool) -> None:
+                 capture: bool, batch: WriteBatch) -> None:
         self.loop, self.conn, self.outcome, self.keep_usage = loop, conn, outcome, keep_usage
         self.captured: list[bytes] | None = [] if capture else None
         self.cycle: Any = None
+        self.batch = batch
+        self.out: list[bytes] = []  # with a direct cycle: chunks for the batch to write
         self.wake: asyncio.Future[None] = loop.create_future()
         self.pending: list[bytes] = []  # without a direct cycle: chunks for the task to send
         self.finished = self.disconnected = self.paused = False
@@ -120,20 +154,32 @@ class _Pipe:
             self.captured.append(chunk)
         if USAGE_MARK in chunk:
             chunk, self.outcome.usage = split_usage_event(chunk, self.keep_usage)
-        cycle = self.cycle
-        if cycle is not None:
-            if cycle.disconnected or cycle.transport.is_closing():
-                self.disconnect()
-                return
-            if chunk:
-                cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
-                self.pause()
-        elif chunk:
-            self.pending.append(chunk)
-            self.pause()  # until the task has sent it
         if self.watchdog is not None and not self.paused:
             self.watchdog.waiting_since = self.loop.time()
+        if not chunk:
+            return
+        if self.cycle is not None:
+            if not self.out:
+                self.batch.add(self)
+            self.out.append(chunk)
+        else:
+            self.pending.append(chunk)
+            self.pause()  # until the task has sent it
+
+    def write_out(self) -> None:
+        """Writes what `feed` queued, straight to the client's transport, as one HTTP chunk."""
+        if not self.out or self.disconnected:
+            self.out.clear()
+            return
+        cycle = self.cycle
+        body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        self.out.clear()
+        if cycle.disconnected or cycle.transport.is_closing():
+            self.disconnect()
+            return
+        cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
+            self.pause()
 
     def pause(self) -> None:
         if not self.paused:
@@ -182,14 +228,16 @@ class UpstreamStream:
     """
 
     def __init__(self, conn: Connection, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
-                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], capture: bool = False) -> None:
+                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], batch: WriteBatch,
+                 capture: bool = False) -> None:
         self.conn, self.first, self.endpoint, self.timeouts = conn, first, endpoint, timeouts
         self.keep_usage, self.outcome, self.finish, self.capture = keep_usage, outcome, finish, capture
+        self.batch = batch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         conn, outcome = self.conn, self.outcome
-        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture)
+        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture, self.batch)
         responded = False
 
         async def watch() -> None:
@@ -207,6 +255,7 @@ class UpstreamStream:
                 (b"x-modelyard-replica", self.endpoint.id.encode())]})
             pipe.cycle = direct_cycle(send)
             pipe.feed(self.first)
+            pipe.write_out()  # the first chunk at once, not in the next turn
             if not pipe.finished:
                 conn.attach(pipe.feed, pipe.ended)
             while True:
@@ -222,6 +271,7 @@ class UpstreamStream:
                 else:
                     await pipe.wake
                     pipe.wake = loop.create_future()
+            pipe.write_out()  # what the last callback queued, before the end of the response
             if pipe.error is not None and not pipe.disconnected:
                 outcome.error = "timeout" if isinstance(pipe.error, TimeoutError) else "upstream_error"
                 message = ("the engine stopped sending" if isinstance(pipe.error, TimeoutError)
