@@ -14,7 +14,7 @@ from modelyard.fleet.process import free_port
 class Upstream:
     def __init__(self) -> None:
         self.port = free_port()
-        self.mode = "ok"  # ok | error500 | die_mid_stream | hang | slow_stream
+        self.mode = "ok"  # ok | error500 | die_mid_stream | hang | slow_stream | stall_stream
         self.aborted = threading.Event()  # set when a client (the gateway) closed a stream before its end
         self.requests = 0
         self.probes_ok = True  # False: 1-token probes get `mode` too (a replica that stays broken)
@@ -68,6 +68,14 @@ class Upstream:
                                       "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if mode == "stall_stream":  # one chunk, then silence until the gateway closes the connection (60 s at most)
+            await response.write(b'data: {"choices":[{"index":0,"text":"x"}]}\n\n')
+            for _ in range(1200):
+                if request.transport is None or request.transport.is_closing():
+                    self.aborted.set()
+                    break
+                await asyncio.sleep(0.05)
+            return response
         if mode == "slow_stream":
             try:
                 for _ in range(600):

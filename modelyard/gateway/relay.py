@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -62,6 +63,28 @@ def direct_cycle(send: Send) -> Any:
     if type(cycle) is RequestResponseCycle and cycle.chunked_encoding is True and not cycle.disconnected:
         return cycle
     return None
+
+
+def watch_disconnect(cycle: Any, pipe: _Pipe) -> bool:
+    """Has the pipe told when uvicorn's connection is lost, by a callback on the event that uvicorn sets then (no
+    task per stream, as a `receive()` loop would need). False if that event is not as expected (the caller then
+    watches with `receive()`)."""
+    event = cycle.message_event
+    waiters = getattr(event, "_waiters", None)
+    if event.is_set() or not isinstance(waiters, collections.deque):
+        return False
+    loop = asyncio.get_running_loop()
+
+    def woken(_: asyncio.Future[None]) -> None:
+        if cycle.disconnected:
+            pipe.disconnect()
+        elif not cycle.response_complete and not event.is_set():  # woken for something else: watch again
+            watch_disconnect(cycle, pipe)
+
+    waiter: asyncio.Future[None] = loop.create_future()
+    waiter.add_done_callback(woken)
+    waiters.append(waiter)
+    return True
 
 
 class Watchdog:
@@ -246,7 +269,7 @@ class UpstreamStream:
             if not responded:  # uvicorn also answers "disconnect" once the response is complete
                 pipe.disconnect()
 
-        watcher = asyncio.create_task(watch())
+        watcher: asyncio.Task[None] | None = None
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
@@ -254,6 +277,8 @@ class UpstreamStream:
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-modelyard-replica", self.endpoint.id.encode())]})
             pipe.cycle = direct_cycle(send)
+            if pipe.cycle is None or not watch_disconnect(pipe.cycle, pipe):
+                watcher = asyncio.create_task(watch())
             pipe.feed(self.first)
             pipe.write_out()  # the first chunk at once, not in the next turn
             if not pipe.finished:
@@ -291,7 +316,8 @@ class UpstreamStream:
                 conn.close()
             with contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            # a server that woke the watcher at the end (uvicorn) lets it finish on its own, which costs less
-            # than cancelling it; with any other, it is cancelled on the next turn
-            loop.call_soon(_cancel_pending, watcher)
+            if watcher is not None:
+                # a server that woke the watcher at the end (uvicorn) lets it finish on its own, which costs less
+                # than cancelling it; with any other, it is cancelled on the next turn
+                loop.call_soon(_cancel_pending, watcher)
             self.finish(outcome)

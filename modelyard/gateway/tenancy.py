@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starlette.responses import Response
 
@@ -77,22 +77,37 @@ def reserve_tokens(payload: dict[str, object], body_size: int) -> int:
 class KeyCache:
     """The store's keys by hash, exact: emptied whenever the store's version changes (a write by anyone).
 
-    A store without `data_version()` is asked on every lookup. Unknown hashes are not remembered (random keys
-    cannot fill the memory), and the cache never holds more than `MAX_CACHED_KEYS`.
+    The version is read once per event-loop turn, however many requests that turn starts: a write is seen by the
+    requests of the next turn. A miss reads the key synchronously on the store's read-only connection when it can
+    (SQLite: a few microseconds, never behind the store's thread, which may be busy writing usage), else asks the
+    store, one lookup per key however many requests miss at once. A store without `data_version()` is asked on
+    every lookup. Unknown hashes are not remembered (random keys cannot fill the memory), and the cache never holds
+    more than `MAX_CACHED_KEYS`.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.version: Callable[[], int] | None = getattr(store, "data_version", None)
+        self.lookup_now: Callable[[str], KeyRecord | None] | None = getattr(store, "lookup_key_now", None)
         self._seen = -1
+        self._turn: int | None = None  # the version read in this loop turn
         self._keys: dict[str, KeyRecord] = {}
         self._asking: dict[str, tuple[int, asyncio.Future[KeyRecord | None]]] = {}  # lookups in flight
+
+    def _version(self, version: Callable[[], int]) -> int:
+        if self._turn is None:
+            self._turn = version()
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        return self._turn
+
+    def _next_turn(self) -> None:
+        self._turn = None
 
     async def lookup(self, digest: str) -> KeyRecord | None:
         if self.version is None:
             return await self.store.lookup_key(digest)
         try:
-            version = self.version()
+            version = self._version(self.version)
         except Exception:  # the store cannot say now (SQLite busy): ask it, and remember nothing
             self._seen = -1
             self._keys.clear()
@@ -104,13 +119,23 @@ class KeyCache:
             key = self._keys.get(digest)
             if key is not None:
                 return key
-        key = await self._ask(digest, version)
+        now = self._read_now(digest)
+        key = await self._ask(digest, version) if now is False else now
         # read at `version` or later: a change since then has moved the version, and empties the cache next time
         if key is not None and self._seen == version:
             if len(self._keys) >= MAX_CACHED_KEYS:
                 self._keys.clear()
             self._keys[digest] = key
         return key
+
+    def _read_now(self, digest: str) -> KeyRecord | None | Literal[False]:
+        """The key read at once, or False when it cannot be (no such read, or the database is busy)."""
+        if self.lookup_now is None:
+            return False
+        try:
+            return self.lookup_now(digest)
+        except Exception:
+            return False
 
     async def _ask(self, digest: str, version: int) -> KeyRecord | None:
         """One store lookup per key and version however many requests miss at once (after each write)."""

@@ -185,6 +185,11 @@ class Connection(asyncio.Protocol):
         else:
             self.close()
 
+    def expire(self) -> None:
+        """The caller's time for an answer ran out: what awaits it raises TimeoutError, and the connection closes."""
+        self._fail(TimeoutError("the engine did not answer in time"))
+        self.close()
+
     def close(self) -> None:
         """Drops the connection (an engine stops working on a request whose connection closed)."""
         self.sink = self.ended = None

@@ -43,14 +43,23 @@ class SQLiteStore:
         self.path, self._executor, self._conn = path, executor, conn
         self._watch: sqlite3.Connection | None = None
 
-    def data_version(self) -> int:
-        """A number that changes whenever a commit lands in the database, from this process or any other: a cache
-        of keys stays exact by dropping itself when it changes. Synchronous and cheap (WAL readers never wait)."""
+    def _watcher(self) -> sqlite3.Connection:
         if self._watch is None:  # a connection of its own, which never writes: every commit is another's
             # timeout 0: never sleeps on the event loop; a busy database raises, and the caller asks the store
             self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-        row = self._watch.execute("PRAGMA data_version").fetchone()
+        return self._watch
+
+    def data_version(self) -> int:
+        """A number that changes whenever a commit lands in the database, from this process or any other: a cache
+        of keys stays exact by dropping itself when it changes. Synchronous and cheap (WAL readers never wait)."""
+        row = self._watcher().execute("PRAGMA data_version").fetchone()
         return int(row[0])
+
+    def lookup_key_now(self, key_hash: str) -> KeyRecord | None:
+        """`lookup_key`, synchronously, on the same read-only connection: one indexed read of a few microseconds,
+        which never waits behind the store's thread (busy writing usage) and never sleeps; raises when busy."""
+        row = self._watcher().execute(f"SELECT {KEY_COLUMNS} FROM keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return key_from_row(row) if row else None
 
     @classmethod
     async def open(cls, path: str | Path) -> SQLiteStore:

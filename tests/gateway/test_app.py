@@ -106,6 +106,26 @@ def test_unknown_route_is_openai_shaped(cluster: Cluster) -> None:
     assert reply.json()["error"]["code"] == "not_found"
 
 
+def test_client_disconnect_aborts_a_silent_upstream_at_once(tmp_path: Path,
+                                                            upstreams: tuple[Upstream, Upstream]) -> None:
+    """The engine sends nothing after its first chunk (a long tool call, a stalled batch): the client's hang-up
+    still closes its connection at once, not when the between-chunks timeout (60 s here) runs out."""
+    model = {"name": "m", "engine": "openai", "urls": [u.url for u in upstreams], "replicas": 2,
+             "timeouts": {"first_byte_s": 5, "between_chunks_s": 60, "total_s": 120}}
+    running = Cluster(tmp_path, [model]).start()
+    try:
+        for upstream in upstreams:
+            upstream.mode = "stall_stream"
+        body = {"model": "m", "prompt": "hi", "max_tokens": 500, "stream": True}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.stream("POST", running.url + "/v1/completions", json=body, headers=headers, timeout=30) as reply:
+            for _ in reply.iter_raw():
+                break  # hang up after the first bytes
+        assert any(u.aborted.wait(10) for u in upstreams), "the engine's connection stayed open for a client that left"
+    finally:
+        running.stop()
+
+
 def test_client_disconnect_aborts_the_upstream_request(cluster: Cluster,
                                                        upstreams: tuple[Upstream, Upstream]) -> None:
     for upstream in upstreams:

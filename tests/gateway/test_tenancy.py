@@ -13,11 +13,18 @@ from modelyard.store.sqlite import SQLiteStore
 
 
 class CountingStore(SQLiteStore):
-    lookups = 0
+    lookups = 0  # reads of the store, synchronous or not
+    busy = False  # the synchronous read fails as SQLite's does when the database is busy
 
     async def lookup_key(self, key_hash: str) -> KeyRecord | None:
         self.lookups += 1
         return await super().lookup_key(key_hash)
+
+    def lookup_key_now(self, key_hash: str) -> KeyRecord | None:
+        if self.busy:
+            raise sqlite3.OperationalError("database is locked")
+        self.lookups += 1
+        return super().lookup_key_now(key_hash)
 
 
 def test_a_known_key_is_served_from_memory_until_any_connection_writes(tmp_path: Path) -> None:
@@ -71,6 +78,7 @@ def test_requests_that_miss_at_once_share_one_lookup(tmp_path: Path) -> None:
     async def body() -> None:
         base = await SQLiteStore.open(tmp_path / "modelyard.db")
         store = CountingStore(base.path, base._executor, base._conn)
+        store.busy = True  # through the store's thread, as when the synchronous read cannot be made
         try:
             _, secret = await store.create_key("team-a", KeyLimits(rpm=5))
             cache = KeyCache(store)
@@ -79,6 +87,28 @@ def test_requests_that_miss_at_once_share_one_lookup(tmp_path: Path) -> None:
             await store.revoke_key("team-a")  # a write: the next ones ask again, once
             keys = await asyncio.gather(*(cache.lookup(hash_key(secret)) for _ in range(20)))
             assert all(k is not None and k.revoked_at is not None for k in keys) and store.lookups == 2
+        finally:
+            await store.close()
+    asyncio.run(body())
+
+
+def test_a_write_is_seen_from_the_next_loop_turn_on(tmp_path: Path) -> None:
+    async def body() -> None:
+        path = tmp_path / "modelyard.db"
+        base = await SQLiteStore.open(path)
+        store = CountingStore(base.path, base._executor, base._conn)
+        try:
+            _, secret = await store.create_key("team-a", KeyLimits(rpm=5))
+            cache = KeyCache(store)
+            digest = hash_key(secret)
+            assert (await cache.lookup(digest)) is not None
+            with sqlite3.connect(path) as other:  # a revocation committed in the middle of a loop turn
+                other.execute("UPDATE keys SET revoked_at = 1 WHERE name = 'team-a'")
+            same_turn = await cache.lookup(digest)  # no await yielded to the loop: the version read this turn
+            assert same_turn is not None and same_turn.revoked_at is None
+            await asyncio.sleep(0)
+            next_turn = await cache.lookup(digest)
+            assert next_turn is not None and next_turn.revoked_at is not None
         finally:
             await store.close()
     asyncio.run(body())
