@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
+FLUSH_SHARE = float(os.environ.get("MODELYARD_FLUSH_SHARE", "1.0"))
+FLUSH_LEAST_S = float(os.environ.get("MODELYARD_FLUSH_LEAST_MS", "1.0")) / 1000
 USAGE_MARK = b'"usage":{'
 CLOCK_SLACK_S = 0.001
 
@@ -127,33 +130,50 @@ class WriteBatch:
     turn's task phase, in order with those tasks.
     """
 
-    __slots__ = ("loop", "pipes", "scheduled")
+    __slots__ = ("loop", "pipes", "scheduled", "last_end", "share", "least_s")
 
-    def __init__(self) -> None:
+    def __init__(self, share: float = FLUSH_SHARE, least_s: float = FLUSH_LEAST_S) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pipes: list[_Pipe] = []
         self.scheduled = False
+        self.last_end = 0.0
+        self.share, self.least_s = share, least_s
 
     def add(self, pipe: _Pipe) -> None:
         self.pipes.append(pipe)
         if not self.scheduled:
-            self.scheduled = True
-            if self.loop is None:
-                self.loop = asyncio.get_running_loop()
-            self.loop.call_soon(self.flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self.scheduled = True
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
         pipes, self.pipes = self.pipes, []
-        for pipe in pipes:
+        start = time.perf_counter()
+        # a saturated loop: the writes get `share` of the time the rest of the turn took (new requests, reads),
+        # the streams left over are held (their engines not read) and written first in the next turn
+        deadline = start + max(self.least_s, self.share * (start - self.last_end))
+        for index, pipe in enumerate(pipes):
             pipe.write_out()
+            if index & 15 == 15 and time.perf_counter() > deadline and index + 1 < len(pipes):
+                rest = pipes[index + 1:]
+                for held in rest:
+                    held.hold()
+                self.pipes[:0] = rest
+                self._schedule()
+                break
+        self.last_end = time.perf_counter()
 
 
 class _Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
 
     __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "batch", "out", "wake", "pending",
-                 "finished", "error", "disconnected", "paused", "watchdog")
+                 "finished", "error", "disconnected", "paused", "held", "watchdog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
                  capture: bool, batch: WriteBatch) -> None:
@@ -164,7 +184,7 @@ class _Pipe:
         self.out: list[bytes] = []  # with a direct cycle: chunks for the batch to write
         self.wake: asyncio.Future[None] = loop.create_future()
         self.pending: list[bytes] = []  # without a direct cycle: chunks for the task to send
-        self.finished = self.disconnected = self.paused = False
+        self.finished = self.disconnected = self.paused = self.held = False
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
 
@@ -177,7 +197,7 @@ class _Pipe:
             self.captured.append(chunk)
         if USAGE_MARK in chunk:
             chunk, self.outcome.usage = split_usage_event(chunk, self.keep_usage)
-        if self.watchdog is not None and not self.paused:
+        if self.watchdog is not None and not (self.paused or self.held):
             self.watchdog.waiting_since = self.loop.time()
         if not chunk:
             return
@@ -203,6 +223,21 @@ class _Pipe:
         cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
         if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
+        if self.held:
+            self.held = False
+            if not self.paused:
+                self.conn.resume()
+                if self.watchdog is not None:
+                    self.watchdog.waiting_since = self.loop.time()
+
+    def hold(self) -> None:
+        """Stops reading the engine until what was read is written (the batch ran out of time this turn)."""
+        if not self.held:
+            self.held = True
+            if not self.paused:
+                self.conn.pause()
+                if self.watchdog is not None:
+                    self.watchdog.waiting_since = None  # waiting for the gateway, not the engine
 
     def pause(self) -> None:
         if not self.paused:
@@ -215,6 +250,8 @@ class _Pipe:
     def resume(self) -> None:
         if self.paused:
             self.paused = False
+            if self.held:
+                return
             self.conn.resume()
             if self.watchdog is not None:
                 self.watchdog.waiting_since = self.loop.time()
