@@ -158,9 +158,10 @@ class WriteBatch:
         # the streams left over are held (their engines not read) and written first in the next turn
         deadline = start + max(self.least_s, self.share * (start - self.last_end))
         for index, pipe in enumerate(pipes):
-            pipe.write_out()
+            if pipe.queued:  # else written by its task already
+                pipe.write_out()
             if index & 15 == 15 and time.perf_counter() > deadline and index + 1 < len(pipes):
-                rest = pipes[index + 1:]
+                rest = [p for p in pipes[index + 1:] if p.queued]
                 for held in rest:
                     held.hold()
                 self.pipes[:0] = rest
@@ -172,8 +173,8 @@ class WriteBatch:
 class _Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
 
-    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "batch", "out", "wake", "pending",
-                 "finished", "error", "disconnected", "paused", "held", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "batch", "out", "queued", "wake",
+                 "pending", "finished", "error", "disconnected", "paused", "held", "watchdog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
                  capture: bool, batch: WriteBatch) -> None:
@@ -182,6 +183,7 @@ class _Pipe:
         self.cycle: Any = None
         self.batch = batch
         self.out: list[bytes] = []  # with a direct cycle: chunks for the batch to write
+        self.queued = False  # in the batch's list
         self.wake: asyncio.Future[None] = loop.create_future()
         self.pending: list[bytes] = []  # without a direct cycle: chunks for the task to send
         self.finished = self.disconnected = self.paused = self.held = False
@@ -202,17 +204,20 @@ class _Pipe:
         if not chunk:
             return
         if self.cycle is not None:
-            if not self.out:
-                self.batch.add(self)
             self.out.append(chunk)
+            if not self.queued:
+                self.queued = True
+                self.batch.add(self)
         else:
             self.pending.append(chunk)
             self.pause()  # until the task has sent it
 
     def write_out(self) -> None:
         """Writes what `feed` queued, straight to the client's transport, as one HTTP chunk."""
+        self.queued = False
         if not self.out or self.disconnected:
             self.out.clear()
+            self._unhold()
             return
         cycle = self.cycle
         body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
@@ -223,6 +228,9 @@ class _Pipe:
         cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
         if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
+        self._unhold()
+
+    def _unhold(self) -> None:
         if self.held:
             self.held = False
             if not self.paused:
