@@ -3,14 +3,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from modelyard.gateway.errors import sse_error
 from modelyard.gateway.upstream import Connection
@@ -18,8 +17,6 @@ from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
-FLUSH_SHARE = float(os.environ.get("MODELYARD_FLUSH_SHARE", "1.0"))
-FLUSH_LEAST_S = float(os.environ.get("MODELYARD_FLUSH_LEAST_MS", "1.0")) / 1000
 USAGE_MARK = b'"usage":{'
 CLOCK_SLACK_S = 0.001
 
@@ -57,15 +54,27 @@ def _cancel_pending(task: asyncio.Task[None]) -> None:
         task.cancel()
 
 
-def direct_cycle(send: Send) -> Any:
-    """uvicorn's httptools request cycle behind `send`, once it started a chunked response: the relay then writes
-    each chunk to its transport itself, framed as uvicorn's `send` would, instead of awaiting `send` per chunk.
-    None under any other server (the relay then awaits `send`). uvicorn is pinned; tests/gateway/test_relay.py
-    fails if this stops finding the cycle."""
+def start_direct(send: Send, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bytes] | None:
+    """Starts a chunked 200 response on uvicorn's httptools request cycle behind `send`, as its `send` would, but
+    returns the head instead of writing it: the relay writes it with the first chunk, then each chunk to the
+    cycle's transport itself (no `send` awaited per chunk), and ends the response with its last chunk (`_Pipe.
+    write_out`). None under any other server, or when uvicorn would do more than write (access log, a paused
+    client): the relay then awaits `send`. uvicorn is pinned; tests/gateway/test_upstream.py fails if this stops
+    finding the cycle."""
     cycle = getattr(send, "__self__", None)
-    if type(cycle) is RequestResponseCycle and cycle.chunked_encoding is True and not cycle.disconnected:
-        return cycle
-    return None
+    if (type(cycle) is not RequestResponseCycle or cycle.response_started or cycle.disconnected or cycle.access_log
+            or cycle.flow.write_paused or cycle.scope["method"] == "HEAD"):
+        return None
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.chunked_encoding = True
+    parts = [STATUS_LINE[200]]
+    for name, value in (*cycle.default_headers, *headers):
+        parts += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"transfer-encoding: chunked\r\n\r\n")
+    return cycle, b"".join(parts)
 
 
 def watch_disconnect(cycle: Any, pipe: _Pipe) -> bool:
@@ -130,63 +139,47 @@ class WriteBatch:
     turn's task phase, in order with those tasks.
     """
 
-    __slots__ = ("loop", "pipes", "scheduled", "last_end", "share", "least_s")
+    __slots__ = ("loop", "pipes", "scheduled")
 
-    def __init__(self, share: float = FLUSH_SHARE, least_s: float = FLUSH_LEAST_S) -> None:
+    def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pipes: list[_Pipe] = []
         self.scheduled = False
-        self.last_end = 0.0
-        self.share, self.least_s = share, least_s
 
     def add(self, pipe: _Pipe) -> None:
         self.pipes.append(pipe)
         if not self.scheduled:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        self.scheduled = True
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-        self.loop.call_soon(self.flush)
+            self.scheduled = True
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
         pipes, self.pipes = self.pipes, []
-        start = time.perf_counter()
-        # a saturated loop: the writes get `share` of the time the rest of the turn took (new requests, reads),
-        # the streams left over are held (their engines not read) and written first in the next turn
-        deadline = start + max(self.least_s, self.share * (start - self.last_end))
-        for index, pipe in enumerate(pipes):
-            if pipe.queued:  # else written by its task already
+        for pipe in pipes:
+            if pipe.queued:  # else its task wrote it already
                 pipe.write_out()
-            if index & 15 == 15 and time.perf_counter() > deadline and index + 1 < len(pipes):
-                rest = [p for p in pipes[index + 1:] if p.queued]
-                for held in rest:
-                    held.hold()
-                self.pipes[:0] = rest
-                self._schedule()
-                break
-        self.last_end = time.perf_counter()
 
 
 class _Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
 
-    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "batch", "out", "queued", "wake",
-                 "pending", "finished", "error", "disconnected", "paused", "held", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "head", "batch", "out", "queued",
+                 "wake", "pending", "finished", "error", "disconnected", "paused", "watchdog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
                  capture: bool, batch: WriteBatch) -> None:
         self.loop, self.conn, self.outcome, self.keep_usage = loop, conn, outcome, keep_usage
         self.captured: list[bytes] | None = [] if capture else None
         self.cycle: Any = None
+        self.head = b""  # the response's head, written with the first chunk
         self.batch = batch
         self.out: list[bytes] = []  # with a direct cycle: chunks for the batch to write
         self.queued = False  # in the batch's list
         self.wake: asyncio.Future[None] = loop.create_future()
         self.pending: list[bytes] = []  # without a direct cycle: chunks for the task to send
-        self.finished = self.disconnected = self.paused = self.held = False
+        self.finished = self.disconnected = self.paused = False
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
 
@@ -199,7 +192,7 @@ class _Pipe:
             self.captured.append(chunk)
         if USAGE_MARK in chunk:
             chunk, self.outcome.usage = split_usage_event(chunk, self.keep_usage)
-        if self.watchdog is not None and not (self.paused or self.held):
+        if self.watchdog is not None and not self.paused:
             self.watchdog.waiting_since = self.loop.time()
         if not chunk:
             return
@@ -212,40 +205,37 @@ class _Pipe:
             self.pending.append(chunk)
             self.pause()  # until the task has sent it
 
-    def write_out(self) -> None:
-        """Writes what `feed` queued, straight to the client's transport, as one HTTP chunk."""
+    def write_out(self, final: bool = False) -> None:
+        """Writes what `feed` queued (the response's head first), straight to the client's transport, as one HTTP
+        chunk; `final`: with the end of the response, which it completes as uvicorn's `send` does."""
         self.queued = False
-        if not self.out or self.disconnected:
-            self.out.clear()
-            self._unhold()
-            return
         cycle = self.cycle
-        body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
-        self.out.clear()
-        if cycle.disconnected or cycle.transport.is_closing():
-            self.disconnect()
+        if self.disconnected or cycle.disconnected or cycle.transport.is_closing():
+            self.out.clear()
+            if not final:
+                self.disconnect()
             return
-        cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        if self.out:
+            body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+            self.out.clear()
+            data = b"%x\r\n%b\r\n" % (len(body), body)
+        elif not final and not self.head:
+            return
+        else:
+            data = b""
+        if self.head:
+            data, self.head = self.head + data, b""
+        if final:
+            cycle.transport.write(data + b"0\r\n\r\n")
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                cycle.transport.close()
+            cycle.on_response()
+            return
+        cycle.transport.write(data)
         if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
-        self._unhold()
-
-    def _unhold(self) -> None:
-        if self.held:
-            self.held = False
-            if not self.paused:
-                self.conn.resume()
-                if self.watchdog is not None:
-                    self.watchdog.waiting_since = self.loop.time()
-
-    def hold(self) -> None:
-        """Stops reading the engine until what was read is written (the batch ran out of time this turn)."""
-        if not self.held:
-            self.held = True
-            if not self.paused:
-                self.conn.pause()
-                if self.watchdog is not None:
-                    self.watchdog.waiting_since = None  # waiting for the gateway, not the engine
 
     def pause(self) -> None:
         if not self.paused:
@@ -258,8 +248,6 @@ class _Pipe:
     def resume(self) -> None:
         if self.paused:
             self.paused = False
-            if self.held:
-                return
             self.conn.resume()
             if self.watchdog is not None:
                 self.watchdog.waiting_since = self.loop.time()
@@ -318,14 +306,18 @@ class UpstreamStream:
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-modelyard-replica", self.endpoint.id.encode())]})
-            pipe.cycle = direct_cycle(send)
+            headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                       (b"x-modelyard-replica", self.endpoint.id.encode())]
+            direct = start_direct(send, headers)
+            if direct is None:
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+            else:
+                pipe.cycle, pipe.head = direct
             if pipe.cycle is None or not watch_disconnect(pipe.cycle, pipe):
                 watcher = asyncio.create_task(watch())
             pipe.feed(self.first)
-            pipe.write_out()  # the first chunk at once, not in the next turn
+            if pipe.cycle is not None:
+                pipe.write_out()  # the head and the first chunk at once, not in the next turn
             if not pipe.finished:
                 conn.attach(pipe.feed, pipe.ended)
             while True:
@@ -341,13 +333,15 @@ class UpstreamStream:
                 else:
                     await pipe.wake
                     pipe.wake = loop.create_future()
-            pipe.write_out()  # what the last callback queued, before the end of the response
             if pipe.error is not None and not pipe.disconnected:
                 outcome.error = "timeout" if isinstance(pipe.error, TimeoutError) else "upstream_error"
                 message = ("the engine stopped sending" if isinstance(pipe.error, TimeoutError)
                            else f"the engine failed mid-stream ({type(pipe.error).__name__})")
-                await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
-                            "more_body": True})
+                if pipe.cycle is not None:
+                    pipe.out.append(sse_error(message, outcome.error))
+                else:
+                    await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
+                                "more_body": True})
         finally:
             watchdog.cancel()
             if pipe.captured:
@@ -360,7 +354,10 @@ class UpstreamStream:
             else:
                 conn.close()
             with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if pipe.cycle is not None:  # what the last callback queued, with the end of the response
+                    pipe.write_out(final=True)
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
             if watcher is not None:
                 # a server that woke the watcher at the end (uvicorn) lets it finish on its own, which costs less
                 # than cancelling it; with any other, it is cancelled on the next turn

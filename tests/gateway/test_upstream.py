@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from modelyard.gateway.app import stale_connection
-from modelyard.gateway.relay import direct_cycle
+from modelyard.gateway.relay import start_direct
 from modelyard.gateway.upstream import (
     ConnectFailed,
     StaleConnection,
@@ -203,7 +203,7 @@ def test_an_engine_that_dies_mid_stream_ends_the_sink_with_an_error_and_garbage_
     run(handler, test)
 
 
-def test_the_relay_finds_uvicorns_cycle_to_write_chunks_itself() -> None:
+def test_the_relay_finds_uvicorns_cycle_to_write_the_response_itself() -> None:
     """The direct path (no `send` per chunk) depends on uvicorn's httptools protocol (pinned): this says when an
     upgrade breaks it, instead of the gateway quietly falling back to the slower path."""
     found: list[bool] = []
@@ -211,32 +211,38 @@ def test_the_relay_finds_uvicorns_cycle_to_write_chunks_itself() -> None:
     async def app(scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        cycle = direct_cycle(send)
-        found.append(cycle is not None)
-        cycle.transport.write(b"5\r\nhello\r\n")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        direct = start_direct(send, [(b"x-test", b"1")])
+        found.append(direct is not None)
+        assert direct is not None
+        cycle, head = direct
+        cycle.transport.write(head + b"5\r\nhello\r\n0\r\n\r\n")
+        cycle.response_complete = True
+        cycle.message_event.set()
+        cycle.on_response()
 
     async def main() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="off",
-                                               log_level="warning"))
+                                               access_log=False, log_level="warning"))
         task = asyncio.create_task(server.serve())
         try:
             while not server.started:
                 await asyncio.sleep(0.01)
             pool = UpstreamPool()
             target = pool.target(f"http://127.0.0.1:{port}")
-            conn = await pool.connect(target, 1)
-            conn.send(request_head(target, "/", {}), b"{}")
-            assert await conn.head() == 200
-            assert await conn.read() == b"hello"
-            conn.close()
+            for _ in range(2):  # the connection is kept alive: uvicorn saw the response complete
+                conn = await pool.connect(target, 1)
+                conn.send(request_head(target, "/", {}), b"{}")
+                assert await conn.head() == 200
+                assert conn.header(b"x-test") == b"1"
+                assert await conn.read() == b"hello"
+                conn.release()
+            assert pool.opened == 1
         finally:
             server.should_exit = True
             await task
 
     asyncio.run(main())
-    assert found == [True]
+    assert found == [True, True]
