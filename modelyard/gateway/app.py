@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -29,7 +29,7 @@ from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
-from modelyard.routing.contracts import RouteRequest
+from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
@@ -39,6 +39,7 @@ from modelyard.store.base import Store, UsageRecord
 log = logging.getLogger("modelyard.gateway")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
+SESSION_HEADER_BYTES = SESSION_HEADER.encode()
 DEFAULT_SLOTS_PER_REPLICA = 64
 
 
@@ -152,10 +153,20 @@ class Gateway:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def generate(self, request: Request) -> Response:
-        key = await self.tenancy.identify(request.headers.get("authorization"))
+        return await self.handle(request.scope, request.receive)
+
+    async def handle(self, scope: Scope, receive: Receive) -> Response:
+        """A generation request, read straight from the ASGI scope (no Starlette Request: this is the hot path)."""
+        authorization = session = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == SESSION_HEADER_BYTES:
+                session = value.decode("latin-1")
+        key = await self.tenancy.identify(authorization)
         if isinstance(key, Response):
             return key
-        body = await request.body()
+        body = await read_body(receive)
         if len(body) > MAX_BODY_BYTES:
             return openai_error(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
         try:
@@ -181,8 +192,8 @@ class Gateway:
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             return ticket
-        call = Call(request.scope["path"], body, payload, model, payload.get("stream") is True, ticket,
-                    RouteRequest.of(model_name, payload, request.headers))
+        call = Call(scope["path"], body, payload, model, payload.get("stream") is True, ticket,
+                    RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None))
         if call.stream and call.path != "/v1/embeddings":
             options = payload.get("stream_options")
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -344,6 +355,18 @@ class Gateway:
                 **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The request's body, as Starlette's `Request.body()` reads it (ClientDisconnect if the client left)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def texts(payload: dict[str, Any], body: bytes, stream: bool) -> dict[str, str]:
     """Prompt and completion text, for a model whose config opts in (store_text: true); off the hot path else."""
     prompt = payload.get("messages", payload.get("prompt", payload.get("input")))
@@ -409,7 +432,7 @@ class GatewayApp(Starlette):
             return
         scope["app"] = self
         try:
-            response = await self.gateway.generate(Request(scope, receive))
+            response = await self.gateway.handle(scope, receive)
         except Exception as exc:
             log.exception("%s %s failed", scope["method"], scope["path"])
             response = await _server_error(Request(scope, receive), exc)
