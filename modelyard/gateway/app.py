@@ -236,6 +236,9 @@ class Gateway:
                 timed_out = isinstance(exc, TimeoutError)
                 self._failed(endpoint, hung=timed_out)
                 continue
+            except BaseException:  # not the engine's failure (a cancelled request, a bad header): count it back
+                self._release(endpoint, model)
+                raise
             if upstream.status >= 500 and attempt + 1 < MAX_ATTEMPTS:
                 upstream.close()
                 self._release(endpoint, model)

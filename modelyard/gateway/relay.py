@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from modelyard.gateway.upstream import Connection
 from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
+log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 USAGE_MARK = b'"usage":{'
 CLOCK_SLACK_S = 0.001
@@ -139,10 +141,9 @@ class WriteBatch:
     turn's task phase, in order with those tasks.
     """
 
-    __slots__ = ("loop", "pipes", "scheduled")
+    __slots__ = ("pipes", "scheduled")
 
     def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.pipes: list[_Pipe] = []
         self.scheduled = False
 
@@ -150,16 +151,18 @@ class WriteBatch:
         self.pipes.append(pipe)
         if not self.scheduled:
             self.scheduled = True
-            if self.loop is None:
-                self.loop = asyncio.get_running_loop()
-            self.loop.call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
         pipes, self.pipes = self.pipes, []
         for pipe in pipes:
             if pipe.queued:  # else its task wrote it already
-                pipe.write_out()
+                try:
+                    pipe.write_out()
+                except Exception:  # one broken stream must not keep the others' chunks unwritten
+                    log.exception("writing to a client failed; the stream is dropped")
+                    pipe.disconnect()
 
 
 class _Pipe:
@@ -326,8 +329,15 @@ class UpstreamStream:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     pipe.resume()
                 elif pipe.paused and not pipe.finished:
-                    await pipe.cycle.flow.drain()
-                    pipe.resume()
+                    # the client's socket is full: wait until it drains, or the watchdog's total deadline ends it
+                    drained = asyncio.ensure_future(pipe.cycle.flow.drain())
+                    await asyncio.wait((drained, pipe.wake), return_when=asyncio.FIRST_COMPLETED)
+                    if pipe.wake.done():
+                        pipe.wake = loop.create_future()
+                    if drained.done():
+                        pipe.resume()
+                    else:
+                        drained.cancel()
                 elif pipe.finished:
                     break
                 else:

@@ -98,6 +98,7 @@ class Connection(asyncio.Protocol):
         self.idle = False
         self.idle_since = 0.0
         self.reused = False
+        self.paused = False  # reading paused (the relay's client could not keep up)
         self._reset()
 
     def _reset(self) -> None:
@@ -169,11 +170,13 @@ class Connection(asyncio.Protocol):
             self._end(self.error)
 
     def pause(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and self.paused:
+            self.paused = False
             self.transport.resume_reading()
 
     def release(self) -> None:
@@ -181,6 +184,7 @@ class Connection(asyncio.Protocol):
         self.sink = self.ended = None
         if (self.complete and self.error is None and self.transport is not None
                 and not self.transport.is_closing() and self.keep_alive):
+            self.resume()  # paused when its last piece came (a slow client): a pooled connection must read
             self.pool._put(self)
         else:
             self.close()

@@ -246,3 +246,30 @@ def test_the_relay_finds_uvicorns_cycle_to_write_the_response_itself() -> None:
 
     asyncio.run(main())
     assert found == [True, True]
+
+
+def test_a_connection_paused_by_a_slow_client_reads_again_once_pooled() -> None:
+    """The relay pauses reading the engine while its client is slow; if the answer ended meanwhile, the connection
+    goes back to the pool and must read the next answer."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+        await reader.read()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        head = request_head(target, "/v1/completions", {})
+        conn = await pool.connect(target, 1)
+        conn.send(head, b"{}")
+        assert await conn.read() == b"{}"
+        conn.pause()
+        conn.release()
+        again = await pool.connect(target, 1)
+        assert again is conn
+        again.send(head, b"{}")
+        assert await asyncio.wait_for(again.head(), 5) == 200
+        assert await again.read() == b"{}"
+
+    run(handler, test)
