@@ -28,7 +28,9 @@ class RetryBudget:
                 events.popleft()
 
     def request(self) -> None:
-        self._requests.append(self.clock())
+        now = self.clock()
+        self._requests.append(now)
+        self._trim(now)  # without retries nothing else trims: the window would grow by one per request forever
 
     def try_retry(self) -> bool:
         now = self.clock()

@@ -114,13 +114,7 @@ def test_client_disconnect_aborts_a_silent_upstream_at_once(tmp_path: Path,
              "timeouts": {"first_byte_s": 5, "between_chunks_s": 60, "total_s": 120}}
     running = Cluster(tmp_path, [model]).start()
     try:
-        for upstream in upstreams:
-            upstream.mode = "stall_stream"
-        body = {"model": "m", "prompt": "hi", "max_tokens": 500, "stream": True}
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        with httpx.stream("POST", running.url + "/v1/completions", json=body, headers=headers, timeout=30) as reply:
-            for _ in reply.iter_raw():
-                break  # hang up after the first bytes
+        hang_up_after_first_bytes(running, upstreams, "stall_stream")
         assert any(u.aborted.wait(10) for u in upstreams), "the engine's connection stayed open for a client that left"
     finally:
         running.stop()
@@ -128,11 +122,16 @@ def test_client_disconnect_aborts_a_silent_upstream_at_once(tmp_path: Path,
 
 def test_client_disconnect_aborts_the_upstream_request(cluster: Cluster,
                                                        upstreams: tuple[Upstream, Upstream]) -> None:
+    hang_up_after_first_bytes(cluster, upstreams, "slow_stream")
+    assert any(u.aborted.wait(10) for u in upstreams), "the engine kept generating for a client that left"
+
+
+def hang_up_after_first_bytes(cluster: Cluster, upstreams: tuple[Upstream, Upstream], mode: str) -> None:
+    """A streamed completion from upstreams in `mode`, whose client hangs up after the first bytes."""
     for upstream in upstreams:
-        upstream.mode = "slow_stream"
+        upstream.mode = mode
     body = {"model": "m", "prompt": "hi", "max_tokens": 500, "stream": True}
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.stream("POST", cluster.url + "/v1/completions", json=body, headers=headers, timeout=30) as reply:
         for _ in reply.iter_raw():
-            break  # hang up after the first bytes
-    assert any(u.aborted.wait(10) for u in upstreams), "the engine kept generating for a client that left"
+            break

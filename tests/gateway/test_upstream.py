@@ -14,6 +14,7 @@ from modelyard.gateway.app import stale_connection
 from modelyard.gateway.relay import start_direct
 from modelyard.gateway.upstream import (
     ConnectFailed,
+    Connection,
     StaleConnection,
     Target,
     UpstreamError,
@@ -30,6 +31,13 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     lines = head.split(b"\r\n")
     length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length"))
     return head + await reader.readexactly(length)
+
+
+async def ask(pool: UpstreamPool, target: Target, body: bytes = b"{}") -> Connection:
+    """A connection (pooled or new) with one POST /v1/completions sent on it."""
+    conn = await pool.connect(target, 1)
+    conn.send(request_head(target, "/v1/completions", {}), body)
+    return conn
 
 
 def run(handler: Handler, test: Callable[[UpstreamPool, Target], Awaitable[None]]) -> None:
@@ -145,20 +153,16 @@ def test_a_closed_pooled_connection_is_stale_but_a_refused_one_is_a_down_replica
         writer.transport.abort()
 
     async def test(pool: UpstreamPool, target: Target) -> None:
-        head = request_head(target, "/v1/completions", {})
-        conn = await pool.connect(target, 1)
-        conn.send(head, b"{}")
+        conn = await ask(pool, target)
         assert await conn.read() == b"{}"
         conn.release()
-        conn = await pool.connect(target, 1)
+        conn = await ask(pool, target)
         assert conn.reused
-        conn.send(head, b"{}")
         with pytest.raises(StaleConnection) as stale:
             await conn.head()
         assert stale_connection(stale.value)
         conn.close()
-        conn = await pool.connect(target, 1)  # a new connection that the server drops: not stale, failed
-        conn.send(head, b"{}")
+        conn = await ask(pool, target)  # a new connection that the server drops: not stale, failed
         with pytest.raises(UpstreamError) as failed:
             await conn.head()
         assert not stale_connection(failed.value)
@@ -187,16 +191,13 @@ def test_an_engine_that_dies_mid_stream_ends_the_sink_with_an_error_and_garbage_
         writer.transport.abort()
 
     async def test(pool: UpstreamPool, target: Target) -> None:
-        head = request_head(target, "/v1/completions", {})
-        conn = await pool.connect(target, 1)
-        conn.send(head, b"{}")
+        conn = await ask(pool, target)
         assert await conn.chunk() == b"data: 0\n\n"
         ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         conn.attach(lambda chunk: None, ended.set_result)
         assert isinstance(await ended, UpstreamError)
         conn.close()
-        conn = await pool.connect(target, 1)
-        conn.send(head, b'"garbage"')
+        conn = await ask(pool, target, b'"garbage"')
         with pytest.raises(UpstreamError, match="not valid HTTP"):
             await conn.head()
 
@@ -260,15 +261,12 @@ def test_a_connection_paused_by_a_slow_client_reads_again_once_pooled() -> None:
         await reader.read()
 
     async def test(pool: UpstreamPool, target: Target) -> None:
-        head = request_head(target, "/v1/completions", {})
-        conn = await pool.connect(target, 1)
-        conn.send(head, b"{}")
+        conn = await ask(pool, target)
         assert await conn.read() == b"{}"
         conn.pause()
         conn.release()
-        again = await pool.connect(target, 1)
+        again = await ask(pool, target)
         assert again is conn
-        again.send(head, b"{}")
         assert await asyncio.wait_for(again.head(), 5) == 200
         assert await again.read() == b"{}"
 
