@@ -120,11 +120,6 @@ class Gateway:
             await self._session.close()
             self.upstream.close()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "the gateway's lifespan has not started"
-        return self._session
-
     async def models(self, request: Request) -> Response:
         key = await self.tenancy.identify(request.headers.get("authorization"))
         if isinstance(key, Response):

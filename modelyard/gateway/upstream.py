@@ -212,9 +212,6 @@ class Connection(asyncio.Protocol):
             self._fail(UpstreamError(f"the engine's answer is not valid HTTP ({exc})"))
             self.close()
 
-    def eof_received(self) -> bool | None:
-        return None  # the transport closes itself; connection_lost says what it meant
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle:
             self.pool._forget(self)
