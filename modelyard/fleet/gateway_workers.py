@@ -25,6 +25,7 @@ from modelyard.fleet.process import _die_with_parent, terminate
 from modelyard.fleet.supervisor import Backoff
 from modelyard.routing.endpoints import EndpointTable
 from modelyard.routing.feed import adopt_ejection, snapshot
+from modelyard.sockets import reuseport_socket
 
 log = logging.getLogger("modelyard.fleet")
 WORKER_MODULE = "modelyard.gateway.workers"
@@ -48,12 +49,8 @@ def worker_count(setting: int | str) -> int:
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
+    """The port kept taken while the workers come and go: bound in their SO_REUSEPORT group, never listening."""
+    return reuseport_socket(host, port)
 
 
 class _Worker:

@@ -37,6 +37,7 @@ from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.feed import Held, apply, ejection
+from modelyard.sockets import reuseport_socket
 from modelyard.spec.schema import YardSpec
 from modelyard.store.factory import open_store
 
@@ -56,11 +57,7 @@ Send = Callable[[dict[str, Any]], None]
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """A listening socket of its own on host:port, in the SO_REUSEPORT group that the workers share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    sock = reuseport_socket(host, port)
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
