@@ -18,7 +18,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.logging import RichHandler
 
-from modelyard.engines import EngineError
+from modelyard.engines import EngineError, get_engine
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
 from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
@@ -26,7 +26,7 @@ from modelyard.fleet.supervisor import Supervisor
 from modelyard.gateway.auth import KeyRing, hash_key, new_key
 from modelyard.observability.status import ChangePrinter, banner, status_table
 from modelyard.routing.endpoints import EndpointTable
-from modelyard.spec.schema import OpenAIModel, YardSpec
+from modelyard.spec.schema import YardSpec
 from modelyard.store.factory import open_store
 
 ENV_KEY = "MODELYARD_API_KEY"
@@ -136,7 +136,7 @@ def fresh_dir(path: Path) -> Path:
 def worker_env(spec: YardSpec, metrics_dir: Path) -> dict[str, str]:
     """The workers' environment: ours without the secrets they are given otherwise (hashes, over their stdin)."""
     secrets = {ENV_KEY, spec.gateway.admin_key_env, *(k.key_env for k in spec.gateway.keys if k.key_env),
-               *(m.api_key_env for m in spec.models if isinstance(m, OpenAIModel) and m.api_key_env)}
+               *(name for m in spec.models for name in get_engine(m.engine).secret_env(m))}
     env = {k: v for k, v in os.environ.items() if k not in secrets}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env

@@ -12,9 +12,11 @@ from modelyard.fleet.process import free_port
 
 
 class Upstream:
-    def __init__(self) -> None:
+    def __init__(self, paths: tuple[str, ...] = ("/v1/completions", "/v1/chat/completions")) -> None:
         self.port = free_port()
-        self.mode = "ok"  # ok | error500 | die_mid_stream | hang | slow_stream | stall_stream
+        self.paths = paths  # what it serves; anything else is a 404, as aiohttp answers
+        # ok | error500 | error501 | error503 | error400 | die_mid_stream | hang | slow_stream | stall_stream
+        self.mode = "ok"
         self.aborted = threading.Event()  # set when a client (the gateway) closed a stream before its end
         self.requests = 0
         self.probes_ok = True  # False: 1-token probes get `mode` too (a replica that stays broken)
@@ -44,8 +46,8 @@ class Upstream:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/chat/completions", self._completions)
+        for path in self.paths:
+            app.router.add_post(path, self._completions)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
@@ -58,8 +60,9 @@ class Upstream:
         mode = "ok" if probe and self.probes_ok else self.mode
         if not probe:
             self.requests += 1
-        if mode == "error500":
-            return web.json_response({"error": {"message": "boom"}}, status=500)
+        if mode.startswith("error"):
+            status = int(mode[5:])
+            return web.json_response({"error": {"message": "boom", "code": status}}, status=status)
         if mode == "hang":
             await asyncio.sleep(3600)
         if not body.get("stream"):

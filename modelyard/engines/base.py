@@ -1,59 +1,190 @@
+"""The engine seam: everything modelyard knows about one kind of model server lives in its adapter.
+
+An adapter says what the engine serves (`tasks`, and per model `task` and `endpoints`), how many requests a replica
+takes at once (`slots`), how to launch a replica (`launch`, after `prepare` checked binary and weights) or where an
+external one runs (`external_url`), what every request to it carries (`headers`, `upstream_model`), how to tell
+that it works (`probe`: a real 1-token generation, embedding or rerank through an endpoint the model serves;
+`health`: the cheap liveness check of a ready replica), which of its metrics mean what (`metrics`), and whether and
+how it sleeps and wakes. The gateway, routing and fleet ask the adapter; nothing outside `engines/` tests an
+engine's type.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
 from modelyard.spec.schema import BaseModelSpec
 
+PROBE_TIMEOUT_S = 30.0
+ABSENT = frozenset({404, 405, 501})  # an endpoint the server does not have
+
 
 class EngineError(Exception):
     """An engine cannot be launched as configured (missing binary, missing model file, ...)."""
+
+
+class Task(StrEnum):
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    RERANK = "rerank"
+
+
+# the gateway's paths that each task serves (the gateway maps its rerank aliases onto /v1/rerank)
+ENDPOINTS: Mapping[Task, frozenset[str]] = {
+    Task.CHAT: frozenset({"/v1/chat/completions", "/v1/completions"}),
+    Task.EMBEDDING: frozenset({"/v1/embeddings"}),
+    Task.RERANK: frozenset({"/v1/rerank"}),
+}
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Which Prometheus names of the engine's /metrics mean what; the first name found of each tuple is read.
+
+    A KV usage above 1 is read as a percentage. `cache_info` is a gauge whose labels `num_gpu_blocks` and
+    `block_size` give the KV cache's size (vLLM's `cache_config_info`)."""
+
+    running: tuple[bytes, ...] = ()
+    waiting: tuple[bytes, ...] = ()
+    kv_usage: tuple[bytes, ...] = ()
+    cache_info: bytes | None = None
+    prefix_hits: tuple[bytes, ...] = ()
+    prefix_queries: tuple[bytes, ...] = ()
+
+
+NO_METRICS = MetricNames()
 
 
 @dataclass(frozen=True)
 class LaunchPlan:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    secrets: frozenset[str] = frozenset()  # names in `env` whose values are never printed
 
 
-class EngineAdapter(Protocol):
-    name: str
+class EngineAdapter:
+    """The defaults that suit an OpenAI-compatible engine; each engine's file overrides what differs."""
+
+    name: ClassVar[str]
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.CHAT})
+    metrics: ClassVar[MetricNames] = NO_METRICS
+    health_path: ClassVar[str | None] = "/health"
+    default_slots: ClassVar[int] = 64
+    sleep_levels: ClassVar[tuple[int, ...]] = ()  # empty: the engine cannot sleep
+
+    def task(self, model: BaseModelSpec) -> Task:
+        return Task(model.task) if model.task else Task.CHAT
+
+    def endpoints(self, model: BaseModelSpec) -> frozenset[str]:
+        return ENDPOINTS[self.task(model)]
+
+    def slots(self, model: BaseModelSpec) -> int:
+        """Requests one replica works on at once (the gateway admits ready replicas x slots)."""
+        return self.default_slots
 
     def prepare(self, model: BaseModelSpec) -> None:
         """Checks everything the launch needs (binary, weights); raises EngineError with a clear message."""
 
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan | None:
         """The command that runs one replica, or None for a server modelyard does not launch."""
+        return None
 
     def external_url(self, model: BaseModelSpec, replica: int) -> str | None:
         """The base URL of a replica that runs elsewhere (engine `openai`)."""
+        return None
+
+    def headers(self, model: BaseModelSpec) -> dict[str, str]:
+        """Headers every request to this model's replicas carries (an external server's key)."""
+        return {}
+
+    def upstream_model(self, model: BaseModelSpec) -> str | None:
+        """The model name the engine knows, when it is not the spec's name."""
+        return None
+
+    def secret_env(self, model: BaseModelSpec) -> tuple[str, ...]:
+        """Environment variables holding this model's secrets (kept out of the gateway workers' environment)."""
+        return ()
 
     async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
-        """None when the replica is healthy and generates; otherwise why not."""
+        """None when the replica is healthy and does its task for real; otherwise why not."""
+        return await probe_task(session, base_url, self.upstream_model(model) or model.name, self.task(model),
+                                self.health_path, self.headers(model))
+
+    async def health(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
+        """The cheap check of a ready replica, every few seconds; None when it answers."""
+        if self.health_path is None:
+            return None
+        try:
+            async with session.get(base_url + self.health_path, headers=self.headers(model),
+                                   timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return None if resp.status == 200 else f"{self.health_path} answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{self.health_path} failed: {type(exc).__name__}"
+
+    def can_sleep(self, model: BaseModelSpec) -> bool:
+        return bool(self.sleep_levels)
+
+    async def sleep(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec,
+                    level: int = 1) -> str | None:
+        """Puts the replica to sleep (frees its accelerator memory); None when done, else why not."""
+        return f"engine {self.name} cannot sleep"
+
+    async def wake(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
+        return f"engine {self.name} cannot sleep"
 
 
-async def probe_openai(session: aiohttp.ClientSession, base_url: str, model_name: str,
-                       health_path: str | None = "/health", timeout_s: float = 30.0,
-                       headers: dict[str, str] | None = None) -> str | None:
-    """Health endpoint answers 200, then a 1-token completion succeeds."""
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+PROBES: Mapping[Task, tuple[tuple[str, str, dict[str, Any]], ...]] = {
+    # (what, path, body without the model): tried in order, the next only when the server lacks the path
+    Task.CHAT: (("1-token completion", "/v1/completions", {"prompt": "Hi", "max_tokens": 1, "temperature": 0}),
+                ("1-token chat completion", "/v1/chat/completions",
+                 {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0})),
+    Task.EMBEDDING: (("one-input embedding", "/v1/embeddings", {"input": "Hi"}),),
+    Task.RERANK: (("one-document rerank", "/v1/rerank", {"query": "Hi", "documents": ["Hello"]}),),
+}
+
+
+def _answered(task: Task, payload: Any) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    if task is Task.CHAT:
+        return bool(payload.get("choices"))
+    if task is Task.EMBEDDING:
+        data = payload.get("data")
+        return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and bool(data[0].get("embedding"))
+    return bool(payload.get("results"))
+
+
+async def probe_task(session: aiohttp.ClientSession, base_url: str, model_name: str, task: Task,
+                     health_path: str | None = "/health", headers: dict[str, str] | None = None,
+                     timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """The health endpoint answers 200 (when there is one), then the model does its task once for real."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         if health_path:
             async with session.get(base_url + health_path, timeout=timeout, headers=headers) as resp:
                 if resp.status != 200:
                     return f"{health_path} answered {resp.status}"
-        body = orjson.dumps({"model": model_name, "prompt": "Hi", "max_tokens": 1, "temperature": 0})
-        async with session.post(base_url + "/v1/completions", data=body, timeout=timeout,
-                                headers={"Content-Type": "application/json", **(headers or {})}) as resp:
-            if resp.status != 200:
-                text = (await resp.text())[:200]
-                return f"1-token completion answered {resp.status}: {text}"
-            payload = orjson.loads(await resp.read())
-            if not payload.get("choices"):
-                return "1-token completion returned no choices"
+        problem = "no probe"
+        for what, path, body in PROBES[task]:
+            data = orjson.dumps({"model": model_name, **body})
+            async with session.post(base_url + path, data=data, timeout=timeout,
+                                    headers={"Content-Type": "application/json", **(headers or {})}) as resp:
+                text = await resp.read()
+                if resp.status == 200:
+                    return None if _answered(task, orjson.loads(text)) else f"{what} ({path}) answered without a result"
+                problem = f"{what} ({path}) answered {resp.status}: {text[:200].decode(errors='replace')}"
+                if resp.status not in ABSENT:
+                    return problem
+        return problem
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return None
+        return _why(exc)

@@ -5,9 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
-import aiohttp
-
-from modelyard.engines.base import EngineError, LaunchPlan, probe_openai
+from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, MetricNames, Task
 from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, ModelSource
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -69,8 +67,22 @@ def resolve_model_file(source: ModelSource) -> Path:
     return ggufs[0]
 
 
-class LlamaCppEngine:
+# llama-server's own names (it exports them when started with --metrics)
+METRICS = MetricNames(running=(b"llamacpp:requests_processing",), waiting=(b"llamacpp:requests_deferred",),
+                      kv_usage=(b"llamacpp:kv_cache_usage_ratio",))
+TASK_FLAGS = {Task.CHAT: (), Task.EMBEDDING: ("--embeddings",), Task.RERANK: ("--reranking",)}
+
+
+class LlamaCppEngine(EngineAdapter):
+    """llama.cpp's llama-server, built once per machine (scripts/build-llama-server.sh), one process a replica."""
+
     name = "llamacpp"
+    tasks = frozenset(Task)
+    metrics = METRICS
+
+    def slots(self, model: BaseModelSpec) -> int:
+        assert isinstance(model, LlamaCppModel)
+        return model.parallel
 
     def prepare(self, model: BaseModelSpec) -> None:
         assert isinstance(model, LlamaCppModel)
@@ -82,17 +94,16 @@ class LlamaCppEngine:
         binary = find_llama_server(model.binary)
         weights = resolve_model_file(model.model)
         threads = model.threads or max(1, os.cpu_count() or 1)
+        task = self.task(model)
         argv = [
             str(binary), "--model", str(weights), "--host", host, "--port", str(port),
             "--alias", model.name, "--ctx-size", str(model.context_length * model.parallel),
             "--parallel", str(model.parallel), "--threads", str(threads), "--threads-http", str(max(2, model.parallel)),
-            "--cont-batching", "--metrics", "--no-webui",
-            *model.extra_args,
+            "--cont-batching", "--metrics", "--no-webui", *TASK_FLAGS[task],
         ]
-        return LaunchPlan(argv=argv, env={"LLAMA_ARG_ENDPOINT_SLOTS": "1"})
-
-    def external_url(self, model: BaseModelSpec, replica: int) -> str | None:
-        return None
-
-    async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
-        return await probe_openai(session, base_url, model.name)
+        if task is not Task.CHAT:
+            # an encoder takes a whole input in one micro-batch: make it as large as a request slot
+            argv += ["--batch-size", str(model.context_length), "--ubatch-size", str(model.context_length)]
+        if model.pooling is not None and task is Task.EMBEDDING:
+            argv += ["--pooling", model.pooling]
+        return LaunchPlan(argv=[*argv, *model.extra_args], env={"LLAMA_ARG_ENDPOINT_SLOTS": "1"})

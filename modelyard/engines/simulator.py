@@ -4,14 +4,28 @@ import sys
 
 import aiohttp
 
-from modelyard.engines.base import EngineError, LaunchPlan, probe_openai
+from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, Task
+from modelyard.engines.vllm import METRICS as VLLM_METRICS
+from modelyard.engines.vllm import post_sleep
 from modelyard.spec.schema import BaseModelSpec, SimulatorModel
 
 
-class SimulatorEngine:
+class SimulatorEngine(EngineAdapter):
     """modelyard's own vLLM stand-in, run as `python -m modelyard.simulator` with the spec's profile and params."""
 
     name = "simulator"
+    tasks = frozenset(Task)
+    metrics = VLLM_METRICS  # the same names as vLLM
+    sleep_levels = (1, 2)
+
+    def slots(self, model: BaseModelSpec) -> int:
+        from modelyard.simulator.profiles import resolve_profile
+
+        assert isinstance(model, SimulatorModel)
+        try:
+            return resolve_profile(model.profile, model.params).max_num_seqs
+        except ValueError:
+            return self.default_slots
 
     def prepare(self, model: BaseModelSpec) -> None:
         from modelyard.simulator.profiles import resolve_profile
@@ -31,10 +45,13 @@ class SimulatorEngine:
         seed = model.params.get("seed")
         if seed is None:
             argv += ["--param", f"seed={replica}"]  # replicas differ in their jitter and failure draws
+        if model.task:
+            argv += ["--task", model.task]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
-    def external_url(self, model: BaseModelSpec, replica: int) -> str | None:
-        return None
+    async def sleep(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec,
+                    level: int = 1) -> str | None:
+        return await post_sleep(session, base_url, f"/sleep?level={level}")
 
-    async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
-        return await probe_openai(session, base_url, model.name)
+    async def wake(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
+        return await post_sleep(session, base_url, "/wake_up")

@@ -9,10 +9,9 @@ from pathlib import Path
 import aiohttp
 
 from modelyard.engines import EngineAdapter, EngineError, get_engine
-from modelyard.engines.openai import auth_headers
 from modelyard.fleet.process import free_port, open_log, spawn, terminate
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
-from modelyard.spec.schema import BaseModelSpec, OpenAIModel, YardSpec
+from modelyard.spec.schema import BaseModelSpec, YardSpec
 
 log = logging.getLogger("modelyard.fleet")
 EJECTED_PROBE_TIMEOUT_S = 10.0
@@ -46,6 +45,7 @@ class ReplicaRunner:
         self.backoff = backoff or Backoff()
         self.process: asyncio.subprocess.Process | None = None
         self.stopping = False
+        self._told = ""  # the last probe failure written to the logs, each new one once
 
     async def run(self) -> None:
         while not self.stopping:
@@ -98,11 +98,14 @@ class ReplicaRunner:
                 failures = 0
                 if not self.endpoint.ready:
                     self._set(ReplicaState.READY, "")
+                    self._told = ""
                     log.info("%s ready at %s", self.endpoint.id, self.endpoint.url)
             elif self.endpoint.state is ReplicaState.STARTING:
                 if time.monotonic() > deadline:
                     self._set(ReplicaState.UNHEALTHY, f"not ready after {self.model.startup_timeout_s:.0f}s: {problem}")
+                    self._tell(f"not ready after {self.model.startup_timeout_s:.0f}s: {problem}")
                     return
+                self._starting(problem)
             else:
                 failures += 1
                 if failures >= 3 and self.endpoint.ready:
@@ -111,11 +114,25 @@ class ReplicaRunner:
             interval = 0.25 if self.endpoint.state is ReplicaState.STARTING else self.health_interval_s
             await self._sleep_or_exit(process, interval)
 
+    def _starting(self, problem: str) -> None:
+        """A replica that does not pass its probe yet says why, on its status line and in its logs."""
+        pid = f"pid {self.endpoint.pid}, " if self.endpoint.pid else ""
+        self.endpoint.detail = f"{pid}probe: {problem}"
+        self._tell(f"probe: {problem}")
+
+    def _tell(self, message: str) -> None:
+        if message == self._told:
+            return
+        self._told = message
+        log.info("%s: %s", self.endpoint.id, message)
+        with open_log(self.log_path) as logfile:
+            logfile.write(f"=== modelyard: {self.endpoint.id}: {message}\n".encode())
+
     async def _check(self) -> str | None:
         if self.endpoint.ready and self.endpoint.ejected_until > time.monotonic():
             await self._probe_ejected()
         if self.endpoint.ready:
-            return await self._health()
+            return await self.engine.health(self.session, self.endpoint.url, self.model)
         return await self.engine.probe(self.session, self.endpoint.url, self.model)
 
     async def _probe_ejected(self) -> None:
@@ -130,16 +147,6 @@ class ReplicaRunner:
             self.endpoint.ejections = 0
             self.endpoint.consecutive_failures = 0
             log.info("%s: generates again, back from ejection", self.endpoint.id)
-
-    async def _health(self) -> str | None:
-        if isinstance(self.model, OpenAIModel):
-            return None
-        try:
-            async with self.session.get(self.endpoint.url + "/health",
-                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                return None if resp.status == 200 else f"/health answered {resp.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"/health failed: {type(exc).__name__}"
 
     async def _sleep_or_exit(self, process: asyncio.subprocess.Process | None, seconds: float) -> None:
         if process is None:
@@ -187,10 +194,8 @@ class Supervisor:
         for model in self.spec.models:
             engine = get_engine(model.engine)
             for index in range(model.replicas):
-                upstream = model.upstream_model if isinstance(model, OpenAIModel) else None
-                endpoint = Endpoint(model=model.name, replica=index, url="", upstream_model=upstream)
-                if isinstance(model, OpenAIModel):
-                    endpoint.headers = auth_headers(model)
+                endpoint = Endpoint(model=model.name, replica=index, url="",
+                                    upstream_model=engine.upstream_model(model), headers=engine.headers(model))
                 self.table.add(endpoint)
                 runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
                                        self.health_interval_s)

@@ -18,11 +18,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modelyard import __version__
+from modelyard.engines import EngineAdapter, get_engine
 from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.errors import openai_error
-from modelyard.gateway.failover import OutlierDetector, RetryBudget
+from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.tenancy import Tenancy, Ticket
@@ -33,14 +34,18 @@ from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
-from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, YardSpec
+from modelyard.spec.schema import BaseModelSpec, YardSpec
 from modelyard.store.base import Store, UsageRecord
 
 log = logging.getLogger("modelyard.gateway")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
 SESSION_HEADER_BYTES = SESSION_HEADER.encode()
-DEFAULT_SLOTS_PER_REPLICA = 64
+# the gateway's generation paths, and the path each is served as (peers spell rerank three ways)
+GENERATION_PATHS = {"/v1/chat/completions": "/v1/chat/completions", "/v1/completions": "/v1/completions",
+                    "/v1/embeddings": "/v1/embeddings", "/v1/rerank": "/v1/rerank", "/rerank": "/v1/rerank",
+                    "/v2/rerank": "/v1/rerank"}
+STREAMED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 def stale_connection(exc: BaseException) -> bool:
@@ -53,7 +58,7 @@ def stale_connection(exc: BaseException) -> bool:
 class Call:
     """One generation request on its way: what the relay needs to know about it."""
 
-    path: str
+    path: str  # as the engine serves it
     body: bytes
     payload: dict[str, Any]
     model: BaseModelSpec
@@ -61,10 +66,6 @@ class Call:
     ticket: Ticket
     route: RouteRequest
     keep_usage: bool = True
-
-
-def slots_per_replica(model: BaseModelSpec) -> int:
-    return model.parallel if isinstance(model, LlamaCppModel) else DEFAULT_SLOTS_PER_REPLICA
 
 
 class Gateway:
@@ -77,7 +78,9 @@ class Gateway:
         self.workers = workers  # gateway processes sharing the port: each admits its share of a model's capacity
         self.metrics = metrics or GatewayMetrics()
         self.router = Router(spec, table, self.metrics.routing, processes=workers)
-        self.scraper = MetricsScraper(table)
+        self.engines: dict[str, EngineAdapter] = {m.name: get_engine(m.engine) for m in spec.models}
+        self.serves = {m.name: self.engines[m.name].endpoints(m) for m in spec.models}
+        self.scraper = MetricsScraper(table, {name: engine.metrics for name, engine in self.engines.items()})
         self.limiter = limiter or LocalLimiter()
         self.queues = {m.name: AdmissionQueue(m.name, self._capacity(m), m.admission.max_queue,
                                               m.admission.max_wait_s) for m in spec.models}
@@ -101,7 +104,8 @@ class Gateway:
         """Requests let through to the replicas at once: the spec's bound, else ready replicas x their slots."""
         if model.admission.max_concurrency is not None:
             return -(-model.admission.max_concurrency // self.workers)
-        return max(1, -(-(ready or model.replicas) * slots_per_replica(model) // self.workers))
+        slots = self.engines[model.name].slots(model)
+        return max(1, -(-(ready or model.replicas) * slots // self.workers))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -124,8 +128,8 @@ class Gateway:
         key = await self.tenancy.identify(request.headers.get("authorization"))
         if isinstance(key, Response):
             return key
-        data = [{"id": m.name, "object": "model", "created": self.created, "owned_by": "modelyard"}
-                for m in self.spec.models if key.allows(m.name)]
+        data = [{"id": m.name, "object": "model", "created": self.created, "owned_by": "modelyard",
+                 "task": self.engines[m.name].task(m).value} for m in self.spec.models if key.allows(m.name)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
@@ -176,6 +180,13 @@ class Gateway:
         model = self.spec.model(model_name)
         if model is None:
             return openai_error(404, f"The model '{model_name}' does not exist", "model_not_found", "model")
+        path = GENERATION_PATHS[scope["path"]]
+        if path not in self.serves[model_name]:
+            return self._unsupported(model, path)
+        stream = payload.get("stream") is True and path in STREAMED_PATHS
+        options = payload.get("stream_options")
+        if stream and options is not None and not isinstance(options, dict):
+            return openai_error(400, "stream_options must be an object", "invalid_type", "stream_options")
         ready = len(self.table.ready(model_name))
         if not ready:
             self.metrics.requests.labels(model_name, key.name, "503").inc()
@@ -183,19 +194,26 @@ class Gateway:
                                 headers={"Retry-After": "2"})
         if model.admission.max_concurrency is None:
             self.queues[model_name].set_capacity(self._capacity(model, ready))
-        ticket = await self.tenancy.admit(key, model_name, payload, len(body))
+        ticket = await self.tenancy.admit(key, model_name, payload, len(body), generates=path in STREAMED_PATHS)
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             return ticket
-        call = Call(scope["path"], body, payload, model, payload.get("stream") is True, ticket,
+        call = Call(path, body, payload, model, stream, ticket,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None))
-        if call.stream and call.path != "/v1/embeddings":
-            options = payload.get("stream_options")
+        if call.stream:
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
                 call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
                 call.body = orjson.dumps(call.payload)
         return await self._relay(call)
+
+    def _unsupported(self, model: BaseModelSpec, path: str) -> Response:
+        """A request for an endpoint the model does not serve: the client's mistake, answered here (never sent to
+        an engine, so it cannot count against a replica)."""
+        task = self.engines[model.name].task(model)
+        served = ", ".join(sorted(self.serves[model.name]))
+        return openai_error(400, f"The model '{model.name}' is a {task.value} model: it serves {served}, not {path}",
+                            "model_does_not_support_endpoint", "model")
 
     async def _relay(self, call: Call) -> Response:
         tried: list[Endpoint] = []
@@ -234,13 +252,15 @@ class Gateway:
             except BaseException:  # not the engine's failure (a cancelled request, a bad header): count it back
                 self._release(endpoint, model)
                 raise
-            if upstream.status >= 500 and attempt + 1 < MAX_ATTEMPTS:
-                upstream.close()
-                self._release(endpoint, model)
+            if replica_unwell(upstream.status):
                 self._failed(endpoint)
-                last_error = f"replica {endpoint.id} answered {upstream.status}"
-                continue
-            self.outliers.success(endpoint)
+                if attempt + 1 < MAX_ATTEMPTS:
+                    upstream.close()
+                    self._release(endpoint, model)
+                    last_error = f"replica {endpoint.id} answered {upstream.status}"
+                    continue
+            else:
+                self.outliers.success(endpoint)  # an answer about the request itself (4xx, 501, ...) included
             return await self._respond(upstream, first, endpoint, call, outcome)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
             outcome.status, outcome.error = 504, "timeout"
@@ -336,7 +356,8 @@ class Gateway:
         if ttft is not None:
             self._child(self.metrics.ttft, model, key).observe(ttft)
         usage = parse_usage(outcome.usage)
-        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        completion = usage.get("completion_tokens", 0)
+        prompt = usage.get("prompt_tokens", usage.get("total_tokens", 0) - completion)  # rerank: total only
         if usage:
             self._child(self.metrics.tokens, model, key, "prompt").inc(prompt)
             self._child(self.metrics.tokens, model, key, "completion").inc(completion)
@@ -409,9 +430,6 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return openai_error(500, f"internal error ({type(exc).__name__})", "internal_error")
 
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-
-
 class GatewayApp(Starlette):
     """Starlette for every route but the generation ones, which go straight from the server to the gateway.
 
@@ -442,9 +460,7 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
                    admin_key: str | None = None, workers: int = 1) -> Starlette:
     gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key, workers)
     routes = [
-        Route("/v1/chat/completions", gateway.generate, methods=["POST"]),
-        Route("/v1/completions", gateway.generate, methods=["POST"]),
-        Route("/v1/embeddings", gateway.generate, methods=["POST"]),
+        *(Route(path, gateway.generate, methods=["POST"]) for path in GENERATION_PATHS),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
         Route("/metrics", gateway.prometheus, methods=["GET"]),

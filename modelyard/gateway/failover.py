@@ -1,4 +1,10 @@
-"""Retries that cannot multiply an overload, and passive outlier ejection.
+"""Failures classified before they are counted, retries that cannot multiply an overload, and passive outlier
+ejection.
+
+Only what says the replica is unwell counts towards retry and ejection: a refused or reset connection, a timeout
+(the relay's exceptions), or an answer of 502, 503 or 504 (`replica_unwell`). Any other answer is the engine's word
+about the request itself (a 4xx, a 501 "not supported", a 500 with its JSON error): it goes back to the client as
+it is, is never retried elsewhere and never ejects the replica, so a client cannot take a replica out of service.
 
 A retry is allowed while retries in the last `window_s` stay under `ratio` of the requests in that window
 (plus `min_per_window`), as Envoy's and Linkerd's retry budgets do. A replica that fails `threshold` times in
@@ -13,6 +19,13 @@ from collections import deque
 from collections.abc import Callable
 
 from modelyard.routing.endpoints import Endpoint
+
+UNWELL_STATUSES = frozenset({502, 503, 504})
+
+
+def replica_unwell(status: int) -> bool:
+    """Whether an engine's answer says the replica cannot serve (retry elsewhere, count towards ejection)."""
+    return status in UNWELL_STATUSES
 
 
 class RetryBudget:

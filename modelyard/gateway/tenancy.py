@@ -67,8 +67,11 @@ class Ticket:
             log.error("limiter settle failed: %s: %s", type(exc).__name__, exc)
 
 
-def reserve_tokens(payload: dict[str, object], body_size: int) -> int:
-    """What TPM reserves at admission: the completion's bound plus a prompt estimate; reconciled later."""
+def reserve_tokens(payload: dict[str, object], body_size: int, generates: bool = True) -> int:
+    """What TPM reserves at admission: the completion's bound (none for embeddings and rerank, which generate
+    nothing) plus a prompt estimate; reconciled later."""
+    if not generates:
+        return max(1, body_size // BYTES_PER_PROMPT_TOKEN)
     bound = payload.get("max_completion_tokens") or payload.get("max_tokens")
     completion = bound if isinstance(bound, int) and bound > 0 else DEFAULT_RESERVE_TOKENS
     return completion + body_size // BYTES_PER_PROMPT_TOKEN
@@ -173,13 +176,13 @@ class Tenancy:
         return key
 
     async def admit(self, key: KeyRecord, model: str, payload: dict[str, object],
-                    body_size: int) -> Ticket | Response:
+                    body_size: int, generates: bool = True) -> Ticket | Response:
         denial = check_key(key, model)
         if denial is not None:
             self.metrics.rejections.labels(model, key.name, denial.code).inc()
             return openai_error(denial.status, denial.message, denial.code)
         try:
-            result = await self.limiter.admit(key, reserve_tokens(payload, body_size))
+            result = await self.limiter.admit(key, reserve_tokens(payload, body_size, generates))
         except Exception as exc:  # the shared limiter (Redis) is down: fail closed, clearly
             log.error("limiter unavailable: %s: %s", type(exc).__name__, exc)
             self.metrics.rejections.labels(model, key.name, "limiter_unavailable").inc()

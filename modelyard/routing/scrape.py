@@ -1,9 +1,9 @@
 """Reads each ready replica's engine metrics (/metrics, Prometheus text) into its Endpoint, every ~0.5 s.
 
-Only the few lines the routing plugins use are looked for, by a byte search, not a full parse: vLLM's (and the
-simulator's) running and waiting requests, KV cache usage and cache size, and llama-server's (launched with
---metrics) processing and deferred requests and KV cache usage. A replica that fails to answer keeps its last
-values and is asked again after a back-off; one without /metrics (404) is asked rarely.
+Only the few lines the routing plugins use are looked for, by a byte search, not a full parse: the names that the
+model's engine adapter declares (engines/, `MetricNames`) for running and waiting requests, KV cache usage and
+cache size. A replica that fails to answer keeps its last values and is asked again after a back-off; one without
+/metrics (404), or whose engine declares none, is asked rarely or never.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
+from modelyard.engines.base import NO_METRICS, MetricNames
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 
 INTERVAL_S = 0.5
@@ -23,10 +24,6 @@ TIMEOUT_S = 2.0
 FAILURE_BACKOFF_S = 5.0
 NO_METRICS_BACKOFF_S = 60.0
 
-RUNNING = (b"vllm:num_requests_running", b"llamacpp:requests_processing")
-WAITING = (b"vllm:num_requests_waiting", b"llamacpp:requests_deferred")
-KV_USAGE = (b"vllm:kv_cache_usage_perc", b"vllm:gpu_cache_usage_perc", b"llamacpp:kv_cache_usage_ratio")
-CACHE_INFO = b"vllm:cache_config_info"
 
 
 @dataclass(frozen=True)
@@ -79,16 +76,16 @@ def _label(line: bytes, label: bytes) -> int | None:
         return None
 
 
-def parse(text: bytes) -> EngineSample | None:
-    """The engine's load from its /metrics text; None when it exports none of the known names."""
+def parse(text: bytes, names: MetricNames) -> EngineSample | None:
+    """The engine's load from its /metrics text; None when it exports none of the names its adapter declares."""
     try:
-        running, waiting, kv = _total(text, RUNNING), _total(text, WAITING), _total(text, KV_USAGE)
+        running, waiting, kv = _total(text, names.running), _total(text, names.waiting), _total(text, names.kv_usage)
     except (ValueError, IndexError):
         return None
     if running is None and waiting is None:
         return None
     blocks = size = None
-    info = _lines(text, CACHE_INFO)
+    info = _lines(text, names.cache_info) if names.cache_info else []
     if info:
         blocks, size = _label(info[0], b"num_gpu_blocks"), _label(info[0], b"block_size")
     kv_usage = (kv or 0.0) / (100.0 if (kv or 0.0) > 1.0 else 1.0)  # a few exporters give a percentage
@@ -104,9 +101,11 @@ def apply(endpoint: Endpoint, sample: EngineSample, now: float) -> None:
 
 
 class MetricsScraper:
-    def __init__(self, table: EndpointTable, interval_s: float = INTERVAL_S, timeout_s: float = TIMEOUT_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.table, self.interval_s, self.clock = table, interval_s, clock
+    """`names`: by model name, what its engine's metrics are called; a model without names is never scraped."""
+
+    def __init__(self, table: EndpointTable, names: Mapping[str, MetricNames], interval_s: float = INTERVAL_S,
+                 timeout_s: float = TIMEOUT_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.table, self.names, self.interval_s, self.clock = table, names, interval_s, clock
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._not_before: dict[str, float] = {}  # url -> when to ask again after a failure
         self._task: asyncio.Task[None] | None = None
@@ -133,9 +132,14 @@ class MetricsScraper:
         now = self.clock()
         if self._not_before:
             self._not_before = {url: when for url, when in self._not_before.items() if when > now}
-        due = [e for e in self.table if e.ready and self._not_before.get(e.url, 0.0) <= now]
+        due = [e for e in self.table
+               if e.ready and self._not_before.get(e.url, 0.0) <= now and self._names(e) is not NO_METRICS]
         if due:
             await asyncio.gather(*(self._scrape(e) for e in due))
+
+    def _names(self, endpoint: Endpoint) -> MetricNames:
+        names = self.names.get(endpoint.model)
+        return names if names is not None and (names.running or names.waiting) else NO_METRICS
 
     async def _scrape(self, endpoint: Endpoint) -> None:
         assert self._session is not None
@@ -149,7 +153,7 @@ class MetricsScraper:
         except (aiohttp.ClientError, TimeoutError, OSError):
             self._not_before[url] = self.clock() + FAILURE_BACKOFF_S
             return
-        sample = parse(text)
+        sample = parse(text, self._names(endpoint))
         if sample is None:
             self._not_before[url] = self.clock() + NO_METRICS_BACKOFF_S
             return

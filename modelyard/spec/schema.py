@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -116,6 +116,9 @@ class RoutingSpec(Strict):
 
 class BaseModelSpec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    # what the model serves: chat (/v1/chat/completions, /v1/completions), embedding (/v1/embeddings) or rerank
+    # (/v1/rerank); None: the engine's default (chat)
+    task: Literal["chat", "embedding", "rerank"] | None = None
     routing: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     timeouts: Timeouts = Timeouts()
@@ -132,6 +135,8 @@ class LlamaCppModel(BaseModelSpec):
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     extra_args: tuple[str, ...] = ()
     binary: str | None = None
+    # embedding models: how token vectors become one (None: the model's own, from its GGUF metadata)
+    pooling: Literal["none", "mean", "cls", "last"] | None = None
 
 
 class SimulatorModel(BaseModelSpec):
@@ -148,6 +153,7 @@ class OpenAIModel(BaseModelSpec):
     upstream_model: str | None = None
     api_key_env: str | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    slots: Annotated[int, Field(ge=1, le=4096)] = 64  # requests one server takes at once
 
     @field_validator("urls")
     @classmethod
@@ -158,8 +164,10 @@ class OpenAIModel(BaseModelSpec):
         return tuple(u.rstrip("/") for u in urls)
 
 
-ModelSpec = Annotated[LlamaCppModel | SimulatorModel | OpenAIModel, Field(discriminator="engine")]
-ENGINE_NAMES = ("llamacpp", "simulator", "openai")
+AnyModel = LlamaCppModel | SimulatorModel | OpenAIModel
+ModelSpec = Annotated[AnyModel, Field(discriminator="engine")]
+# the engine names, from the models' `engine` literals (modelyard/engines/__init__.py maps each to its adapter)
+ENGINE_NAMES: tuple[str, ...] = tuple(get_args(m.model_fields["engine"].annotation)[0] for m in get_args(AnyModel))
 
 
 class YardSpec(Strict):
@@ -170,7 +178,7 @@ class YardSpec(Strict):
     routing: RoutingSpec = RoutingSpec()
     models: tuple[ModelSpec, ...]
 
-    def model(self, name: str) -> LlamaCppModel | SimulatorModel | OpenAIModel | None:
+    def model(self, name: str) -> AnyModel | None:
         for model in self.models:
             if model.name == name:
                 return model

@@ -117,7 +117,7 @@ def test_an_ejection_in_one_worker_holds_in_every_worker(tmp_path: Path) -> None
         running = Cluster(tmp_path, [model], gateway={"workers": 2}).start()
         try:
             assert len({complete(running).headers[WORKER_HEADER] for _ in range(30)}) == 2
-            bad.mode, bad.probes_ok = "error500", False
+            bad.mode, bad.probes_ok = "error503", False
             for _ in range(100):  # until one worker has seen 3 failures in a row and ejected it
                 complete(running)
                 if running.metric("modelyard_replica_ejections_total", model="chat", replica="0") >= 1:

@@ -36,8 +36,8 @@ def client_for(cluster: Cluster) -> openai.OpenAI:
     return openai.OpenAI(base_url=cluster.url + "/v1", api_key=API_KEY, timeout=30, max_retries=0)
 
 
-def test_a_5xx_replica_is_retried_on_the_other(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
-    upstreams[0].mode = "error500"
+def test_a_503_replica_is_retried_on_the_other(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
+    upstreams[0].mode = "error503"
     client = client_for(cluster)
     for _ in range(4):
         assert client.completions.create(model="m", prompt="hi", max_tokens=3).choices[0].text == "ok"
@@ -46,7 +46,7 @@ def test_a_5xx_replica_is_retried_on_the_other(cluster: Cluster, upstreams: tupl
 
 def test_all_replicas_failing_gives_a_clean_503(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
     for upstream in upstreams:
-        upstream.mode = "error500"
+        upstream.mode = "error503"
     with pytest.raises(openai.InternalServerError):
         client_for(cluster).completions.create(model="m", prompt="hi", max_tokens=3)
 

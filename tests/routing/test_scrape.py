@@ -5,6 +5,8 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from modelyard.engines.llamacpp import METRICS as LLAMACPP_NAMES
+from modelyard.engines.vllm import METRICS as VLLM_NAMES
 from modelyard.fleet.process import free_port
 from modelyard.routing.endpoints import EndpointTable, ReplicaState
 from modelyard.routing.scrape import MetricsScraper, parse
@@ -28,31 +30,33 @@ llamacpp:kv_cache_usage_ratio 0.5"""
 
 
 def test_parses_the_simulators_vllm_names() -> None:
-    sample = parse(EngineMetrics("m", kv_blocks=2048, block_size=16).render(running=5, waiting=3, kv_usage=0.4))
+    text = EngineMetrics("m", kv_blocks=2048, block_size=16).render(running=5, waiting=3, kv_usage=0.4)
+    sample = parse(text, VLLM_NAMES)
     assert sample is not None
     assert (sample.running, sample.waiting, sample.kv_usage) == (5, 3, 0.4)
     assert (sample.kv_blocks, sample.block_size) == (2048, 16)
-    sample = parse(EngineMetrics("m").render(running=0, waiting=0, kv_usage=0.0))
+    sample = parse(EngineMetrics("m").render(running=0, waiting=0, kv_usage=0.0), VLLM_NAMES)
     assert sample is not None and sample.kv_blocks is None
 
 
 def test_parses_older_vllm_names_with_the_cache_size() -> None:
-    sample = parse(VLLM_V0)
+    sample = parse(VLLM_V0, VLLM_NAMES)
     assert sample is not None
     assert (sample.running, sample.waiting, sample.kv_usage) == (2, 1, 0.25)
     assert (sample.kv_blocks, sample.block_size) == (1200, 16)
 
 
 def test_parses_llama_server_names() -> None:
-    sample = parse(LLAMACPP)
+    sample = parse(LLAMACPP, LLAMACPP_NAMES)
     assert sample is not None
     assert (sample.running, sample.waiting, sample.kv_usage) == (3, 2, 0.5)
 
 
 def test_no_known_names_or_garbage() -> None:
-    assert parse(b"# nothing here\nprocess_cpu_seconds_total 3.0\n") is None
-    assert parse(b"vllm:num_requests_running{a=\"b\"} lots\n") is None
-    assert parse(b"") is None
+    assert parse(b"# nothing here\nprocess_cpu_seconds_total 3.0\n", VLLM_NAMES) is None
+    assert parse(LLAMACPP, VLLM_NAMES) is None  # only the names of the replica's own engine count
+    assert parse(b"vllm:num_requests_running{a=\"b\"} lots\n", VLLM_NAMES) is None
+    assert parse(b"", VLLM_NAMES) is None
 
 
 def test_scraper_fills_ready_endpoints_and_survives_a_dead_one() -> None:
@@ -73,7 +77,7 @@ def test_scraper_fills_ready_endpoints_and_survives_a_dead_one() -> None:
         starting.state = ReplicaState.STARTING
         for endpoint in (live, dead, starting):
             table.add(endpoint)
-        scraper = MetricsScraper(table, interval_s=0.05)
+        scraper = MetricsScraper(table, {live.model: VLLM_NAMES}, interval_s=0.05)
         async with aiohttp.ClientSession() as session:
             scraper.start(session)
             for _ in range(100):
