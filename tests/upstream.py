@@ -19,6 +19,7 @@ class Upstream:
         self.mode = "ok"
         self.aborted = threading.Event()  # set when a client (the gateway) closed a stream before its end
         self.requests = 0
+        self.seen: list[str] = []  # the path of every request but the probes
         self.probes_ok = True  # False: 1-token probes get `mode` too (a replica that stays broken)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -46,23 +47,47 @@ class Upstream:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
+        handlers = {"/v1/embeddings": self._embeddings, "/v1/rerank": self._rerank}
         for path in self.paths:
-            app.router.add_post(path, self._completions)
+            app.router.add_post(path, handlers.get(path, self._completions))
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
         self._ready.set()
         self._loop.run_forever()
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body: dict[str, Any] = await request.json()
-        probe = body.get("max_tokens") == 1
+    def _scripted(self, request: web.Request, probe: bool) -> tuple[str, web.Response | None]:
+        """The mode this request gets, and the error answer when the mode is one."""
         mode = "ok" if probe and self.probes_ok else self.mode
         if not probe:
             self.requests += 1
+            self.seen.append(request.path)
         if mode.startswith("error"):
             status = int(mode[5:])
-            return web.json_response({"error": {"message": "boom", "code": status}}, status=status)
+            return mode, web.json_response({"error": {"message": "boom", "code": status}}, status=status)
+        return mode, None
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = await request.json()
+        _, error = self._scripted(request, body.get("input") == "Hi")
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.6, 0.8]} for i in range(len(inputs))]
+        tokens = 3 * len(inputs)
+        return error or web.json_response({"object": "list", "data": data, "model": body["model"],
+                                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _rerank(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = await request.json()
+        _, error = self._scripted(request, body.get("query") == "Hi")
+        results = [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(body["documents"]))]
+        return error or web.json_response({"id": "r", "model": body["model"], "results": results,
+                                           "usage": {"total_tokens": 7}})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = await request.json()
+        mode, error = self._scripted(request, body.get("max_tokens") == 1)
+        if error is not None:
+            return error
         if mode == "hang":
             await asyncio.sleep(3600)
         if not body.get("stream"):
