@@ -62,8 +62,10 @@ def validate(file: str) -> None:
               help="The yard.yaml to run.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Gateway port (overrides gateway.port).")
 @click.option("--host", default=None, help="Gateway address (overrides gateway.host).")
-def up(file: str, port: int | None, host: str | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Print every replica's command line and environment; start nothing.")
+def up(file: str, port: int | None, host: str | None, dry_run: bool) -> None:
     """Run the cluster in yard.yaml on this machine: replicas, supervisor and gateway."""
+    from modelyard.up import dry_run as print_plans
     from modelyard.up import run_up
 
     console = Console()
@@ -71,7 +73,7 @@ def up(file: str, port: int | None, host: str | None) -> None:
     overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
     if overrides:
         spec = spec.model_copy(update={"gateway": spec.gateway.model_copy(update=overrides)})
-    sys.exit(run_up(spec, Path(file), console))
+    sys.exit(print_plans(spec, console) if dry_run else run_up(spec, Path(file), console))
 
 
 main.add_command(simulate)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -220,6 +221,28 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     console.print("stopped; no process left behind")
+    return 0
+
+
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def dry_run(spec: YardSpec, console: Console) -> int:
+    """`up --dry-run`: every replica's command line and environment (secrets masked); starts nothing."""
+    from modelyard.engines import LaunchPlan
+
+    for replica_id, model, plan in Supervisor(spec, EndpointTable(), Path(".")).plans():
+        engine = get_engine(model.engine)
+        console.print(f"[bold]{replica_id}[/]  engine {model.engine}, task {engine.task(model).value}", highlight=False)
+        if not isinstance(plan, LaunchPlan):
+            console.print(f"  {plan}", highlight=False, markup=False, soft_wrap=True)
+            continue
+        for name, value in sorted(plan.env.items()):
+            secret = name in plan.secrets or any(word in name.upper() for word in SECRET_WORDS)
+            console.print(f"  env  {name}={'***' if secret else value}", highlight=False, markup=False,
+                          soft_wrap=True)
+        console.print(f"  argv {shlex.join(plan.argv)}", highlight=False, markup=False, soft_wrap=True)
+    console.print("(dry run: nothing started; ports are picked free when `up` starts)", style="dim")
     return 0
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import aiohttp
 
-from modelyard.engines import EngineAdapter, EngineError, get_engine
+from modelyard.engines import EngineAdapter, EngineError, LaunchPlan, get_engine
 from modelyard.fleet.process import free_port, open_log, spawn, terminate
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
-from modelyard.spec.schema import BaseModelSpec, YardSpec
+from modelyard.spec.schema import AnyModel, BaseModelSpec, YardSpec
 
 log = logging.getLogger("modelyard.fleet")
 EJECTED_PROBE_TIMEOUT_S = 10.0
@@ -188,6 +188,22 @@ class Supervisor:
                 problems.append(f"model {model.name!r}: {exc}")
         if problems:
             raise EngineError("\n".join(problems))
+
+    def plans(self) -> list[tuple[str, AnyModel, LaunchPlan | str]]:
+        """For `up --dry-run`: each replica's id, model and what starting it runs (or the URL of an external one,
+        or why it cannot start), through the same adapter calls as `start`; the ports are picked free, as at start."""
+        out: list[tuple[str, AnyModel, LaunchPlan | str]] = []
+        for model in self.spec.models:
+            engine = get_engine(model.engine)
+            for index in range(model.replicas):
+                replica_id = f"{model.name}/{index}"
+                try:
+                    external = engine.external_url(model, index)
+                    plan = external or engine.launch(model, self.host, free_port(self.host), index)
+                except EngineError as exc:
+                    plan = f"cannot start: {exc}"
+                out.append((replica_id, model, plan if plan is not None else "not launched by modelyard"))
+        return out
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
