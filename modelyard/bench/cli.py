@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from modelyard.bench import datasets
 from modelyard.bench.load import LoadLevel, parse_levels
-from modelyard.bench.metrics import parse_goodput, parse_percentiles
-from modelyard.bench.records import Prompt, RequestRecord
+from modelyard.bench.metrics import GOODPUT_KEYS, latency_metrics, parse_goodput, parse_percentiles
+from modelyard.bench.records import ENDPOINTS, Prompt, RequestRecord, Work, is_streamed
 from modelyard.bench.runner import BenchConfig, run_bench
 from modelyard.bench.targets import Target, TargetError, parse_models, parse_targets
 
@@ -30,17 +30,20 @@ Examples:
   modelyard bench --target http://127.0.0.1:8080/v1 --concurrency 1,4,16 --num-requests 200
   modelyard bench --target direct=http://127.0.0.1:8081/v1 --target gateway=http://127.0.0.1:8080/v1@YARD_KEY \\
       --rate 1,2,4 --burstiness 0.5 --goodput ttft:500,tpot:50 --dataset shared-prefix
+  modelyard bench --target direct=http://127.0.0.1:9001/v1 --target gateway=http://127.0.0.1:8080/v1 \\
+      --endpoint embeddings --batch 16 --dataset random --input-len 128 --concurrency 1,8
+  modelyard bench --target http://127.0.0.1:9001/v1 --endpoint rerank --documents 32 --concurrency 4
 \b
 Metrics are those of `vllm bench serve`; see docs/bench.md."""
 
 
-def _dataset(kw: dict[str, Any]) -> list[Prompt]:
+def _dataset(kw: dict[str, Any], n: int) -> list[Prompt]:
     name, out_len = kw["dataset"], kw["output_len"]
     if name == "mtbench":
         return datasets.mtbench(out_len)
     if name == "random":
         ratio = kw["range_ratio"]
-        return datasets.random_prompts(kw["num_requests"], datasets.LengthSpec(kw["input_len"], ratio),
+        return datasets.random_prompts(n, datasets.LengthSpec(kw["input_len"], ratio),
                                        datasets.LengthSpec(out_len, ratio), kw["seed"])
     if name == "shared-prefix":
         groups, convs, turns = kw["prefix_groups"], kw["prefix_conversations"], kw["prefix_turns"]
@@ -51,6 +54,29 @@ def _dataset(kw: dict[str, Any]) -> list[Prompt]:
     if not kw["dataset_path"]:
         raise click.UsageError("--dataset jsonl needs --dataset-path FILE")
     return datasets.jsonl(Path(kw["dataset_path"]), out_len)
+
+
+def _per_request(kw: dict[str, Any]) -> int:
+    """Inputs per request: --batch for embeddings (default 1), --documents for rerank (default 8)."""
+    endpoint = kw["endpoint"]
+    for flag, key, kind in (("--batch", "batch", "embeddings"), ("--documents", "documents", "rerank")):
+        if kw[key] is not None and endpoint != kind:
+            raise click.UsageError(f"{flag} applies to --endpoint {kind} only")
+    if endpoint == "embeddings":
+        return int(kw["batch"] or 1)
+    if endpoint == "rerank":
+        return int(kw["documents"] or 8)
+    return 0
+
+
+def _work(kw: dict[str, Any]) -> list[Work]:
+    """Chat and completions send one prompt a request; embeddings and rerank group the dataset's texts."""
+    n, endpoint, per = kw["num_requests"], kw["endpoint"], _per_request(kw)
+    if is_streamed(endpoint):
+        return list(datasets.cycle(_dataset(kw, n), n))
+    query = endpoint == "rerank"
+    texts = _dataset(kw, n * (per + (1 if query else 0)))
+    return list(datasets.batches(texts, n, per, query=query))
 
 
 def _progress_hook(progress: Progress) -> Callable[[LoadLevel, Sequence[Target], int], Callable[[RequestRecord], None]]:
@@ -72,12 +98,13 @@ def _config(kw: dict[str, Any]) -> BenchConfig:
         targets = [Target(t.name, t.base_url, t.api_key, models.get(t.name, "")) for t in targets]
         levels = parse_levels(kw["concurrency"], kw["rate"])
         percentiles = parse_percentiles(kw["percentiles"])
-        goodput = parse_goodput(kw["goodput"])
-        prompts = datasets.cycle(_dataset(kw), kw["num_requests"])
+        streamed = is_streamed(kw["endpoint"])
+        goodput = parse_goodput(kw["goodput"], GOODPUT_KEYS if streamed else latency_metrics(kw["endpoint"]))
+        prompts = _work(kw)
     except (TargetError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
-    extra: dict[str, Any] = {"temperature": kw["temperature"]}
-    if kw["ignore_eos"]:
+    extra: dict[str, Any] = {"temperature": kw["temperature"]} if streamed else {}
+    if kw["ignore_eos"] and streamed:
         extra["ignore_eos"] = True
     return BenchConfig(targets=tuple(targets), levels=tuple(levels), prompts=tuple(prompts), endpoint=kw["endpoint"],
                        warmup=kw["warmup"], burstiness=kw["burstiness"], seed=kw["seed"],
@@ -94,7 +121,11 @@ def _opt(*names: str, **kw: Any) -> Callable[[Any], Any]:
 @_opt("--target", "target", multiple=True, required=True, help="[NAME=]URL[@ENVVAR]; repeat to compare targets.")
 @_opt("--api-key", default=None, help="Bearer key for targets without @ENVVAR (default: $OPENAI_API_KEY).")
 @_opt("--model", multiple=True, default=(), help="Model for all targets, or TARGET=MODEL (default: first of /models).")
-@_opt("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", help="API to call.")
+@_opt("--endpoint", type=click.Choice(ENDPOINTS), default="chat",
+      help="API to call: chat, completions (streamed); embeddings, rerank (one JSON answer each).")
+@_opt("--batch", type=click.IntRange(1), default=None, help="embeddings: texts per request (default 1).")
+@_opt("--documents", type=click.IntRange(1), default=None,
+      help="rerank: documents per request, scored against one query (default 8).")
 @_opt("--dataset", type=click.Choice(DATASETS), default="mtbench", help="Prompt source (all offline).")
 @_opt("--dataset-path", type=click.Path(exists=True, dir_okay=False), help="JSONL file for --dataset jsonl.")
 @_opt("--num-requests", type=click.IntRange(1), default=100, help="Requests per target at each load level.")
@@ -111,7 +142,8 @@ def _opt(*names: str, **kw: Any) -> Callable[[Any], Any]:
       help="Seconds per load level after which no request is sent; in-flight ones get --drain-timeout more.")
 @_opt("--drain-timeout", type=click.FloatRange(min=0), default=30.0, help="Seconds to finish in-flight requests.")
 @_opt("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, help="Per request, seconds.")
-@_opt("--input-len", type=click.IntRange(1), default=256, help="random: prompt words; shared-prefix: question words.")
+@_opt("--input-len", type=click.IntRange(1), default=256,
+      help="random: words per prompt (embeddings, rerank: per text); shared-prefix: question words.")
 @_opt("--output-len", type=click.IntRange(1), default=128, help="max_tokens (a JSONL line may set its own).")
 @_opt("--range-ratio", type=click.FloatRange(0, 1), default=0.0, help="random: lengths uniform in mean*(1±ratio).")
 @_opt("--prefix-groups", type=click.IntRange(1), default=4, help="shared-prefix: groups (system prompts).")
@@ -121,13 +153,15 @@ def _opt(*names: str, **kw: Any) -> Callable[[Any], Any]:
 @_opt("--ignore-eos", is_flag=True, help="Ask the server to generate max_tokens (vLLM, llama.cpp).")
 @_opt("--temperature", type=float, default=0.0, help="Sampling temperature sent with each request.")
 @_opt("--percentiles", default="50,90,99", help="Latency percentiles to report.")
-@_opt("--goodput", multiple=True, default=(), help="SLOs in ms, e.g. 'ttft:500,tpot:50,e2el:2000' (repeatable).")
+@_opt("--goodput", multiple=True, default=(),
+      help="SLOs in ms, e.g. 'ttft:500,tpot:50,e2el:2000' (repeatable; embeddings and rerank: e2el only).")
 @_opt("--seed", type=int, default=0, help="Seed for prompts and arrival times.")
 @_opt("--output-dir", type=click.Path(file_okay=False), default=None, help="Default bench-results/<timestamp>.")
 @_opt("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @_opt("--no-progress", is_flag=True, help="No live progress bar.")
 def bench(**kw: Any) -> None:
-    """Load-test OpenAI-compatible endpoints: TTFT, TPOT, ITL, E2EL, throughput and goodput, side by side."""
+    """Load-test OpenAI-compatible endpoints: TTFT, TPOT, ITL, E2EL, throughput and goodput, side by side
+    (embeddings and rerank: requests/s, inputs/s, E2EL)."""
     config = _config(kw)
     console = Console()
     out_dir = Path(kw["output_dir"] or f"bench-results/{dt.datetime.now():%Y%m%d-%H%M%S}")

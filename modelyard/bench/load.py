@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 
 from modelyard.bench.client import Endpoint, send_request
-from modelyard.bench.records import Prompt, RequestRecord
+from modelyard.bench.records import Batch, RequestRecord, Work
 from modelyard.bench.targets import Target
 
 
@@ -73,7 +73,7 @@ class LevelRun:
     level: LoadLevel
     targets: Sequence[Target]
     payloads: dict[str, list[bytes]]
-    prompts: Sequence[Prompt]
+    prompts: Sequence[Work]
     on_done: Callable[[RequestRecord], None] = lambda _r: None
     max_duration: float | None = None
     zero: float = 0.0
@@ -91,7 +91,9 @@ class LevelRun:
         sent = time.perf_counter()
         if arrived is not None:
             rec.queue_s = sent - arrived
-        await send_request(self.session, target, self.endpoint, self.payloads[target.name][index], rec, self.zero)
+        inputs = len(prompt.texts) if isinstance(prompt, Batch) else 0
+        await send_request(self.session, target, self.endpoint, self.payloads[target.name][index], rec, self.zero,
+                           inputs)
         self.on_done(rec)
 
 

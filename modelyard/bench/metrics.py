@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.bench.records import RequestRecord
+from modelyard.bench.records import RequestRecord, is_streamed
 
 GOODPUT_KEYS = ("ttft", "tpot", "e2el")
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+POOLING_LATENCY_METRICS = ("e2el",)
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
 
 
@@ -23,13 +24,18 @@ def parse_percentiles(text: str) -> tuple[float, ...]:
     return values
 
 
-def parse_goodput(items: Sequence[str]) -> dict[str, float]:
+def latency_metrics(endpoint: str) -> tuple[str, ...]:
+    """The latencies an endpoint has: an embeddings or rerank answer comes in one piece, so only its E2EL."""
+    return LATENCY_METRICS if is_streamed(endpoint) else POOLING_LATENCY_METRICS
+
+
+def parse_goodput(items: Sequence[str], keys: Sequence[str] = GOODPUT_KEYS) -> dict[str, float]:
     """`ttft:500 tpot:50 e2el:2000` (milliseconds), given as one string or several, comma or space separated."""
     slos: dict[str, float] = {}
     for item in " ".join(items).replace(",", " ").split():
         key, sep, value = item.partition(":")
-        if not sep or key not in GOODPUT_KEYS:
-            raise ValueError(f"--goodput takes KEY:MS with KEY in {', '.join(GOODPUT_KEYS)}; got {item!r}")
+        if not sep or key not in keys:
+            raise ValueError(f"--goodput takes KEY:MS with KEY in {', '.join(keys)}; got {item!r}")
         ms = float(value)
         if ms < 0 or not math.isfinite(ms):
             raise ValueError(f"--goodput {key}: must be a non-negative number of milliseconds")
@@ -124,6 +130,38 @@ def compute_metrics(
     series = {"ttft": [r.ttft for r in done], "tpot": tpots, "itl": itls, "e2el": [r.latency for r in done]}
     for name in LATENCY_METRICS:
         metrics[f"{name}_ms"] = distribution(series[name], percentiles)
+    return metrics
+
+
+def compute_pooling_metrics(
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    goodput_ms: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Embeddings or rerank at one load level for one target: requests and inputs (texts embedded, documents
+    scored) per second, and the latency of whole answers; there are no tokens out and nothing streamed."""
+    done = [r for r in records if r.success]
+    total_inputs = sum(r.inputs for r in done)
+    total_in = sum(r.prompt_tokens for r in done)
+    dur = duration_s if duration_s > 0 else float("nan")
+    metrics: dict[str, Any] = {
+        "completed": len(done),
+        "failed": sum(1 for r in records if not r.success and not r.cancelled),
+        "cancelled": sum(1 for r in records if r.cancelled),
+        "duration_s": duration_s,
+        "total_inputs": total_inputs,
+        "total_input_tokens": total_in,
+        "request_throughput": len(done) / dur,
+        "input_throughput": total_inputs / dur,
+        "input_token_throughput": total_in / dur,
+        "max_concurrent_requests": peak_concurrency(done),
+        "input_tokens_from_usage": sum(1 for r in done if r.prompt_tokens_source == "usage"),
+        "retried_requests": sum(1 for r in records if r.retries),
+    }
+    if goodput_ms:
+        metrics["request_goodput"] = _good_count(done, goodput_ms) / dur
+    metrics["e2el_ms"] = distribution([r.latency for r in done], percentiles)
     return metrics
 
 

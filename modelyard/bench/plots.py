@@ -3,11 +3,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modelyard.bench.metrics import LATENCY_METRICS
+from modelyard.bench.metrics import latency_metrics
+from modelyard.bench.records import is_streamed
 from modelyard.bench.runner import BenchResult
 
 THROUGHPUT = (("request_throughput", "requests/s"), ("output_throughput", "output tokens/s"),
               ("total_token_throughput", "total tokens/s"))
+POOLING_THROUGHPUT = {
+    "embeddings": (("request_throughput", "requests/s"), ("input_throughput", "texts embedded/s"),
+                   ("input_token_throughput", "input tokens/s")),
+    "rerank": (("request_throughput", "requests/s"), ("input_throughput", "documents scored/s"),
+               ("input_token_throughput", "input tokens/s")),
+}
+
+
+def _throughput(endpoint: str) -> tuple[tuple[str, str], ...]:
+    return THROUGHPUT if is_streamed(endpoint) else POOLING_THROUGHPUT[endpoint]
 
 
 def _x_label(result: BenchResult) -> str:
@@ -49,11 +60,14 @@ def write_plots(result: BenchResult, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    endpoint = result.config.endpoint
     targets = [t.name for t in result.config.targets]
     stats = [f"p{p:g}" for p in result.config.percentiles]
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-    for ax, metric in zip(axes.flat, LATENCY_METRICS, strict=True):
+    metrics = latency_metrics(endpoint)
+    grid, size = ((2, 2), (12, 8)) if len(metrics) == 4 else ((1, len(metrics)), (6 * len(metrics), 4.5))
+    fig, axes = plt.subplots(*grid, figsize=size, constrained_layout=True, squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=True):
         for ti, name in enumerate(targets):
             for si, stat in enumerate(stats):
                 xs, ys = _series(result, name, f"{metric}_ms", stat)
@@ -63,7 +77,7 @@ def write_plots(result: BenchResult, out_dir: Path) -> list[Path]:
     fig.savefig(latency, dpi=110)
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    for ax, (key, label) in zip(axes, THROUGHPUT, strict=True):
+    for ax, (key, label) in zip(axes, _throughput(endpoint), strict=True):
         for ti, name in enumerate(targets):
             xs, ys = _series(result, name, key)
             ax.plot(xs, ys, marker="o", color=f"C{ti}", label=name)

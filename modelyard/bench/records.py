@@ -1,9 +1,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Message = dict[str, Any]
+Endpoint = Literal["chat", "completions", "embeddings", "rerank"]
+ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions", "embeddings", "rerank")
+STREAMED_ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completions")
+STREAMED_ONLY_COLUMNS = ("ttft_ms", "tpot_ms", "content_chunks", "output_tokens", "output_tokens_source")
+
+
+def is_streamed(endpoint: str) -> bool:
+    """Chat and completions stream tokens (TTFT, TPOT, ITL); embeddings and rerank answer in one body."""
+    return endpoint in STREAMED_ENDPOINTS
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,19 @@ class Prompt:
 
     def as_text(self) -> str:
         return "\n\n".join(str(m.get("content", "")) for m in self.messages)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One embeddings request's texts, or one rerank request's query and the documents to score against it."""
+
+    texts: tuple[str, ...]
+    prompt_tokens_estimate: int
+    query: str = ""
+    group: str = ""
+
+
+Work = Prompt | Batch
 
 
 @dataclass
@@ -43,10 +65,12 @@ class RequestRecord:
     queue_s: float = 0.0
     retries: int = 0
     group: str = ""
+    inputs: int = 0
 
-    def as_row(self) -> dict[str, Any]:
-        """Flat form for CSV/JSON (ITL list kept only in JSON)."""
-        return {
+    def as_row(self, streamed: bool = True) -> dict[str, Any]:
+        """Flat form for CSV/JSON (ITL list kept only in JSON). An embeddings or rerank request's row has `inputs`
+        (texts embedded, documents scored) instead of the token timings, which only streamed requests have."""
+        row = {
             "target": self.target,
             "level": self.level,
             "index": self.index,
@@ -68,6 +92,11 @@ class RequestRecord:
             "retries": self.retries,
             "group": self.group,
         }
+        if not streamed:
+            for key in STREAMED_ONLY_COLUMNS:
+                del row[key]
+            row["inputs"] = self.inputs
+        return row
 
     def tpot(self) -> float:
         if not self.success or self.output_tokens <= 1:

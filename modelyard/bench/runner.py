@@ -9,9 +9,9 @@ import aiohttp
 
 from modelyard.bench.client import Endpoint, build_payload, encode_payload, first_model
 from modelyard.bench.load import LevelRun, LoadLevel, run_level
-from modelyard.bench.metrics import DEFAULT_PERCENTILES, compute_metrics, duration_of
+from modelyard.bench.metrics import DEFAULT_PERCENTILES, compute_metrics, compute_pooling_metrics, duration_of
 from modelyard.bench.monitor import ClientMonitor, ClientUsage
-from modelyard.bench.records import Prompt, RequestRecord
+from modelyard.bench.records import RequestRecord, Work, is_streamed
 from modelyard.bench.targets import Target
 
 ProgressHook = Callable[[LoadLevel, Sequence[Target], int], Callable[[RequestRecord], None]]
@@ -21,7 +21,7 @@ ProgressHook = Callable[[LoadLevel, Sequence[Target], int], Callable[[RequestRec
 class BenchConfig:
     targets: tuple[Target, ...]
     levels: tuple[LoadLevel, ...]
-    prompts: tuple[Prompt, ...]
+    prompts: tuple[Work, ...]
     endpoint: Endpoint = "chat"
     warmup: int = 0
     burstiness: float = 1.0
@@ -70,7 +70,7 @@ async def resolve_models(session: aiohttp.ClientSession, targets: Sequence[Targe
     return tuple(replace(t, model=by_name.get(t.name, t.model)) for t in targets)
 
 
-def encode_all(config: BenchConfig, prompts: Sequence[Prompt]) -> dict[str, list[bytes]]:
+def encode_all(config: BenchConfig, prompts: Sequence[Work]) -> dict[str, list[bytes]]:
     """Request bodies, encoded before the clock starts so that the load loop does no JSON work."""
     return {
         t.name: [encode_payload(build_payload(config.endpoint, t.model, p, config.extra_body)) for p in prompts]
@@ -99,11 +99,12 @@ async def _one_level(config: BenchConfig, session: aiohttp.ClientSession, level:
                    alternate=config.alternate)
     async with ClientMonitor() as monitor:
         await run_level(run, burstiness=config.burstiness, seed=config.seed, drain_s=config.drain_s)
+    compute = compute_metrics if is_streamed(config.endpoint) else compute_pooling_metrics
     metrics = {}
     for target in config.targets:
         mine = [r for r in run.records if r.target == target.name]
         mine.sort(key=lambda r: r.index)
-        metrics[target.name] = compute_metrics(mine, duration_of(mine), config.percentiles, config.goodput_ms)
+        metrics[target.name] = compute(mine, duration_of(mine), config.percentiles, config.goodput_ms)
     return LevelResult(level=level, records=run.records, client=monitor.usage, metrics=metrics)
 
 

@@ -4,6 +4,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +15,9 @@ PROMPT_TOKENS = 7
 API_KEY = "sk-bench-test"
 DELAY = web.AppKey("delay", float)
 SEEN = web.AppKey("seen", list)
+BODIES = web.AppKey("bodies", list)
+FAILING_SEEN = web.AppKey("failing_seen", list)
+EMBEDDING_DIM = 4
 
 
 @dataclass
@@ -66,21 +70,71 @@ async def _drop_first(request: web.Request) -> web.StreamResponse:
     return await _stream(request)
 
 
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+async def _pooling(request: web.Request) -> web.Response:
+    """Embeddings and rerank in the OpenAI / vLLM shapes. /v1 needs API_KEY and sends usage, /nousage/v1 sends none;
+    /failing/v1 answers every second request it gets with HTTP 500; /short/v1 leaves out the last item."""
+    prefix = request.path.split("/v1/")[0]
+    if prefix == "" and request.headers.get("Authorization") != f"Bearer {API_KEY}":
+        return web.json_response({"error": {"message": "bad key", "type": "auth"}}, status=401)
+    body = orjson.loads(await request.read())
+    request.app[BODIES].append(body)
+    if prefix == "/failing":
+        request.app[FAILING_SEEN].append(body)
+        if len(request.app[FAILING_SEEN]) % 2 == 0:
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+    await asyncio.sleep(request.app[DELAY])
+    embeddings = request.path.endswith("/embeddings")
+    if embeddings:
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        items = [{"object": "embedding", "index": i, "embedding": [0.5] * EMBEDDING_DIM} for i in range(len(texts))]
+        tokens = sum(_words(t) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    else:
+        query, docs = body["query"], body["documents"]
+        items = [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(docs))]
+        usage = {"total_tokens": sum(_words(query) + _words(d) for d in docs)}
+    if prefix == "/short":
+        items = items[:-1]
+    doc: dict[str, object] = {"model": body["model"], "data" if embeddings else "results": items}
+    if prefix == "":
+        doc["usage"] = usage
+    return web.json_response(doc)
+
+
 def _app(delay: float) -> web.Application:
     app = web.Application()
     app[DELAY] = delay
     app[SEEN] = []
+    app[BODIES] = []
+    app[FAILING_SEEN] = []
     app.router.add_post("/flaky/v1/chat/completions", _drop_first)
     for prefix in ("/v1", "/nousage/v1"):
-        app.router.add_get(f"{prefix}/models", _models)
         app.router.add_post(f"{prefix}/chat/completions", _stream)
         app.router.add_post(f"{prefix}/completions", _stream)
+    for prefix in ("/v1", "/nousage/v1", "/failing/v1", "/short/v1"):
+        app.router.add_get(f"{prefix}/models", _models)
+        app.router.add_post(f"{prefix}/embeddings", _pooling)
+        app.router.add_post(f"{prefix}/rerank", _pooling)
     return app
 
 
+@dataclass
+class PoolingServer:
+    url: str
+    bodies: list[dict[str, Any]]
+
+
 def _serve(delay: float) -> Iterator[str]:
+    yield from _serve_app(_app(delay))
+
+
+def _serve_app(app: web.Application) -> Iterator[str]:
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_app(delay))
+    runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
     loop.run_until_complete(site.start())
@@ -106,3 +160,11 @@ def sse_server() -> Iterator[str]:
 @pytest.fixture
 def slow_sse_server() -> Iterator[str]:
     yield from _serve(delay=0.05)
+
+
+@pytest.fixture
+def pooling_server() -> Iterator[PoolingServer]:
+    """The same server, for /v1/embeddings and /v1/rerank; `bodies` holds every request body it received."""
+    app = _app(delay=0.001)
+    for base in _serve_app(app):
+        yield PoolingServer(url=base, bodies=app[BODIES])

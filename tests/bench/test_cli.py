@@ -14,7 +14,7 @@ from modelyard.bench.load import LoadLevel
 from modelyard.bench.runner import BenchConfig, run_bench
 from modelyard.bench.targets import Target
 
-from .conftest import API_KEY, CHUNKS, PROMPT_TOKENS
+from .conftest import API_KEY, CHUNKS, PROMPT_TOKENS, PoolingServer
 
 
 def test_side_by_side_sweep_writes_everything(sse_server: str, tmp_path: Path,
@@ -100,3 +100,93 @@ def test_alternate_sends_to_one_target_at_a_time(sse_server: str, tmp_path: Path
     assert [r["target"] for r in requests] == ["a", "b", "b", "a", "a", "b", "b", "a"]
     for earlier, later in zip(requests, requests[1:], strict=False):
         assert earlier["done_s"] <= later["start_s"]  # never two in flight at once
+
+
+STREAMED_LABELS = ("TTFT", "TPOT", "ITL", "Output tokens", "Output token throughput", "Peak output tokens/s")
+
+
+def test_embeddings_side_by_side(pooling_server: PoolingServer, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_TEST_KEY", API_KEY)
+    monkeypatch.setenv("COLUMNS", "200")
+    out, base = tmp_path / "emb", pooling_server.url
+    args = ["--target", f"direct={base}/nousage/v1", "--target", f"gateway={base}/v1@BENCH_TEST_KEY",
+            "--endpoint", "embeddings", "--batch", "4", "--dataset", "random", "--input-len", "5",
+            "--concurrency", "1,2", "--num-requests", "6", "--warmup", "1", "--goodput", "e2el:10000",
+            "--output-dir", str(out), "--no-progress"]
+    result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "embeddings, batch 4, c=1" in result.output and "gateway / direct" in result.output
+    for label in ("Texts embedded", "Embedding throughput (texts/s)", "Input token throughput", "E2EL p99 (ms)"):
+        assert label in result.output
+    assert not any(label in result.output for label in STREAMED_LABELS)
+
+    assert len(pooling_server.bodies) == 2 * (1 + 2 * 6)
+    for body in pooling_server.bodies:
+        assert set(body) == {"model", "input"} and len(body["input"]) == 4
+        assert all(len(text.split()) == 5 for text in body["input"])
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["endpoint"] == "embeddings" and doc["config"]["batch"] == 4
+    for run in doc["runs"]:
+        direct, gateway = run["targets"]["direct"], run["targets"]["gateway"]
+        for m in (direct, gateway):
+            assert (m["completed"], m["failed"], m["total_inputs"]) == (6, 0, 24)
+            assert m["request_goodput"] == pytest.approx(m["request_throughput"])
+            assert m["input_throughput"] == pytest.approx(4 * m["request_throughput"])
+            assert set(m["e2el_ms"]) == {"mean", "median", "std", "p50", "p90", "p99"}
+            assert not {"ttft_ms", "tpot_ms", "itl_ms", "total_output_tokens"} & set(m)
+        assert gateway["input_tokens_from_usage"] == 6 and direct["input_tokens_from_usage"] == 0
+        assert gateway["total_input_tokens"] == 6 * 4 * 5
+    assert any("direct: 6 response(s) had no usage" in w for w in doc["warnings"])
+    assert all(r["inputs"] == 4 and "ttft_ms" not in r and "itl_ms" not in r for r in doc["requests"])
+
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(summary) == 4 and "e2el_p99_ms" in summary[0] and "input_throughput" in summary[0]
+    assert not [k for k in summary[0] if k.startswith(("ttft", "tpot", "itl", "output"))]
+    requests = list(csv.DictReader((out / "requests.csv").open()))
+    assert len(requests) == 24 and "ttft_ms" not in requests[0] and requests[0]["inputs"] == "4"
+    for png in ("latency.png", "throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerank_counts_documents_and_failures(pooling_server: PoolingServer, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "rr"
+    args = ["--target", f"{pooling_server.url}/failing/v1", "--endpoint", "rerank", "--documents", "3",
+            "--rate", "inf", "--num-requests", "6", "--warmup", "0", "--output-dir", str(out), "--no-plots",
+            "--no-progress"]
+    result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Documents scored" in result.output and "Rerank throughput (docs/s)" in result.output
+    assert not any(label in result.output for label in STREAMED_LABELS)
+    bodies = pooling_server.bodies
+    assert len(bodies) == 6
+    assert all(isinstance(b["query"], str) and len(b["documents"]) == 3 for b in bodies)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["documents"] == 3
+    m = next(iter(doc["runs"][0]["targets"].values()))
+    assert (m["completed"], m["failed"], m["cancelled"], m["total_inputs"]) == (3, 3, 0, 9)
+    failed = [r for r in doc["requests"] if not r["success"]]
+    assert len(failed) == 3 and all(r["status"] == 500 and r["inputs"] == 0 for r in failed)
+    assert any("3 request(s) failed" in w for w in doc["warnings"])
+
+
+def test_answer_with_too_few_embeddings_fails(pooling_server: PoolingServer, tmp_path: Path) -> None:
+    out = tmp_path / "short"
+    args = ["--target", f"{pooling_server.url}/short/v1", "--endpoint", "embeddings", "--batch", "2",
+            "--num-requests", "3", "--warmup", "0", "--output-dir", str(out), "--no-plots", "--no-progress"]
+    result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    m = next(iter(doc["runs"][0]["targets"].values()))
+    assert (m["completed"], m["failed"], m["total_inputs"]) == (0, 3, 0)
+    assert all("expected 2 item(s) in 'data', got 1" in r["error"] for r in doc["requests"])
+
+
+@pytest.mark.parametrize("extra", [["--batch", "4"], ["--endpoint", "rerank", "--batch", "4"],
+                                   ["--endpoint", "embeddings", "--documents", "4"],
+                                   ["--endpoint", "embeddings", "--goodput", "ttft:100"]])
+def test_pooling_flags_are_checked(extra: list[str]) -> None:
+    result = CliRunner().invoke(bench, ["--target", "http://h/v1", *extra])
+    assert result.exit_code == 2, result.output

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
-from modelyard.bench.client import _Stream, build_payload
-from modelyard.bench.records import Prompt, RequestRecord
+from modelyard.bench.client import _Stream, build_payload, read_answer
+from modelyard.bench.records import Batch, Prompt, RequestRecord
 from modelyard.bench.sse import SSEEvent
 
 from .conftest import CHUNKS
@@ -76,3 +77,50 @@ def test_request_retried_once_when_the_connection_drops_before_a_response(sse_se
 
     rec = asyncio.run(main())
     assert rec.success and rec.retries == 1 and rec.content_chunks == CHUNKS
+
+
+def test_pooling_payloads() -> None:
+    batch = Batch(texts=("a b", "c"), prompt_tokens_estimate=3)
+    assert build_payload("embeddings", "m", batch, {}) == {"model": "m", "input": ["a b", "c"]}
+    query = Batch(texts=("d1", "d2"), prompt_tokens_estimate=4, query="q")
+    assert build_payload("rerank", "m", query, {}) == {"model": "m", "query": "q", "documents": ["d1", "d2"]}
+    p = Prompt(messages=({"role": "user", "content": "Q"},), max_tokens=8, prompt_tokens_estimate=1)
+    with pytest.raises(ValueError):
+        build_payload("embeddings", "m", p, {})
+    with pytest.raises(ValueError):
+        build_payload("chat", "m", batch, {})
+
+
+def _answer(endpoint: str, body: object, expected: int) -> RequestRecord:
+    rec = RequestRecord(target="t", level="l", index=0, prompt_tokens=99, prompt_tokens_source="estimate")
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    read_answer(endpoint, raw, rec, expected)
+    return rec
+
+
+def test_embeddings_answer_counts_inputs_and_usage() -> None:
+    body = {"data": [{"index": i, "embedding": [0.1]} for i in range(3)],
+            "usage": {"prompt_tokens": 12, "total_tokens": 12}}
+    rec = _answer("embeddings", body, 3)
+    assert rec.success and rec.inputs == 3 and (rec.prompt_tokens, rec.prompt_tokens_source) == (12, "usage")
+    rec = _answer("embeddings", {"data": [{"index": 0, "embedding": [0.1]}]}, 1)
+    assert rec.success and (rec.prompt_tokens, rec.prompt_tokens_source) == (99, "estimate")
+
+
+def test_rerank_answer_takes_total_tokens() -> None:
+    body = {"results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.1}],
+            "usage": {"total_tokens": 20}}
+    rec = _answer("rerank", body, 2)
+    assert rec.success and rec.inputs == 2 and rec.prompt_tokens == 20
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"not json", "not JSON"),
+    ({"error": {"message": "no"}}, "error in answer"),
+    ({"results": [{"index": 0, "relevance_score": 0.5}]}, "expected 2 item(s) in 'results', got 1"),
+    ({"data": []}, "in 'results', got no list"),
+])
+def test_bad_answers_fail(body: object, error: str) -> None:
+    rec = _answer("rerank", body, 2)
+    assert not rec.success and rec.inputs == 0 and error in rec.error
+

@@ -6,6 +6,7 @@ import pytest
 
 from modelyard.bench import datasets
 from modelyard.bench.datasets import LengthSpec, SharedPrefixSpec
+from modelyard.bench.records import Prompt
 
 
 def test_mtbench_first_turns() -> None:
@@ -63,3 +64,26 @@ def test_jsonl(tmp_path: Path) -> None:
 def test_cycle() -> None:
     prompts = datasets.mtbench()[:3]
     assert datasets.cycle(prompts, 7) == prompts * 2 + prompts[:1]
+
+
+def _texts(n: int) -> list[Prompt]:
+    return [Prompt(messages=({"role": "user", "content": f"w{i} " * (i + 1)},), max_tokens=1,
+                   prompt_tokens_estimate=i + 1, group=f"g{i}") for i in range(n)]
+
+
+def test_embedding_batches_take_texts_in_order() -> None:
+    batches = datasets.batches(_texts(5), n=3, per_request=2)
+    assert [len(b.texts) for b in batches] == [2, 2, 2] and all(b.query == "" for b in batches)
+    assert [b.texts[0].split()[0] for b in batches] == ["w0", "w2", "w4"]
+    assert batches[2].texts[1].split()[0] == "w0"  # the dataset repeats when short
+    assert [b.prompt_tokens_estimate for b in batches] == [1 + 2, 3 + 4, 5 + 1]
+    assert [b.group for b in batches] == ["g0", "g2", "g4"]
+
+
+def test_rerank_batches_have_a_query_and_documents() -> None:
+    batches = datasets.batches(_texts(8), n=2, per_request=3, query=True)
+    assert [b.query.split()[0] for b in batches] == ["w0", "w4"]
+    assert [d.split()[0] for d in batches[1].texts] == ["w5", "w6", "w7"]
+    assert batches[0].prompt_tokens_estimate == (1 + 2) + (1 + 3) + (1 + 4)  # the query counts with each document
+    with pytest.raises(datasets.DatasetError):
+        datasets.batches(_texts(2), n=1, per_request=0)

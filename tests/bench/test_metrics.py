@@ -4,7 +4,9 @@ import pytest
 
 from modelyard.bench.metrics import (
     compute_metrics,
+    compute_pooling_metrics,
     duration_of,
+    latency_metrics,
     parse_goodput,
     parse_percentiles,
     peak_concurrency,
@@ -87,3 +89,31 @@ def test_parsers() -> None:
         parse_goodput(["itl:5"])
     with pytest.raises(ValueError):
         parse_percentiles("150")
+
+
+def _pooled(index: int, start: float, latency: float, inputs: int, tokens: int, usage: bool = True) -> RequestRecord:
+    return RequestRecord(target="t", level="c=1", index=index, start_s=start, done_s=start + latency, success=True,
+                         latency=latency, inputs=inputs, prompt_tokens=tokens,
+                         prompt_tokens_source="usage" if usage else "estimate")
+
+
+def test_pooling_metrics_count_inputs_and_only_e2el() -> None:
+    records = [_pooled(0, 0.0, 0.1, 4, 40), _pooled(1, 0.05, 0.2, 4, 30, usage=False), _pooled(2, 0.5, 0.3, 4, 20),
+               RequestRecord(target="t", level="c=1", index=3, start_s=0.6, done_s=0.7, error="HTTP 500"),
+               RequestRecord(target="t", level="c=1", index=4, start_s=0.6, cancelled=True)]
+    m = compute_pooling_metrics(records, duration_s=2.0, goodput_ms=parse_goodput(["e2el:250"]))
+    assert (m["completed"], m["failed"], m["cancelled"]) == (3, 1, 1)
+    assert (m["total_inputs"], m["total_input_tokens"], m["input_tokens_from_usage"]) == (12, 90, 2)
+    assert m["request_throughput"] == pytest.approx(1.5) and m["input_throughput"] == pytest.approx(6.0)
+    assert m["input_token_throughput"] == pytest.approx(45.0)
+    assert m["request_goodput"] == pytest.approx(1.0)
+    assert m["max_concurrent_requests"] == 2
+    assert m["e2el_ms"]["mean"] == pytest.approx(200) and m["e2el_ms"]["p90"] == pytest.approx(280)
+    assert not {"ttft_ms", "tpot_ms", "itl_ms", "total_output_tokens", "output_throughput"} & set(m)
+
+
+def test_latency_metrics_by_endpoint() -> None:
+    assert latency_metrics("chat") == latency_metrics("completions") == ("ttft", "tpot", "itl", "e2el")
+    assert latency_metrics("embeddings") == latency_metrics("rerank") == ("e2el",)
+    with pytest.raises(ValueError):
+        parse_goodput(["ttft:100"], keys=latency_metrics("rerank"))
