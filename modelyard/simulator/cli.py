@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from modelyard.simulator.profiles import PROFILES, override_names, resolve_profile
+from modelyard.simulator.profiles import PROFILES, TASKS, override_names, resolve_profile
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -23,14 +23,24 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
               help="The named latency/capacity profile.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help=f"Override a profile number (repeatable): {', '.join(override_names())}.")
+@click.option("--task", type=click.Choice(TASKS), default=None,
+              help="What the model serves (the same as --param task=...; default: chat): chat and completions, "
+                   "embeddings (and rerank, as an embedding model), or rerank (a cross-encoder).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], log_level: str) -> None:
+def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], task: str | None,
+             log_level: str) -> None:
     """Run a simulated vLLM server (OpenAI API, vLLM metrics, sleep/wake) with a modelled latency, on CPU."""
     from modelyard.simulator.run import serve
 
+    overrides = parse_params(params)
+    if task is not None:
+        if overrides.get("task", task) != task:
+            raise click.BadParameter(f"--task {task} contradicts --param task={overrides['task']}",
+                                     param_hint="--task")
+        overrides["task"] = task
     try:
-        resolved = resolve_profile(profile, parse_params(params))
+        resolved = resolve_profile(profile, overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--param") from None
     serve(resolved, model_name, host, port, log_level)

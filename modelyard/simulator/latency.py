@@ -19,7 +19,8 @@ def step_s(profile: Profile, decoding: int, prefill_tokens: tuple[int, ...]) -> 
     """An engine step: decodes `decoding` sequences and prefills the uncached tokens of newly scheduled ones.
 
     Prefills share the step with the decodes (no chunking), so a prefill delays the whole batch once, as in vLLM
-    without chunked prefill; an idle engine's step is exactly the prefill time.
+    without chunked prefill; an idle engine's step is exactly the prefill time. Embedding and rerank inputs are
+    prefills of this kind (their whole cost: no decode follows).
     """
     duration = decode_step_s(profile, decoding) if decoding else 0.0
     if prefill_tokens:

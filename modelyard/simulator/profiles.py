@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 FAILURE_KINDS = ("500", "429", "503", "drop", "hang", "crash")
+# what the simulated model serves: chat (/v1/chat/completions, /v1/completions), embedding (/v1/embeddings and
+# /rerank, as vLLM serves an embedding model) or rerank (/rerank only, as a cross-encoder)
+TASKS = ("chat", "embedding", "rerank")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Profile:
     failure_rate: float = 0.0
     failure_kinds: str = "500,429,drop"
     seed: int = 0
+    # the model's task, and its embedding vectors' length (embedding task; `dimensions` may ask for fewer)
+    task: str = "chat"
+    embedding_dim: int = 384
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,8 +48,11 @@ class Profile:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 problems.append(f"{f.name} must be >= 0")
-        if self.max_num_seqs < 1 or self.kv_blocks < 1 or self.block_size < 1 or self.max_model_len < 1:
-            problems.append("max_num_seqs, kv_blocks, block_size and max_model_len must be >= 1")
+        if (self.max_num_seqs < 1 or self.kv_blocks < 1 or self.block_size < 1 or self.max_model_len < 1
+                or self.embedding_dim < 1):
+            problems.append("max_num_seqs, kv_blocks, block_size, max_model_len and embedding_dim must be >= 1")
+        if self.task not in TASKS:
+            problems.append(f"unknown task {self.task!r} (known: {', '.join(TASKS)})")
         if not 0.0 <= self.failure_rate <= 1.0:
             problems.append("failure_rate must be within [0, 1]")
         if self.jitter >= 1.0:

@@ -39,6 +39,7 @@ class Sequence:
     finish_reason: str | None = None
     waiter: asyncio.Future[None] | None = None
     sink: Callable[[], None] | None = None  # called for each token instead of notify, by a direct stream writer
+    pooling: bool = False  # an embedding or rerank input: prefill only, done at the end of its first step
 
     @property
     def finished(self) -> bool:
@@ -62,7 +63,11 @@ class Sequence:
 
 class Scheduler:
     """The engine loop: each step admits waiting requests (up to max_num_seqs, if their KV blocks fit), prefills
-    the new ones and decodes one token for every running one, then sleeps for the step's modelled duration."""
+    the new ones and decodes one token for every running one, then sleeps for the step's modelled duration.
+
+    A pooling sequence (an embedding or rerank input) is admitted and prefilled like a prompt, holding its KV
+    blocks and a batch slot for that one step, and finishes at its end without a token; it neither looks up nor
+    fills the prefix cache (vLLM keeps prefix caching off for pooling models by default)."""
 
     def __init__(self, profile: Profile, metrics: EngineMetrics, rng: random.Random | None = None) -> None:
         self.profile, self.metrics = profile, metrics
@@ -78,7 +83,7 @@ class Scheduler:
         return blocks_for(prompt_len + max_tokens, self.profile.block_size)
 
     def submit(self, seq: Sequence) -> None:
-        seq.hashes = block_hashes(seq.prompt_tokens, self.profile.block_size)
+        seq.hashes = [] if seq.pooling else block_hashes(seq.prompt_tokens, self.profile.block_size)
         self.waiting.append(seq)
         self._kick.set()
 
@@ -142,8 +147,9 @@ class Scheduler:
             seq.cached_tokens = hits * profile.block_size
             seq.state = SeqState.PREFILL
             seq.scheduled_at = now
-            self.metrics.prefix_queries += prompt_len
-            self.metrics.prefix_hits += seq.cached_tokens
+            if not seq.pooling:
+                self.metrics.prefix_queries += prompt_len
+                self.metrics.prefix_hits += seq.cached_tokens
             self.metrics.prompt_tokens += prompt_len
             self.metrics.queue.observe(now - seq.arrival)
             self.running.append(seq)
@@ -155,9 +161,17 @@ class Scheduler:
         metrics = self.metrics
         itl = metrics.itl.observe
         done = False
+        pooled = 0
         for seq in self.running:
             if seq.state is SeqState.DECODE:
                 itl(now - seq.last_token_at)  # type: ignore[operator]
+            elif seq.pooling:
+                self._finish(seq, "stop", now)
+                metrics.finished("stop")
+                done = True
+                pooled += 1
+                seq.notify()
+                continue
             else:
                 seq.state = SeqState.DECODE
                 seq.first_token_at = now
@@ -172,7 +186,7 @@ class Scheduler:
                 seq.sink()
             else:
                 seq.notify()
-        metrics.generation_tokens += len(self.running)
+        metrics.generation_tokens += len(self.running) - pooled
         if done:
             self.running = [s for s in self.running if not s.finished]
 

@@ -12,8 +12,10 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from modelyard.simulator.api import ApiError, ChunkWriter, Generation, full_response, parse_generation, parse_json
+from modelyard.simulator.embeddings import Embedder, embedding_response, parse_embedding
 from modelyard.simulator.metrics import CONTENT_TYPE, EngineMetrics
 from modelyard.simulator.profiles import Profile
+from modelyard.simulator.rerank import parse_rerank, rerank_inputs, rerank_response
 from modelyard.simulator.scheduler import Scheduler, Sequence
 from modelyard.simulator.tokens import render_chat, token_strs, tokenize
 
@@ -35,6 +37,7 @@ class Simulator:
         self.metrics = EngineMetrics(model_name, profile.kv_blocks, profile.block_size)
         self.rng = random.Random(profile.seed)
         self.scheduler = Scheduler(profile, self.metrics, random.Random(profile.seed + 1))
+        self.embedder = Embedder(profile.embedding_dim) if profile.task == "embedding" else None
         self.sleep_level = 0
         self.created = int(time.time())
         self._task: asyncio.Task[None] | None = None
@@ -45,6 +48,10 @@ class Simulator:
             ("GET", "/version"): self._version,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/rerank"): self._rerank,
+            ("POST", "/v1/rerank"): self._rerank,
+            ("POST", "/v2/rerank"): self._rerank,
             ("POST", "/tokenize"): self._tokenize,
             ("POST", "/detokenize"): self._detokenize,
             ("POST", "/v1/chat/completions/render"): self._render,
@@ -110,6 +117,17 @@ class Simulator:
         text = self.metrics.render(len(s.running), len(s.waiting), s.cache.usage())
         await respond(send, 200, text, [(b"content-type", CONTENT_TYPE.encode())])
 
+    def _check_serves(self, tasks: tuple[str, ...], api: str) -> None:
+        """vLLM registers an API's routes only for a model whose task has it: others answer 404."""
+        if self.profile.task not in tasks:
+            raise ApiError(404, f"The model does not support {api} API")
+
+    def _check_fits(self, prompt_len: int, max_tokens: int) -> None:
+        profile = self.profile
+        if self.scheduler.blocks_needed(prompt_len, max_tokens) > profile.kv_blocks:
+            raise ApiError(400, f"the request needs more KV cache than the engine has ({profile.kv_blocks} blocks "
+                                f"of {profile.block_size} tokens)", "max_tokens" if max_tokens else "input")
+
     def _check_model(self, body: dict[str, Any]) -> None:
         model = body.get("model")
         if model is not None and model != self.model_name:
@@ -148,8 +166,9 @@ class Simulator:
 
     async def _render(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
         """vLLM's render endpoints: the request as the engine would get it (token ids and sampling params)."""
-        self._check_model(body)
         chat = scope["path"].startswith("/v1/chat/")
+        self._check_serves(("chat",), "Chat Completions" if chat else "Completions")
+        self._check_model(body)
         gen = parse_generation(body, chat, self.profile.max_model_len, self.profile.default_max_tokens)
         prefix = "chatcmpl-" if chat else "cmpl-"
         answer = {"request_id": prefix + os.urandom(8).hex(), "token_ids": gen.prompt_tokens, "features": None,
@@ -192,12 +211,11 @@ class Simulator:
         await self._generate(body, True, scope, receive, send)
 
     async def _generate(self, body: dict[str, Any], chat: bool, scope: Scope, receive: Receive, send: Send) -> None:
+        self._check_serves(("chat",), "Chat Completions" if chat else "Completions")
         self._check_model(body)
         profile = self.profile
         gen = parse_generation(body, chat, profile.max_model_len, profile.default_max_tokens)
-        if self.scheduler.blocks_needed(len(gen.prompt_tokens), gen.max_tokens) > profile.kv_blocks:
-            raise ApiError(400, f"the request needs more KV cache than the engine has ({profile.kv_blocks} blocks "
-                                f"of {profile.block_size} tokens)", "max_tokens")
+        self._check_fits(len(gen.prompt_tokens), gen.max_tokens)
         if self.sleep_level:
             raise ApiError(503, "The engine is sleeping; call /wake_up before sending requests.")
         if profile.failure_rate > 0 and self.rng.random() < profile.failure_rate:
@@ -206,7 +224,7 @@ class Simulator:
         seq = Sequence(prompt_tokens=gen.prompt_tokens, max_tokens=gen.max_tokens,
                        stop_reason="length" if gen.capped else "stop", arrival=asyncio.get_running_loop().time())
         self.scheduler.submit(seq)
-        watcher = asyncio.create_task(self._abort_on_disconnect(seq, receive))
+        watcher = asyncio.create_task(self._abort_on_disconnect([seq], receive))
         try:
             if gen.stream:
                 await self._stream(gen, seq, send)
@@ -241,10 +259,56 @@ class Simulator:
                 return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _abort_on_disconnect(self, seq: Sequence, receive: Receive) -> None:
+    async def _embeddings(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
+        self._check_serves(("embedding",), "Embeddings")
+        self._check_model(body)
+        request = parse_embedding(body, self.profile.max_model_len, self.profile.embedding_dim, self.model_name)
+        if await self._pool(request.inputs, scope, receive, send):
+            assert self.embedder is not None
+            vectors = [self.embedder.embed(tokens) for tokens in request.inputs]
+            await respond(send, 200, embedding_response(self.model_name, vectors, request))
+
+    async def _rerank(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
+        self._check_serves(("embedding", "rerank"), "Rerank")
+        self._check_model(body)
+        request = parse_rerank(body)
+        inputs = rerank_inputs(request, self.profile.task == "rerank", self.profile.max_model_len)
+        if await self._pool(inputs, scope, receive, send):
+            await respond(send, 200, rerank_response(self.model_name, request, sum(len(t) for t in inputs)))
+
+    async def _pool(self, inputs: list[list[int]], scope: Scope, receive: Receive, send: Send) -> bool:
+        """Runs embedding or rerank inputs through the engine, one prefill-only sequence each, batched and queued
+        with every other request; False if the request got another answer (an injected fault) or was dropped."""
+        for tokens in inputs:
+            self._check_fits(len(tokens), 0)
+        if self.sleep_level:
+            raise ApiError(503, "The engine is sleeping; call /wake_up before sending requests.")
+        profile = self.profile
+        if profile.failure_rate > 0 and self.rng.random() < profile.failure_rate:
+            await self._fail(self.rng.choice(profile.kinds()), scope, receive, send)
+            return False
+        arrival = asyncio.get_running_loop().time()
+        seqs = [Sequence(prompt_tokens=tokens, max_tokens=0, stop_reason="stop", arrival=arrival, pooling=True)
+                for tokens in inputs]
+        for seq in seqs:
+            self.scheduler.submit(seq)
+        watcher = asyncio.create_task(self._abort_on_disconnect(seqs, receive))
+        try:
+            for seq in seqs:
+                while not seq.finished:
+                    await seq.wait_beyond(0)
+        finally:
+            watcher.cancel()
+            for seq in seqs:
+                if not seq.finished:
+                    self.scheduler.abort(seq)
+        return all(seq.finish_reason != "abort" for seq in seqs)
+
+    async def _abort_on_disconnect(self, seqs: list[Sequence], receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.scheduler.abort(seq)
+        for seq in seqs:
+            self.scheduler.abort(seq)
 
     async def _fail(self, kind: str, scope: Scope, receive: Receive, send: Send) -> None:
         if kind == "crash":

@@ -29,3 +29,13 @@ def test_bad_overrides_are_refused(overrides: dict[str, object]) -> None:
 def test_unknown_profile() -> None:
     with pytest.raises(ValueError, match="unknown simulator profile"):
         resolve_profile("gpt-9")
+
+
+def test_task_and_embedding_dim() -> None:
+    assert resolve_profile("tiny-cpu").task == "chat" and resolve_profile("tiny-cpu").embedding_dim == 384
+    profile = resolve_profile("tiny-cpu", {"task": "embedding", "embedding_dim": "1024"})
+    assert profile.task == "embedding" and profile.embedding_dim == 1024
+    with pytest.raises(ValueError, match="unknown task"):
+        resolve_profile("tiny-cpu", {"task": "generate"})
+    with pytest.raises(ValueError, match="embedding_dim"):
+        resolve_profile("tiny-cpu", {"embedding_dim": 0})

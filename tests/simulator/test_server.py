@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -8,7 +9,7 @@ import pytest
 
 from modelyard.simulator.run import SimulatorThread
 from tests.simulator.conftest import StartSimulator, client_for
-from tests.simulator.helpers import metric
+from tests.simulator.helpers import eventually, metric
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(100))
 
@@ -177,3 +178,55 @@ def test_streams_through_plain_asgi_send_without_uvicorn() -> None:
 
     events = [e for e in asyncio.run(run()).split("\n\n") if e]
     assert len(events) == 4 and events[-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize(("task", "path", "status"), [
+    ("chat", "/v1/embeddings", 404), ("chat", "/rerank", 404), ("chat", "/v1/rerank", 404),
+    ("embedding", "/v1/chat/completions", 404), ("embedding", "/v1/completions", 404),
+    ("embedding", "/v1/chat/completions/render", 404), ("rerank", "/v1/embeddings", 404),
+    ("rerank", "/v1/completions", 404), ("embedding", "/rerank", 200), ("rerank", "/v2/rerank", 200),
+])
+def test_each_task_serves_only_its_apis(start_simulator: StartSimulator, task: str, path: str, status: int) -> None:
+    """As vLLM, which registers an API's routes only for a model whose task has it."""
+    sim = start_simulator(task=task)
+    body = {"model": "sim", "prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}], "input": "Hi",
+            "query": "Hi", "documents": ["Hello"], "max_tokens": 1}
+    resp = httpx.post(sim.url + path, json=body)
+    assert resp.status_code == status
+    if status == 404:
+        assert resp.json()["error"]["message"].startswith("The model does not support")
+
+
+def test_a_pooling_model_keeps_the_operational_endpoints(start_simulator: StartSimulator) -> None:
+    sim = start_simulator(task="embedding")
+    assert httpx.post(sim.url + "/tokenize", json={"prompt": "Hello, world"}).json()["count"] == 3
+    assert [m.id for m in client_for(sim).models.list()] == ["sim"]
+    assert httpx.post(sim.url + "/sleep").status_code == 200
+    assert httpx.post(sim.url + "/v1/embeddings", json={"input": "x"}).status_code == 503
+    assert httpx.post(sim.url + "/wake_up").status_code == 200
+    assert httpx.post(sim.url + "/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+def test_embeddings_show_as_running_and_waiting_while_served(start_simulator: StartSimulator) -> None:
+    """Each input is a prefill of its own in the engine's batch: with one slot, one runs while the other waits."""
+    sim = start_simulator(task="embedding", max_num_seqs=1, prefill_s_per_token=0.02)
+    text = " ".join(f"w{i}" for i in range(25))
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(httpx.post, sim.url + "/v1/embeddings", json={"input": [text, text]}, timeout=30)
+        eventually(lambda: metric(sim.url, "vllm:num_requests_running") == 1
+                   and metric(sim.url, "vllm:num_requests_waiting") == 1)
+        assert future.result().status_code == 200
+    assert metric(sim.url, "vllm:num_requests_running") == 0 and metric(sim.url, "vllm:num_requests_waiting") == 0
+    assert metric(sim.url, "vllm:prompt_tokens_total") == 50
+    assert metric(sim.url, "vllm:generation_tokens_total") == 0
+    assert metric(sim.url, "vllm:e2e_request_latency_seconds_count") == 2
+
+
+def test_rerank_shows_as_running_while_served(start_simulator: StartSimulator) -> None:
+    sim = start_simulator(task="rerank", prefill_s_per_token=0.02)
+    body = {"query": " ".join(f"w{i}" for i in range(25)), "documents": ["a", "b"]}
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(httpx.post, sim.url + "/rerank", json=body, timeout=30)
+        eventually(lambda: metric(sim.url, "vllm:num_requests_running") == 2)
+        assert future.result().status_code == 200
+    assert metric(sim.url, "vllm:num_requests_running") == 0
