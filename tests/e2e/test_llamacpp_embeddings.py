@@ -63,6 +63,18 @@ def test_float_base64_and_token_inputs_give_the_same_vector(client: openai.OpenA
     assert tokens.status_code == 404
 
 
+def test_litellm_embedding_works_unchanged(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its price list from the package, not the network
+    import litellm
+
+    result = litellm.embedding(model="openai/minilm", input=["The cat sits on the mat.", "A cat is on a mat."],
+                               api_base=cluster.url + "/v1", api_key=API_KEY, timeout=60)
+    vectors = [d["embedding"] for d in result.data]
+    assert [len(v) for v in vectors] == [384, 384]
+    assert cosine(vectors[0], vectors[1]) > 0.7
+    assert result.usage.prompt_tokens > 0
+
+
 def test_usage_and_metrics_count_embedding_tokens(client: openai.OpenAI, cluster: Cluster) -> None:
     before = cluster.metric("modelyard_tokens_total", model="minilm", key="env", kind="prompt")
     result = client.embeddings.create(model="minilm", input=["one two three", "four five"])
