@@ -3,6 +3,7 @@ the GPUs each replica takes, and the context-stretching override."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,13 +66,39 @@ def check_gpus(model: AcceleratorModel) -> None:
         raise EngineError(f"gpus {missing} do not exist: this machine has {count} GPU(s)")
 
 
-def rope_override(model: AcceleratorModel) -> dict[str, Any] | None:
-    """The model-config override that stretches the context (`rope_scaling`, as Hugging Face configs spell it)."""
+def weights_config(model: AcceleratorModel) -> dict[str, Any]:
+    """The weights' config.json, when it is on this machine (a path, or the newest snapshot in the hub cache)."""
+    source = model.model
+    if source.path is not None:
+        candidates = [Path(source.path).expanduser() / "config.json"]
+    else:
+        assert source.name is not None
+        snapshots = hub_cache(model) / f"models--{source.name.replace('/', '--')}" / "snapshots"
+        candidates = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        try:
+            config = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict):
+            return config
+    return {}
+
+
+def rope_override(model: AcceleratorModel, key: str) -> dict[str, Any] | None:
+    """The model-config override that stretches the context: the rope settings under `key` (vLLM 0.33 reads
+    `rope_parameters`, SGLang `rope_scaling`) with `rope_type`, and `max_position_embeddings` raised to match."""
     rope = model.rope_scaling
     if rope is None:
         return None
-    return {"rope_scaling": {"rope_type": rope.type, "factor": rope.factor,
-                             "original_max_position_embeddings": rope.original_max_position_embeddings}}
+    settings: dict[str, Any] = {"rope_type": rope.type, "factor": rope.factor,
+                                "original_max_position_embeddings": rope.original_max_position_embeddings}
+    config = weights_config(model)
+    theta = rope.rope_theta or config.get("rope_theta") or (config.get(key) or {}).get("rope_theta")
+    if theta:
+        settings["rope_theta"] = theta
+    positions = model.max_context or int(rope.factor * rope.original_max_position_embeddings)
+    return {key: settings, "max_position_embeddings": positions}
 
 
 def find_binary(model: AcceleratorModel, default: str) -> str:

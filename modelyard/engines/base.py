@@ -11,7 +11,7 @@ engine's type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -116,10 +116,14 @@ class EngineAdapter:
         request it cannot take says so here; the gateway never retries or counts such an answer)."""
         return status
 
+    def answer_body(self, path: str, body: bytes) -> bytes:
+        """An unstreamed 200 answer as the gateway's API gives it (an engine whose shape differs converts it)."""
+        return body
+
     async def probe(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
         """None when the replica is healthy and does its task for real; otherwise why not."""
         return await probe_task(session, base_url, self.upstream_model(model) or model.name, self.task(model),
-                                self.health_path, self.headers(model))
+                                self.health_path, self.headers(model), convert=self.answer_body)
 
     async def health(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec) -> str | None:
         """The cheap check of a ready replica, every few seconds; None when it answers."""
@@ -171,7 +175,8 @@ def _answered(task: Task, payload: Any) -> bool:
 
 async def probe_task(session: aiohttp.ClientSession, base_url: str, model_name: str, task: Task,
                      health_path: str | None = "/health", headers: dict[str, str] | None = None,
-                     timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+                     timeout_s: float = PROBE_TIMEOUT_S,
+                     convert: Callable[[str, bytes], bytes] | None = None) -> str | None:
     """The health endpoint answers 200 (when there is one), then the model does its task once for real."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
@@ -186,7 +191,8 @@ async def probe_task(session: aiohttp.ClientSession, base_url: str, model_name: 
                                     headers={"Content-Type": "application/json", **(headers or {})}) as resp:
                 text = await resp.read()
                 if resp.status == 200:
-                    return None if _answered(task, orjson.loads(text)) else f"{what} ({path}) answered without a result"
+                    answer = orjson.loads(convert(path, text) if convert else text)
+                    return None if _answered(task, answer) else f"{what} ({path}) answered without a result"
                 problem = f"{what} ({path}) answered {resp.status}: {text[:200].decode(errors='replace')}"
                 if resp.status not in ABSENT:
                     return problem

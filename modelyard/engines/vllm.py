@@ -36,10 +36,10 @@ def serve_argv(model: VLLMModel, binary: str, weights_arg: str, host: str, port:
     for flag, value in optional:
         if value is not None:
             argv += [flag, str(value)]
-    if (override := rope_override(model)) is not None:
+    if (override := rope_override(model, "rope_parameters")) is not None:
         argv += ["--hf-overrides", orjson.dumps(override).decode()]
     if model.enable_prefix_caching is not None:
-        argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
+        argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--disable-prefix-caching")
     if model.lora:
         argv += ["--enable-lora", "--lora-modules", *(f"{a.name}={a.path}" for a in model.lora)]
     if model.sleep_mode:
@@ -64,7 +64,7 @@ class VLLMEngine(VLLMSleep):
     name = "vllm"
     tasks = frozenset(Task)
     metrics = METRICS
-    default_slots = 256  # vLLM's default --max-num-seqs
+    default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)
 
     def slots(self, model: BaseModelSpec) -> int:
         assert isinstance(model, VLLMModel)

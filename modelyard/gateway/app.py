@@ -326,9 +326,11 @@ class Gateway:
             return openai_error(502, f"replica {endpoint.id} failed while answering ({type(exc).__name__})",
                                 "upstream_error")
         upstream.release()
-        status = upstream.status
-        if status != 200:  # an engine that says 500 for the client's mistake: its adapter knows
-            status = outcome.status = self.engines[model].answer_status(status, content)
+        status, engine = upstream.status, self.engines[model]
+        if status == 200:
+            content = engine.answer_body(call.path, content)  # the API's shape, where the engine's differs
+        else:  # an engine that says 500 for the client's mistake: its adapter knows
+            status = outcome.status = engine.answer_status(status, content)
         outcome.usage = content if status == 200 else b""
         if call.model.store_text:
             outcome.body = content

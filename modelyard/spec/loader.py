@@ -97,7 +97,8 @@ def _suggest(loc: Loc) -> str:
     name = str(loc[-1])
     fields: set[str] = set()
     for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
-                schema.OpenAIModel, schema.ModelSource, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec):
+                schema.OpenAIModel, schema.VLLMModel, schema.ModelSource, schema.WeightsSource, schema.RopeScaling,
+                schema.LoraAdapter, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec):
         fields.update(cls.model_fields)
     close = _closest(name, sorted(fields))
     return f" (did you mean {close!r}?)" if close else ""

@@ -164,7 +164,93 @@ class OpenAIModel(BaseModelSpec):
         return tuple(u.rstrip("/") for u in urls)
 
 
-AnyModel = LlamaCppModel | SimulatorModel | OpenAIModel
+class WeightsSource(Strict):
+    """vLLM's and SGLang's weights: a local directory, or a model id looked up in a local Hugging Face cache
+    (filled beforehand: modelyard never downloads weights, and starts the engine with HF_HUB_OFFLINE=1)."""
+
+    path: str | None = None
+    name: str | None = None  # e.g. Qwen/Qwen2.5-32B-Instruct
+    cache_dir: str | None = None  # the hub cache holding `name`; default $HF_HUB_CACHE, else ~/.cache/huggingface/hub
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WeightsSource:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of path or name")
+        if self.cache_dir is not None and self.name is None:
+            raise ValueError("cache_dir goes with name")
+        return self
+
+
+class RopeScaling(Strict):
+    """Context beyond what the model was trained on: YaRN factor 4 over 32,768 positions gives 131,072."""
+
+    type: Literal["yarn", "linear", "dynamic", "longrope", "llama3"] = "yarn"
+    factor: Annotated[float, Field(gt=1, le=64)]
+    original_max_position_embeddings: Annotated[int, Field(ge=128)]
+    # the model's own; the override replaces the model's rope settings whole, so it is read from the weights'
+    # config.json when not given (and left to the engine's default when neither says)
+    rope_theta: Annotated[float, Field(gt=0)] | None = None
+
+
+class LoraAdapter(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    path: str
+
+
+class AcceleratorModel(BaseModelSpec):
+    """What vLLM and SGLang share: weights, precision, parallelism, context, caching, GPUs."""
+
+    model: WeightsSource
+    binary: str | None = None  # the engine's command; default: the engine's own on PATH
+    served_model_name: str | None = None  # the name the engine serves; default the model's name
+    quantization: str | None = None  # fp8, awq, gptq, ... (the engine checks its own list)
+    kv_cache_dtype: str | None = None  # auto, fp8, fp8_e4m3, fp8_e5m2
+    tensor_parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    pipeline_parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    max_context: Annotated[int, Field(ge=128, le=10_485_760)] | None = None
+    rope_scaling: RopeScaling | None = None
+    enable_prefix_caching: bool | None = None  # None: the engine's default
+    seed: Annotated[int, Field(ge=0)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_num_seqs: Annotated[int, Field(ge=1, le=65536)] | None = None  # requests a replica runs at once
+    lora: tuple[LoraAdapter, ...] = ()
+    sleep_mode: bool = False  # replicas can be put to sleep (accelerator memory freed) and woken
+    gpus: tuple[Annotated[int, Field(ge=0)], ...] = ()  # GPU indices; replica i takes the i-th group of tp x pp
+    env: dict[str, str] = Field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @model_validator(mode="after")
+    def _fits(self) -> AcceleratorModel:
+        if self.gpus:
+            if len(set(self.gpus)) != len(self.gpus):
+                raise ValueError("gpus: a GPU is listed twice")
+            needed = self.replicas * self.gpus_per_replica
+            if len(self.gpus) < needed:
+                raise ValueError(f"gpus: {self.replicas} replica(s) x tensor_parallel {self.tensor_parallel} x "
+                                 f"pipeline_parallel {self.pipeline_parallel} need {needed} GPUs, {len(self.gpus)} "
+                                 "listed")
+        rope = self.rope_scaling
+        if rope is not None and self.max_context is not None:
+            limit = int(rope.factor * rope.original_max_position_embeddings)
+            if self.max_context > limit:
+                raise ValueError(f"max_context {self.max_context} is beyond rope_scaling's factor x "
+                                 f"original_max_position_embeddings ({limit})")
+        return self
+
+
+class VLLMModel(AcceleratorModel):
+    engine: Literal["vllm"]
+
+
+class SGLangModel(AcceleratorModel):
+    engine: Literal["sglang"]
+
+
+AnyModel = LlamaCppModel | SimulatorModel | OpenAIModel | VLLMModel | SGLangModel
 ModelSpec = Annotated[AnyModel, Field(discriminator="engine")]
 # the engine names, from the models' `engine` literals (modelyard/engines/__init__.py maps each to its adapter)
 ENGINE_NAMES: tuple[str, ...] = tuple(get_args(m.model_fields["engine"].annotation)[0] for m in get_args(AnyModel))
