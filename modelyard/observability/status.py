@@ -47,13 +47,13 @@ class ChangePrinter:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._seen: dict[str, tuple[str, str]] = {}
+        self._seen: dict[str, tuple[str, str, str]] = {}
 
     def update(self, table: EndpointTable) -> None:
         for endpoint in table:
-            now = (endpoint.state.value, endpoint.url)
+            now = (endpoint.state.value, endpoint.url, endpoint.detail)  # a new reason is news too
             if self._seen.get(endpoint.id) != now:
                 self._seen[endpoint.id] = now
                 detail = f" ({endpoint.detail})" if endpoint.detail else ""
                 self.console.print(f"replica {endpoint.id}: {endpoint.state.value} {endpoint.url}{detail}",
-                                   highlight=False)
+                                   highlight=False, markup=False, soft_wrap=True)

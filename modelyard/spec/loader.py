@@ -163,10 +163,6 @@ def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None
             problems.append(f"{format_path(loc)}: {model.name!r} is already used by "
                             f"models[{seen[model.name]}]{_where(loc, lines, source)}")
         seen.setdefault(model.name, index)
-        if model.engine == "openai" and model.replicas != 1 and model.replicas != len(model.urls):
-            loc = ("models", index, "replicas")
-            problems.append(f"{format_path(loc)}: an openai engine has one replica per url "
-                            f"({len(model.urls)}){_where(loc, lines, source)}")
     problems += _check_routing(spec, lines, source)
     key_names: set[str] = set()
     for index, key in enumerate(spec.gateway.keys):

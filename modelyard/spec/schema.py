@@ -163,6 +163,12 @@ class OpenAIModel(BaseModelSpec):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return tuple(u.rstrip("/") for u in urls)
 
+    @model_validator(mode="after")
+    def _one_replica_per_url(self) -> OpenAIModel:
+        if self.replicas != 1 and self.replicas != len(self.urls):
+            raise ValueError(f"replicas: an openai engine has one replica per url ({len(self.urls)})")
+        return self
+
 
 class WeightsSource(Strict):
     """vLLM's and SGLang's weights: a local directory, or a model id looked up in a local Hugging Face cache

@@ -3,6 +3,7 @@ serve itself, and an engine's answer about a request is the client's, never coun
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,5 +124,21 @@ def test_stream_options_that_are_not_an_object_are_a_400_and_hold_nothing(tmp_pa
             assert reply.status_code == 400 and reply.json()["error"]["param"] == "stream_options"
         reply = post(running, "/v1/completions", {"model": "one", "prompt": "hi", "max_tokens": 2})
         assert reply.status_code == 200  # the one admission slot was never taken
+    finally:
+        running.stop()
+
+
+def test_a_replica_that_fails_its_probe_says_why_on_its_status_line_and_in_its_log(
+        tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
+    model = {"name": "wrong", "engine": "openai", "urls": [upstreams["embed"].url]}  # chat, on an embedding server
+    running = Cluster(tmp_path, [model]).start(ready_replicas=0)
+    try:
+        why = "probe: 1-token chat completion (/v1/chat/completions) answered 404"
+        deadline = time.monotonic() + 30
+        while why not in running.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"replica wrong/0: starting {upstreams['embed'].url} ({why}" in running.output()
+        log = (tmp_path / "state" / "logs" / "wrong-0.log").read_text()
+        assert log.count(why) == 1  # once, however often the probe fails the same way
     finally:
         running.stop()
