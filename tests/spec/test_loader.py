@@ -36,7 +36,8 @@ def test_good_spec_has_defaults() -> None:
 
 def test_default_yard_yaml_is_valid() -> None:
     spec = load_spec(Path(__file__).parents[2] / "yard.yaml")
-    assert [m.engine for m in spec.models] == ["llamacpp"]
+    assert [(m.name, m.engine, m.task) for m in spec.models] == [("smollm2", "llamacpp", None),
+                                                                  ("minilm", "llamacpp", "embedding")]
 
 
 def test_replicas_below_one_names_path_and_line() -> None:
@@ -51,7 +52,17 @@ def test_unknown_field_suggests_the_right_one() -> None:
 
 def test_unknown_engine() -> None:
     assert problems(GOOD.replace("engine: simulator", "engine: tgi")) == [
-        "models[1].engine: must be one of llamacpp, simulator, openai (yard.yaml:9)"]
+        "models[1].engine: must be one of llamacpp, simulator, openai, vllm, sglang (yard.yaml:9)"]
+
+
+def test_a_task_that_is_not_known_names_the_choices() -> None:
+    assert problems(GOOD.replace("engine: simulator", "engine: simulator\n    task: classify")) == [
+        "models[1].task: must be 'chat', 'embedding' or 'rerank' (yard.yaml:10)"]
+
+
+def test_an_openai_engine_has_one_replica_per_url() -> None:
+    text = "models:\n  - name: x\n    engine: openai\n    urls: [http://a, http://b]\n    replicas: 3\n"
+    assert problems(text) == ["models[0]: replicas: an openai engine has one replica per url (2) (yard.yaml:2)"]
 
 
 def test_missing_required_field() -> None:
