@@ -97,6 +97,25 @@ def _good_count(done: Sequence[RequestRecord], slos_ms: dict[str, float]) -> int
     return good
 
 
+def _common(records: Sequence[RequestRecord], duration_s: float,
+            goodput_ms: dict[str, float] | None) -> tuple[dict[str, Any], list[RequestRecord], float]:
+    """What every kind of load reports: counts, requests/s, peak concurrency, retries, goodput."""
+    done = [r for r in records if r.success]
+    dur = duration_s if duration_s > 0 else float("nan")
+    metrics: dict[str, Any] = {
+        "completed": len(done),
+        "failed": sum(1 for r in records if not r.success and not r.cancelled),
+        "cancelled": sum(1 for r in records if r.cancelled),
+        "duration_s": duration_s,
+        "request_throughput": len(done) / dur,
+        "max_concurrent_requests": peak_concurrency(done),
+        "retried_requests": sum(1 for r in records if r.retries),
+    }
+    if goodput_ms:
+        metrics["request_goodput"] = _good_count(done, goodput_ms) / dur
+    return metrics, done, dur
+
+
 def compute_metrics(
     records: Sequence[RequestRecord],
     duration_s: float,
@@ -104,29 +123,19 @@ def compute_metrics(
     goodput_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The metrics of `vllm bench serve` (calculate_metrics) for one target at one load level."""
-    done = [r for r in records if r.success]
+    metrics, done, dur = _common(records, duration_s, goodput_ms)
     tpots = [r.tpot() for r in done if r.output_tokens > 1]
     itls = [gap for r in done for gap in r.itl]
     total_in = sum(r.prompt_tokens for r in done)
     total_out = sum(r.output_tokens for r in done)
-    dur = duration_s if duration_s > 0 else float("nan")
-    metrics: dict[str, Any] = {
-        "completed": len(done),
-        "failed": sum(1 for r in records if not r.success and not r.cancelled),
-        "cancelled": sum(1 for r in records if r.cancelled),
-        "duration_s": duration_s,
+    metrics.update({
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
-        "request_throughput": len(done) / dur,
         "output_throughput": total_out / dur,
         "total_token_throughput": (total_in + total_out) / dur,
         "max_output_tokens_per_s": peak_output_per_s(done),
-        "max_concurrent_requests": peak_concurrency(done),
         "output_tokens_from_usage": sum(1 for r in done if r.output_tokens_source == "usage"),
-        "retried_requests": sum(1 for r in records if r.retries),
-    }
-    if goodput_ms:
-        metrics["request_goodput"] = _good_count(done, goodput_ms) / dur
+    })
     series = {"ttft": [r.ttft for r in done], "tpot": tpots, "itl": itls, "e2el": [r.latency for r in done]}
     for name in LATENCY_METRICS:
         metrics[f"{name}_ms"] = distribution(series[name], percentiles)
@@ -141,26 +150,16 @@ def compute_pooling_metrics(
 ) -> dict[str, Any]:
     """Embeddings or rerank at one load level for one target: requests and inputs (texts embedded, documents
     scored) per second, and the latency of whole answers; there are no tokens out and nothing streamed."""
-    done = [r for r in records if r.success]
+    metrics, done, dur = _common(records, duration_s, goodput_ms)
     total_inputs = sum(r.inputs for r in done)
     total_in = sum(r.prompt_tokens for r in done)
-    dur = duration_s if duration_s > 0 else float("nan")
-    metrics: dict[str, Any] = {
-        "completed": len(done),
-        "failed": sum(1 for r in records if not r.success and not r.cancelled),
-        "cancelled": sum(1 for r in records if r.cancelled),
-        "duration_s": duration_s,
+    metrics.update({
         "total_inputs": total_inputs,
         "total_input_tokens": total_in,
-        "request_throughput": len(done) / dur,
         "input_throughput": total_inputs / dur,
         "input_token_throughput": total_in / dur,
-        "max_concurrent_requests": peak_concurrency(done),
         "input_tokens_from_usage": sum(1 for r in done if r.prompt_tokens_source == "usage"),
-        "retried_requests": sum(1 for r in records if r.retries),
-    }
-    if goodput_ms:
-        metrics["request_goodput"] = _good_count(done, goodput_ms) / dur
+    })
     metrics["e2el_ms"] = distribution([r.latency for r in done], percentiles)
     return metrics
 
