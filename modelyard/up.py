@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.logging import RichHandler
 
-from modelyard.engines import EngineError, get_engine
+from modelyard.engines import EngineError, LaunchPlan, get_engine
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
 from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
@@ -224,13 +224,11 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     return 0
 
 
-SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # an environment variable named so is printed as ***
 
 
 def dry_run(spec: YardSpec, console: Console) -> int:
     """`up --dry-run`: every replica's command line and environment (secrets masked); starts nothing."""
-    from modelyard.engines import LaunchPlan
-
     for replica_id, model, plan in Supervisor(spec, EndpointTable(), Path(".")).plans():
         engine = get_engine(model.engine)
         console.print(f"[bold]{replica_id}[/]  engine {model.engine}, task {engine.task(model).value}", highlight=False)
@@ -238,7 +236,7 @@ def dry_run(spec: YardSpec, console: Console) -> int:
             console.print(f"  {plan}", highlight=False, markup=False, soft_wrap=True)
             continue
         for name, value in sorted(plan.env.items()):
-            secret = name in plan.secrets or any(word in name.upper() for word in SECRET_WORDS)
+            secret = any(word in name.upper() for word in SECRET_WORDS)
             console.print(f"  env  {name}={'***' if secret else value}", highlight=False, markup=False,
                           soft_wrap=True)
         console.print(f"  argv {shlex.join(plan.argv)}", highlight=False, markup=False, soft_wrap=True)

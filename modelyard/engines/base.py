@@ -65,7 +65,6 @@ NO_METRICS = MetricNames()
 class LaunchPlan:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    secrets: frozenset[str] = frozenset()  # names in `env` whose values are never printed
 
 
 class EngineAdapter:

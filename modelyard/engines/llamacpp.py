@@ -130,8 +130,8 @@ class LlamaCppEngine(EngineAdapter):
             "--cont-batching", "--metrics", "--no-webui", *TASK_FLAGS[task],
         ]
         if task is not Task.CHAT:
-            # an encoder takes a whole input in one micro-batch; one larger than a slot makes an input too long
-            # for the context the client's mistake (400 exceed_context_size_error), not a 500
+            # an encoder takes a whole input in one micro-batch: one larger than a slot lets llama-server answer an
+            # input too long for the context with its 400 (longer ones still get its 500: see answer_status)
             batch = str(model.context_length * max(2, model.parallel))
             argv += ["--batch-size", batch, "--ubatch-size", batch]
         if model.pooling is not None and task is Task.EMBEDDING:

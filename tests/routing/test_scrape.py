@@ -62,7 +62,10 @@ def test_no_known_names_or_garbage() -> None:
 def test_scraper_fills_ready_endpoints_and_survives_a_dead_one() -> None:
     async def scenario() -> None:
         app = web.Application()
-        async def metrics(_: web.Request) -> web.Response:
+        asked: list[str] = []
+
+        async def metrics(request: web.Request) -> web.Response:
+            asked.append(request.host)
             return web.Response(body=VLLM_V0)
 
         app.router.add_get("/metrics", metrics)
@@ -75,7 +78,9 @@ def test_scraper_fills_ready_endpoints_and_survives_a_dead_one() -> None:
         live.url, dead.url, starting.url = (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}",
                                             f"http://127.0.0.1:{port}")
         starting.state = ReplicaState.STARTING
-        for endpoint in (live, dead, starting):
+        (external,) = replicas(1, model="external")  # its engine declares no metric names: never asked
+        external.url = f"http://localhost:{port}"
+        for endpoint in (live, dead, starting, external):
             table.add(endpoint)
         scraper = MetricsScraper(table, {live.model: VLLM_NAMES}, interval_s=0.05)
         async with aiohttp.ClientSession() as session:
@@ -89,5 +94,6 @@ def test_scraper_fills_ready_endpoints_and_survives_a_dead_one() -> None:
         assert (live.running, live.waiting, live.kv_usage, live.kv_tokens) == (2, 1, 0.25, 1200 * 16)
         assert live.in_flight_at_scrape == 4
         assert dead.scraped_at == 0.0 and starting.scraped_at == 0.0
+        assert external.scraped_at == 0.0 and asked and not any(host.startswith("localhost") for host in asked)
 
     asyncio.run(scenario())
