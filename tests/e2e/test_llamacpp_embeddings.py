@@ -59,6 +59,8 @@ def test_float_base64_and_token_inputs_give_the_same_vector(client: openai.OpenA
     encoded = base64.b64decode(raw["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(encoded) // 4}f", encoded)
     assert cosine(single, decoded) > 0.9999
+    as_tokens = client.embeddings.create(model="minilm", input=[[101, 7592, 2088, 102]], encoding_format="float")
+    assert cosine(single, as_tokens.data[0].embedding) > 0.9999  # [CLS] hello world [SEP] in BERT's vocabulary
     tokens = httpx.post(cluster.url + "/tokenize", timeout=5)  # not proxied: the gateway serves only the API
     assert tokens.status_code == 404
 
