@@ -8,6 +8,7 @@ from rich.console import Console
 
 from modelyard import __version__
 from modelyard.bench.cli import bench
+from modelyard.fleet.cli import autoscale
 from modelyard.simulator.cli import simulate
 from modelyard.spec import SpecError, load_spec
 from modelyard.spec.schema import YardSpec
@@ -53,7 +54,7 @@ def validate(file: str) -> None:
     """Check a yard.yaml; errors name the path and line."""
     console = Console(stderr=True)
     spec = _load(file, console)
-    replicas = sum(m.replicas for m in spec.models)
+    replicas = sum(m.max_replicas for m in spec.models)
     click.echo(f"{file}: ok ({len(spec.models)} model(s), {replicas} replica(s))")
 
 
@@ -76,6 +77,7 @@ def up(file: str, port: int | None, host: str | None, dry_run: bool) -> None:
     sys.exit(print_plans(spec, console) if dry_run else run_up(spec, Path(file), console))
 
 
+main.add_command(autoscale)
 main.add_command(simulate)
 main.add_command(bench)
 main.add_command(keys)

@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from modelyard.engines import EngineError, LaunchPlan, get_engine
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
+from modelyard.fleet.reconciler import Reconciler
 from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
 from modelyard.fleet.supervisor import Supervisor
 from modelyard.gateway.auth import KeyRing, hash_key, new_key
@@ -164,14 +165,38 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
 
 
 async def _screen(spec: YardSpec, table: EndpointTable, head: Any, console: Console, live: bool | None,
-                  stop: asyncio.Event) -> None:
+                  stop: asyncio.Event, control: Reconciler) -> None:
+    events = _EventPrinter(console, control)
     if console.is_terminal if live is None else live:
-        with Live(Group(head, status_table(spec, table)), console=console, refresh_per_second=2) as screen:
-            await _until_stopped(stop, lambda: screen.update(Group(head, status_table(spec, table))), 0.5)
+        def refresh() -> None:
+            events.update()
+            screen.update(Group(head, status_table(spec, table, control.desired)))
+
+        with Live(Group(head, status_table(spec, table, control.desired)), console=console,
+                  refresh_per_second=2) as screen:
+            await _until_stopped(stop, refresh, 0.5)
     else:
         console.print(head)
         printer = ChangePrinter(console)
-        await _until_stopped(stop, lambda: printer.update(table), 0.25)
+
+        def tick() -> None:
+            events.update()
+            printer.update(table)
+
+        await _until_stopped(stop, tick, 0.25)
+
+
+class _EventPrinter:
+    """The control plane's decisions, one line each, as they are made."""
+
+    def __init__(self, console: Console, control: Reconciler) -> None:
+        self.console, self.control, self.seen = console, control, control.total
+
+    def update(self) -> None:
+        fresh = min(self.control.total - self.seen, len(self.control.events))
+        for event in list(self.control.events)[len(self.control.events) - fresh:]:
+            self.console.print(f"control: {event}", highlight=False, markup=False, soft_wrap=True)
+        self.seen = self.control.total
 
 
 async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | None = None) -> int:
@@ -193,6 +218,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     log_file = open_log(state_dir / "logs" / "modelyard.log")
     private: PrivateRedis | None = None
     workers: GatewayWorkers | None = None
+    control_task: asyncio.Task[None] | None = None
     try:
         redis_url = spec.store.redis
         if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
@@ -201,17 +227,23 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         settings = {"spec": spec.model_dump(mode="json"), "keys": keys.ring.hashed(),
                     "admin_key": os.environ.get(spec.gateway.admin_key_env) or None, "state_dir": str(state_dir),
                     "redis": redis_url, "workers": count, "metrics_dir": str(metrics_dir)}
+        control: Reconciler | None = None
         workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), log_file, metrics_dir,
-                                 host, port)
+                                 host, port, fleet=lambda: control.view() if control is not None else {})
+        control = Reconciler(spec, supervisor, table, workers, trace_dir=state_dir / "traces")
         await supervisor.start()
+        control_task = asyncio.create_task(control.run(stop), name="reconcile")
         await _unless_stopped(workers.start(), stop)
         log.info("gateway: %d worker(s) on %s:%d, pids %s", count, host, port, workers.pids)
         head = banner(f"http://{host}:{port}/v1", keys.shown, str(state_dir / "logs"))
-        await _screen(spec, table, head, console, live, stop)
+        await _screen(spec, table, head, console, live, stop, control)
     except (WorkerError, RedisServerError) as exc:
         raise UpError(str(exc)) from None
     finally:
         console.print("stopping: gateway, then replicas ...")
+        stop.set()
+        if control_task is not None:
+            await asyncio.gather(control_task, return_exceptions=True)
         if workers is not None:
             await workers.stop()  # each worker finishes its requests and writes its buffered usage records
         await supervisor.stop()

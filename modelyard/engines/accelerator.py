@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from modelyard.engines.base import EngineError
+from modelyard.engines.base import EngineError, Resources
 from modelyard.spec.schema import AcceleratorModel
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # the engine never reaches a hub either
@@ -106,3 +106,8 @@ def find_binary(model: AcceleratorModel, default: str) -> str:
     if shutil.which(binary) is None and not (Path(binary).is_file() and os.access(binary, os.X_OK)):
         raise EngineError(f"{binary!r} not found (install the engine, or set the model's `binary:`)")
     return binary
+
+
+def replica_resources(model: AcceleratorModel) -> Resources:
+    """A GPU engine's replica: its tensor_parallel x pipeline_parallel GPUs, one CPU to drive them."""
+    return Resources(cpus=1.0, memory_gib=model.memory_gib or 0.0, gpus=model.gpus_per_replica)

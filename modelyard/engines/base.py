@@ -62,6 +62,15 @@ NO_METRICS = MetricNames()
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one replica takes of the machine (`resources:` in yard.yaml bounds the sum)."""
+
+    cpus: float = 0.0
+    memory_gib: float = 0.0
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
@@ -76,6 +85,7 @@ class EngineAdapter:
     health_path: ClassVar[str | None] = "/health"
     default_slots: ClassVar[int] = 64
     sleep_levels: ClassVar[tuple[int, ...]] = ()  # empty: the engine cannot sleep
+    runs_here: ClassVar[bool] = True  # modelyard launches its replicas (False: a server that runs elsewhere)
 
     def task(self, model: BaseModelSpec) -> Task:
         return Task(model.task) if model.task else Task.CHAT
@@ -86,6 +96,10 @@ class EngineAdapter:
     def slots(self, model: BaseModelSpec) -> int:
         """Requests one replica works on at once (the gateway admits ready replicas x slots)."""
         return self.default_slots
+
+    def resources(self, model: BaseModelSpec) -> Resources:
+        """One replica's share of the machine: by default its declared memory only."""
+        return Resources(memory_gib=model.memory_gib or 0.0)
 
     def prepare(self, model: BaseModelSpec) -> None:
         """Checks everything the launch needs (binary, weights); raises EngineError with a clear message."""

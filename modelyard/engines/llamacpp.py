@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, MetricNames, Task
+from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, MetricNames, Resources, Task
 from modelyard.spec.schema import BaseModelSpec, LlamaCppModel, ModelSource
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -108,6 +108,10 @@ class LlamaCppEngine(EngineAdapter):
     def slots(self, model: BaseModelSpec) -> int:
         assert isinstance(model, LlamaCppModel)
         return model.parallel
+
+    def resources(self, model: BaseModelSpec) -> Resources:
+        assert isinstance(model, LlamaCppModel)
+        return Resources(cpus=float(model.threads or os.cpu_count() or 1), memory_gib=model.memory_gib or 0.0)
 
     def answer_status(self, status: int, body: bytes) -> int:
         return 400 if status == 500 and any(mark in body for mark in CLIENT_ERRORS_AS_500) else status

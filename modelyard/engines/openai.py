@@ -12,6 +12,7 @@ class OpenAIEngine(EngineAdapter):
     name = "openai"
     tasks = frozenset(Task)
     health_path = None  # OpenAI's API has no health endpoint: the probe is a real request
+    runs_here = False
 
     def slots(self, model: BaseModelSpec) -> int:
         assert isinstance(model, OpenAIModel)

@@ -8,8 +8,15 @@ from __future__ import annotations
 import aiohttp
 import orjson
 
-from modelyard.engines.accelerator import check_gpus, find_binary, replica_gpus, rope_override, weights
-from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Task, post_control
+from modelyard.engines.accelerator import (
+    check_gpus,
+    find_binary,
+    replica_gpus,
+    replica_resources,
+    rope_override,
+    weights,
+)
+from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Resources, Task, post_control
 from modelyard.spec.schema import BaseModelSpec, VLLMModel
 
 METRICS = MetricNames(
@@ -69,6 +76,10 @@ class VLLMEngine(VLLMSleep):
     def slots(self, model: BaseModelSpec) -> int:
         assert isinstance(model, VLLMModel)
         return model.max_num_seqs or self.default_slots
+
+    def resources(self, model: BaseModelSpec) -> Resources:
+        assert isinstance(model, VLLMModel)
+        return replica_resources(model)
 
     def upstream_model(self, model: BaseModelSpec) -> str | None:
         assert isinstance(model, VLLMModel)

@@ -16,13 +16,14 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from modelyard.fleet.process import _die_with_parent, terminate
-from modelyard.fleet.supervisor import Backoff
+from modelyard.fleet.replica import Backoff
 from modelyard.routing.endpoints import EndpointTable
 from modelyard.routing.feed import adopt_ejection, snapshot
 from modelyard.sockets import reuseport_socket
@@ -59,6 +60,8 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.listening = asyncio.Event()
         self.in_flight: dict[str, int] = {}
+        self.queued: dict[str, int] = {}  # by model: requests waiting in this worker (admission, cold start)
+        self.arrivals: dict[str, int] = {}  # by model: requests this process received since it started
         self.restarts = 0
         self.exit_code: int | None = None
 
@@ -67,8 +70,10 @@ class GatewayWorkers:
     """`settings` go to every worker as its config (plus its index); `env` is its environment."""
 
     def __init__(self, table: EndpointTable, count: int, settings: dict[str, Any], env: dict[str, str],
-                 log_file: IO[bytes], metrics_dir: Path | None, host: str, port: int) -> None:
+                 log_file: IO[bytes], metrics_dir: Path | None, host: str, port: int,
+                 fleet: Callable[[], dict[str, Any]] = dict) -> None:
         self.table, self.settings, self.env, self.log_file = table, settings, env, log_file
+        self.fleet = fleet  # the control plane's view (desired replicas by model), sent with the table
         self.metrics_dir, self.host, self.port = metrics_dir, host, port
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
@@ -76,6 +81,7 @@ class GatewayWorkers:
         self._reservation: socket.socket | None = None
         self._last_feed = b""
         self._last_feed_at = 0.0
+        self._arrivals_before: dict[str, int] = {}  # the workers that exited: their counts stay in the sum
 
     @property
     def pids(self) -> list[int]:
@@ -125,14 +131,17 @@ class GatewayWorkers:
         worker.process, worker.exit_code = process, None
         assert process.stdin is not None and process.stdout is not None
         config = {**self.settings, "index": worker.index}
-        process.stdin.write(orjson.dumps({"config": config, "endpoints": snapshot(self.table)}) + b"\n")
+        process.stdin.write(orjson.dumps({"config": config, "endpoints": snapshot(self.table), "fleet": self.fleet()})
+                            + b"\n")
         log.info("gateway worker %d started (pid %d)", worker.index, process.pid)
         try:
             while line := await process.stdout.readline():
                 self._on_message(worker, orjson.loads(line))
         finally:
             worker.exit_code = await process.wait()
-            worker.in_flight = {}
+            for model, count in worker.arrivals.items():
+                self._arrivals_before[model] = self._arrivals_before.get(model, 0) + count
+            worker.in_flight, worker.queued, worker.arrivals = {}, {}, {}
             self._sum_in_flight()
             if self.metrics_dir is not None:
                 from prometheus_client import multiprocess
@@ -148,6 +157,16 @@ class GatewayWorkers:
         elif "in_flight" in message:
             worker.in_flight = message["in_flight"]
             self._sum_in_flight()
+        elif "load" in message:
+            worker.queued, worker.arrivals = message["load"]["queued"], message["load"]["arrivals"]
+
+    def queued(self, model: str) -> int:
+        """Requests waiting in every worker in front of the model's replicas (admission queue, cold start)."""
+        return sum(w.queued.get(model, 0) for w in self.workers)
+
+    def arrivals(self, model: str) -> int:
+        """Requests for the model that every worker received since `up` started (grows; its change is activity)."""
+        return self._arrivals_before.get(model, 0) + sum(w.arrivals.get(model, 0) for w in self.workers)
 
     def _sum_in_flight(self) -> None:
         for endpoint in self.table:
@@ -160,7 +179,7 @@ class GatewayWorkers:
 
     def _push(self, force: bool = False) -> None:
         """Sends the table to every worker when it changed (and every FEED_REFRESH_S anyway)."""
-        data = orjson.dumps({"endpoints": snapshot(self.table)}) + b"\n"
+        data = orjson.dumps({"endpoints": snapshot(self.table), "fleet": self.fleet()}) + b"\n"
         now = time.monotonic()
         if not force and data == self._last_feed and now - self._last_feed_at < FEED_REFRESH_S:
             return

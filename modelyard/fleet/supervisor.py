@@ -1,181 +1,53 @@
+"""The actuator of the control plane: runs the replicas that the reconcile loop wants (fleet/reconciler.py) on this
+machine, scales a model up (new replicas) and down (drained first), puts pool members to sleep and wakes them."""
+
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from modelyard.engines import EngineAdapter, EngineError, LaunchPlan, get_engine
-from modelyard.fleet.process import free_port, open_log, spawn, terminate
+from modelyard.engines import EngineError, LaunchPlan, get_engine
+from modelyard.fleet.process import free_port
+from modelyard.fleet.replica import ReplicaRunner
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import AnyModel, BaseModelSpec, YardSpec
 
 log = logging.getLogger("modelyard.fleet")
-EJECTED_PROBE_TIMEOUT_S = 10.0
+Key = tuple[str, int]
 
 
-class Backoff:
-    """Exponential restart delay; reset once a replica has stayed up for `reset_after_s`."""
-
-    def __init__(self, initial_s: float = 1.0, max_s: float = 30.0, reset_after_s: float = 60.0) -> None:
-        self.initial_s, self.max_s, self.reset_after_s = initial_s, max_s, reset_after_s
-        self.current_s = initial_s
-
-    def next_delay(self, uptime_s: float) -> float:
-        if uptime_s >= self.reset_after_s:
-            self.current_s = self.initial_s
-        delay = self.current_s
-        self.current_s = min(self.current_s * 2, self.max_s)
-        return delay
-
-
-class ReplicaRunner:
-    """Keeps one replica alive: launch, wait until it generates, watch it, restart it when it dies."""
-
-    def __init__(self, endpoint: Endpoint, model: BaseModelSpec, engine: EngineAdapter, host: str,
-                 log_dir: Path, session: aiohttp.ClientSession, health_interval_s: float = 2.0,
-                 backoff: Backoff | None = None) -> None:
-        self.endpoint, self.model, self.engine, self.host = endpoint, model, engine, host
-        self.log_path = log_dir / f"{model.name.replace('/', '_')}-{endpoint.replica}.log"
-        self.session = session
-        self.health_interval_s = health_interval_s
-        self.backoff = backoff or Backoff()
-        self.process: asyncio.subprocess.Process | None = None
-        self.stopping = False
-        self._told = ""  # the last probe failure written to the logs, each new one once
-
-    async def run(self) -> None:
-        while not self.stopping:
-            started = time.monotonic()
-            try:
-                await self._run_once()
-            except EngineError as exc:
-                self._set(ReplicaState.FAILED, str(exc))
-                log.error("%s: %s", self.endpoint.id, exc)
-            if self.stopping:
-                break
-            self.endpoint.restarts += 1
-            delay = self.backoff.next_delay(time.monotonic() - started)
-            self._set(ReplicaState.RESTARTING, f"restart #{self.endpoint.restarts} in {delay:.0f}s")
-            await asyncio.sleep(delay)
-
-    async def _run_once(self) -> None:
-        external = self.engine.external_url(self.model, self.endpoint.replica)
-        if external is not None:
-            self.endpoint.url = external
-            await self._watch(None)
-            return
-        port = free_port(self.host)
-        self.endpoint.url = f"http://{self.host}:{port}"
-        plan = self.engine.launch(self.model, self.host, port, self.endpoint.replica)
-        assert plan is not None
-        with open_log(self.log_path) as logfile:
-            logfile.write(f"\n=== modelyard: starting {self.endpoint.id} on port {port}: "
-                          f"{' '.join(plan.argv)}\n".encode())
-            self.process = await spawn(plan.argv, plan.env, logfile)
-        self.endpoint.pid = self.process.pid
-        self._set(ReplicaState.STARTING, f"pid {self.process.pid}, port {port}")
-        try:
-            await self._watch(self.process)
-        finally:
-            self.endpoint.pid = None
-            if self.process.returncode is None:
-                await terminate(self.process)
-
-    async def _watch(self, process: asyncio.subprocess.Process | None) -> None:
-        deadline = time.monotonic() + self.model.startup_timeout_s
-        failures = 0
-        while not self.stopping:
-            if process is not None and process.returncode is not None:
-                self._set(ReplicaState.RESTARTING, f"exited with code {process.returncode}")
-                log.warning("%s exited with code %s (log: %s)", self.endpoint.id, process.returncode, self.log_path)
-                return
-            problem = await self._check()
-            if problem is None:
-                failures = 0
-                if not self.endpoint.ready:
-                    self._set(ReplicaState.READY, "")
-                    self._told = ""
-                    log.info("%s ready at %s", self.endpoint.id, self.endpoint.url)
-            elif self.endpoint.state is ReplicaState.STARTING:
-                if time.monotonic() > deadline:
-                    self._set(ReplicaState.UNHEALTHY, f"not ready after {self.model.startup_timeout_s:.0f}s: {problem}")
-                    self._tell(f"not ready after {self.model.startup_timeout_s:.0f}s: {problem}")
-                    return
-                self._starting(problem)
-            else:
-                failures += 1
-                if failures >= 3 and self.endpoint.ready:
-                    self._set(ReplicaState.UNHEALTHY, problem)
-                    log.warning("%s unhealthy: %s", self.endpoint.id, problem)
-            interval = 0.25 if self.endpoint.state is ReplicaState.STARTING else self.health_interval_s
-            await self._sleep_or_exit(process, interval)
-
-    def _starting(self, problem: str) -> None:
-        """A replica that does not pass its probe yet says why, on its status line and in its logs."""
-        pid = f"pid {self.endpoint.pid}, " if self.endpoint.pid else ""
-        self.endpoint.detail = f"{pid}probe: {problem}"
-        self._tell(f"probe: {problem}")
-
-    def _tell(self, message: str) -> None:
-        if message == self._told:
-            return
-        self._told = message
-        log.info("%s: %s", self.endpoint.id, message)
-        with open_log(self.log_path) as logfile:
-            logfile.write(f"=== modelyard: {self.endpoint.id}: {message}\n".encode())
-
-    async def _check(self) -> str | None:
-        if self.endpoint.ready and self.endpoint.ejected_until > time.monotonic():
-            await self._probe_ejected()
-        if self.endpoint.ready:
-            return await self.engine.health(self.session, self.endpoint.url, self.model)
-        return await self.engine.probe(self.session, self.endpoint.url, self.model)
-
-    async def _probe_ejected(self) -> None:
-        """Active probing: a replica the gateway ejected comes back as soon as it generates again."""
-        try:
-            problem = await asyncio.wait_for(self.engine.probe(self.session, self.endpoint.url, self.model),
-                                             EJECTED_PROBE_TIMEOUT_S)
-        except TimeoutError:
-            problem = "probe timed out"
-        if problem is None:
-            self.endpoint.ejected_until = 0.0
-            self.endpoint.ejections = 0
-            self.endpoint.consecutive_failures = 0
-            log.info("%s: generates again, back from ejection", self.endpoint.id)
-
-    async def _sleep_or_exit(self, process: asyncio.subprocess.Process | None, seconds: float) -> None:
-        if process is None:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), seconds)
-
-    def _set(self, state: ReplicaState, detail: str) -> None:
-        self.endpoint.state = state
-        self.endpoint.detail = detail
-
-    async def stop(self) -> None:
-        self.stopping = True
-        if self.process is not None:
-            await terminate(self.process)
-        self._set(ReplicaState.STOPPED, "")
+def prewarmed(spec: YardSpec) -> set[str]:
+    """The pool members started with `up`: the pinned ones, then the others in order while the pool has room."""
+    out: set[str] = set()
+    for pool in spec.pools:
+        used = 0.0
+        for name in (*pool.pinned, *(m for m in pool.members if m not in pool.pinned)):
+            model = spec.model(name)
+            size = 1.0 if pool.slots is not None else (model.memory_gib or 0.0) if model else 0.0
+            room = float(pool.slots) if pool.slots is not None else (pool.memory_gib or 0.0)
+            if name in pool.pinned or used + size <= room:
+                out.add(name)
+                used += size
+    return out
 
 
 class Supervisor:
-    """Runs every replica of every model in the spec on this machine."""
+    """Runs the replicas of every model in the spec: fixed ones from the start, the rest as asked."""
 
     def __init__(self, spec: YardSpec, table: EndpointTable, state_dir: Path, host: str = "127.0.0.1",
                  health_interval_s: float = 2.0) -> None:
         self.spec, self.table, self.host = spec, table, host
         self.log_dir = state_dir / "logs"
         self.health_interval_s = health_interval_s
-        self.runners: list[ReplicaRunner] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.runners: dict[Key, ReplicaRunner] = {}
+        self.leaving: set[Key] = set()  # draining before they stop
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._actions: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
     def prepare(self) -> None:
@@ -189,13 +61,20 @@ class Supervisor:
         if problems:
             raise EngineError("\n".join(problems))
 
+    def initial(self, model: BaseModelSpec) -> int:
+        """Replicas started with `up`: a fixed count, an autoscaled model's min, a pool member if it has room."""
+        if self.spec.pool_of(model.name) is not None:
+            return 1 if model.name in prewarmed(self.spec) else 0
+        return model.min_replicas
+
     def plans(self) -> list[tuple[str, AnyModel, LaunchPlan | str]]:
         """For `up --dry-run`: each replica's id, model and what starting it runs (or the URL of an external one,
-        or why it cannot start), through the same adapter calls as `start`; the ports are picked free, as at start."""
+        or why it cannot start), through the same adapter calls as `start`; the ports are picked free, as at start.
+        An autoscaled model shows its most replicas; a pool member its one."""
         out: list[tuple[str, AnyModel, LaunchPlan | str]] = []
         for model in self.spec.models:
             engine = get_engine(model.engine)
-            for index in range(model.replicas):
+            for index in range(model.max_replicas):
                 replica_id = f"{model.name}/{index}"
                 try:
                     external = engine.external_url(model, index)
@@ -208,28 +87,96 @@ class Supervisor:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         for model in self.spec.models:
-            engine = get_engine(model.engine)
-            for index in range(model.replicas):
-                endpoint = Endpoint(model=model.name, replica=index, url="",
-                                    upstream_model=engine.upstream_model(model), headers=engine.headers(model))
-                self.table.add(endpoint)
-                runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
-                                       self.health_interval_s)
-                self.runners.append(runner)
-                self._tasks.append(asyncio.create_task(runner.run(), name=f"replica {endpoint.id}"))
+            for index in range(self.initial(model)):
+                self._launch(model, index)
+
+    def _launch(self, model: AnyModel, index: int) -> None:
+        assert self._session is not None
+        engine = get_engine(model.engine)
+        endpoint = Endpoint(model=model.name, replica=index, url="", upstream_model=engine.upstream_model(model),
+                            headers=engine.headers(model))
+        self.table.add(endpoint)
+        runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
+                               self.health_interval_s)
+        self.runners[(model.name, index)] = runner
+        self._tasks[(model.name, index)] = asyncio.create_task(runner.run(), name=f"replica {endpoint.id}")
 
     def runner(self, model: str, replica: int) -> ReplicaRunner | None:
-        for runner in self.runners:
-            if runner.endpoint.model == model and runner.endpoint.replica == replica:
-                return runner
-        return None
+        return self.runners.get((model, replica))
+
+    def staying(self, model: str) -> list[ReplicaRunner]:
+        """The model's replicas that are not on their way out, by index."""
+        return sorted((r for k, r in self.runners.items() if k[0] == model and k not in self.leaving),
+                      key=lambda r: r.endpoint.replica)
+
+    def scale(self, model: AnyModel, replicas: int) -> None:
+        """Starts replicas up to `replicas`, or drains and stops the surplus (those not serving first, then the
+        highest numbered); returns at once, the work goes on in the background."""
+        staying = self.staying(model.name)
+        if len(staying) < replicas:
+            taken = {k[1] for k in self.runners if k[0] == model.name}
+            free = (i for i in range(len(taken) + replicas) if i not in taken)
+            for _ in range(replicas - len(staying)):
+                self._launch(model, next(free))
+            return
+        surplus = sorted(staying, key=lambda r: (r.endpoint.ready, -r.endpoint.replica))
+        for runner in surplus[:len(staying) - replicas]:
+            self._in_background(self._retire(runner))
+
+    def act(self, model: AnyModel, kind: str, sleep_level: int = 1) -> None:
+        """A pool member's change: "wake" or "sleep" (the engine's sleep mode), "start" or "stop" (the process)."""
+        runner = self.runner(model.name, 0)
+        if kind == "start" and runner is None:
+            self._launch(model, 0)
+        elif kind == "stop" and runner is not None and (model.name, 0) not in self.leaving:
+            self._in_background(self._retire(runner))
+        elif kind == "sleep" and runner is not None:
+            self._in_background(self._sleep(runner, sleep_level))
+        elif kind == "wake" and runner is not None:
+            self._in_background(self._wake(runner))
+
+    async def _sleep(self, runner: ReplicaRunner, level: int) -> None:
+        await runner.sleep(level, runner.model.timeouts.total_s)
+
+    async def _wake(self, runner: ReplicaRunner) -> None:
+        await runner.wake()
+
+    async def _retire(self, runner: ReplicaRunner) -> None:
+        key = (runner.endpoint.model, runner.endpoint.replica)
+        self.leaving.add(key)
+        try:
+            if runner.endpoint.state is not ReplicaState.ASLEEP:
+                await runner.drain(runner.model.timeouts.total_s, "stop")
+            await runner.stop()
+            task = self._tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            self.runners.pop(key, None)
+            self.leaving.discard(key)
+            self.table.remove(runner.endpoint)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
+
+    @property
+    def busy(self) -> bool:
+        """A drain, sleep or wake is under way."""
+        return bool(self._actions)
 
     async def stop(self) -> None:
-        for runner in self.runners:
-            runner.stopping = True
-        await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
-        for task in self._tasks:
+        for task in list(self._actions):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._actions, return_exceptions=True)
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.stopping = True
+        await asyncio.gather(*(runner.stop() for runner in runners), return_exceptions=True)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self._session is not None:
             await self._session.close()

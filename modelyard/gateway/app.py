@@ -46,6 +46,17 @@ GENERATION_PATHS = {"/v1/chat/completions": "/v1/chat/completions", "/v1/complet
                     "/v1/embeddings": "/v1/embeddings", "/v1/rerank": "/v1/rerank", "/rerank": "/v1/rerank",
                     "/v2/rerank": "/v1/rerank"}
 STREAMED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+HOLD_POLL_S = 0.05
+
+
+def hold_s(spec: YardSpec, model: BaseModelSpec) -> float:
+    """How long a request for a model with no ready replica waits for one: an autoscaled model that may go to zero
+    waits its cold start, a pool member its wake; any other model's request is answered 503 at once."""
+    pool = spec.pool_of(model.name)
+    if pool is not None:
+        return pool.wake_timeout_s
+    scaling = model.scaling
+    return scaling.cold_start_timeout_s if scaling is not None and scaling.min == 0 else 0.0
 
 
 def stale_connection(exc: BaseException) -> bool:
@@ -93,6 +104,12 @@ class Gateway:
                        if store is not None and spec.store.record_usage else None)
         self.admin = AdminApi(store, admin_key)
         self.created = int(time.time())
+        # the control plane's view (fleet/reconciler.py, through the parent's feed): by model, its desired replicas
+        # and strategy; how long a request may wait for a replica to start or wake (0: it is answered 503 at once)
+        self.fleet: dict[str, dict[str, Any]] = {}
+        self.holds = {m.name: hold_s(spec, m) for m in spec.models}
+        self.holding = dict.fromkeys(self.holds, 0)  # requests waiting for a replica, now
+        self.arrivals = dict.fromkeys(self.holds, 0)  # requests for each model since start (activity, to the parent)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
         self.writes = WriteBatch()
@@ -105,7 +122,7 @@ class Gateway:
         if model.admission.max_concurrency is not None:
             return -(-model.admission.max_concurrency // self.workers)
         slots = self.engines[model.name].slots(model)
-        return max(1, -(-(ready or model.replicas) * slots // self.workers))
+        return max(1, -(-(ready or model.min_replicas or 1) * slots // self.workers))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -133,8 +150,15 @@ class Gateway:
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
-        models = {m.name: {"ready": len(self.table.ready(m.name)), "replicas": m.replicas} for m in self.spec.models}
-        ok = all(v["ready"] > 0 for v in models.values())
+        models: dict[str, dict[str, Any]] = {}
+        for m in self.spec.models:
+            view = self.fleet.get(m.name, {})
+            models[m.name] = {"ready": len(self.table.ready(m.name)), "replicas": view.get("desired", m.min_replicas),
+                              "strategy": view.get("strategy", "fixed")}
+            for state in (ReplicaState.STARTING, ReplicaState.DRAINING, ReplicaState.ASLEEP, ReplicaState.WAKING):
+                if count := sum(1 for e in self.table.of(m.name) if e.state is state):
+                    models[m.name][state.value] = count
+        ok = all(v["ready"] > 0 or v["replicas"] == 0 for v in models.values())
         body = {"status": "ok" if ok else "degraded", "models": models}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
@@ -187,10 +211,12 @@ class Gateway:
         options = payload.get("stream_options")
         if stream and options is not None and not isinstance(options, dict):
             return openai_error(400, "stream_options must be an object", "invalid_type", "stream_options")
-        ready = len(self.table.ready(model_name))
+        self.arrivals[model_name] += 1
+        ready = len(self.table.ready(model_name)) or await self._hold(model_name)
         if not ready:
             self.metrics.requests.labels(model_name, key.name, "503").inc()
-            return openai_error(503, f"No replica of model '{model_name}' is ready", "no_ready_replica",
+            held = f" (none started within {self.holds[model_name]:g}s)" if self.holds[model_name] else ""
+            return openai_error(503, f"No replica of model '{model_name}' is ready{held}", "no_ready_replica",
                                 headers={"Retry-After": "2"})
         if model.admission.max_concurrency is None:
             self.queues[model_name].set_capacity(self._capacity(model, ready))
@@ -206,6 +232,21 @@ class Gateway:
                 call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
                 call.body = orjson.dumps(call.payload)
         return await self._relay(call)
+
+    async def _hold(self, model: str) -> int:
+        """A model scaled to zero or asleep: the request waits while the control plane starts or wakes a replica
+        (it sees the wait in the load this worker reports); the ready replicas then, 0 if none came in time."""
+        hold = self.holds[model]
+        if not hold:
+            return 0
+        self.holding[model] += 1
+        try:
+            deadline = time.monotonic() + hold
+            while not (ready := len(self.table.ready(model))) and time.monotonic() < deadline:
+                await asyncio.sleep(HOLD_POLL_S)
+            return ready
+        finally:
+            self.holding[model] -= 1
 
     def _unsupported(self, model: BaseModelSpec, path: str) -> Response:
         """A request for an endpoint the model does not serve: the client's mistake, answered here (never sent to

@@ -115,6 +115,7 @@ class Worker:
         self.spec = YardSpec.model_validate(config["spec"])
         self.table = EndpointTable()
         self.held: Held = {}
+        self.gateway: Gateway | None = None
 
     async def _limiter(self) -> tuple[Limiter, Any]:
         url = self.config.get("redis")
@@ -128,7 +129,8 @@ class Worker:
         client = redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
         return RedisLimiter(client), client
 
-    async def run(self, feed: asyncio.StreamReader, endpoints: list[dict[str, Any]]) -> int:
+    async def run(self, feed: asyncio.StreamReader, endpoints: list[dict[str, Any]],
+                  fleet: dict[str, Any] | None = None) -> int:
         apply(self.table, endpoints, self.held, time.monotonic())
         store = await open_store(self.spec.store.url, self.config["state_dir"])
         limiter, redis_client = await self._limiter()
@@ -138,6 +140,8 @@ class Worker:
                              admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]))
         gateway: Gateway = app.state.gateway
         gateway.outliers = ReportingOutliers(self.send, self.held)
+        gateway.fleet = fleet or {}
+        self.gateway = gateway
         sock = listen_socket(self.spec.gateway.host, self.spec.gateway.port)
         server = _Server(uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on",
                                         timeout_graceful_shutdown=5, http="httptools",
@@ -166,6 +170,8 @@ class Worker:
                 message = orjson.loads(line)
                 if "endpoints" in message:
                     apply(self.table, message["endpoints"], self.held, time.monotonic())
+                if "fleet" in message and self.gateway is not None:
+                    self.gateway.fleet = message["fleet"]
             except (ValueError, KeyError, TypeError) as exc:  # keep serving with the last good table
                 log.error("bad endpoint table from the parent: %s: %s", type(exc).__name__, exc)
         server.should_exit = True
@@ -193,7 +199,12 @@ class Worker:
             in_flight = {e.id: e.in_flight for e in self.table}
             if last.get("in_flight") != in_flight:
                 self.send({"in_flight": in_flight})
-            last = {"depth": depth, "buffered": buffered, "in_flight": in_flight}
+            # the control plane's signals: requests waiting in front of each model, and arrivals so far
+            load = {"queued": {name: waiting + gateway.holding[name] for name, waiting in depth.items()},
+                    "arrivals": dict(gateway.arrivals)}
+            if last.get("load") != load:
+                self.send({"load": load})
+            last = {"depth": depth, "buffered": buffered, "in_flight": in_flight, "load": load}
             await asyncio.sleep(REFRESH_S)
 
 
@@ -231,7 +242,7 @@ async def _main(out_fd: int) -> int:
     message = orjson.loads(first)
     _logging(int(message["config"]["index"]))
     try:
-        return await Worker(message["config"], send).run(feed, message["endpoints"])
+        return await Worker(message["config"], send).run(feed, message["endpoints"], message.get("fleet"))
     finally:
         transport.close()
 

@@ -10,6 +10,9 @@ from modelyard.spec.schema import YardSpec
 STATE_STYLE = {
     ReplicaState.STARTING: "yellow",
     ReplicaState.READY: "green",
+    ReplicaState.DRAINING: "cyan",
+    ReplicaState.ASLEEP: "blue",
+    ReplicaState.WAKING: "yellow",
     ReplicaState.UNHEALTHY: "red",
     ReplicaState.RESTARTING: "magenta",
     ReplicaState.FAILED: "bold red",
@@ -17,12 +20,17 @@ STATE_STYLE = {
 }
 
 
-def status_table(spec: YardSpec, table: EndpointTable) -> Table:
+def status_table(spec: YardSpec, table: EndpointTable, desired: dict[str, int] | None = None) -> Table:
     out = Table(title="models", title_justify="left", expand=False)
     for column in ("model", "engine", "replica", "state", "url", "pid", "restarts", "in flight", "detail"):
         out.add_column(column)
     for model in spec.models:
-        for endpoint in table.of(model.name):
+        endpoints = table.of(model.name)
+        want = (desired or {}).get(model.name)
+        if want is not None and want != len(endpoints):
+            out.add_row(model.name, model.engine, "-", Text(f"{len(endpoints)} of {want} wanted", style="yellow"),
+                        "", "", "", "", "")
+        for endpoint in endpoints:
             out.add_row(model.name, model.engine, str(endpoint.replica),
                         Text(endpoint.state.value, style=STATE_STYLE[endpoint.state]), endpoint.url or "-",
                         str(endpoint.pid or "-"), str(endpoint.restarts), str(endpoint.in_flight),

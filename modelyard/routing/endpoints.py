@@ -8,6 +8,9 @@ from enum import StrEnum
 class ReplicaState(StrEnum):
     STARTING = "starting"
     READY = "ready"
+    DRAINING = "draining"  # takes no new requests; finishes its streams, then sleeps or stops
+    ASLEEP = "asleep"  # the engine's sleep mode: accelerator memory freed, woken in seconds
+    WAKING = "waking"
     UNHEALTHY = "unhealthy"
     RESTARTING = "restarting"
     FAILED = "failed"

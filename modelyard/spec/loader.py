@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from modelyard.spec import schema
-from modelyard.spec.schema import ENGINE_NAMES, YardSpec
+from modelyard.spec import scaling, schema
+from modelyard.spec.schema import ENGINE_NAMES, REPLICAS_FORMS, YardSpec
 
 Loc = tuple[str | int, ...]
 
@@ -50,6 +50,8 @@ def _strip_tags(loc: Loc) -> Loc:
     out: list[str | int] = []
     for i, part in enumerate(loc):
         if part in ENGINE_NAMES and i >= 2 and loc[i - 2] == "models" and isinstance(loc[i - 1], int):
+            continue
+        if part in REPLICAS_FORMS and i >= 1 and loc[i - 1] == "replicas":
             continue
         out.append(part)
     return tuple(out)
@@ -98,7 +100,8 @@ def _suggest(loc: Loc) -> str:
     fields: set[str] = set()
     for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
                 schema.OpenAIModel, schema.VLLMModel, schema.ModelSource, schema.WeightsSource, schema.RopeScaling,
-                schema.LoraAdapter, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec):
+                schema.LoraAdapter, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec, scaling.ScalingSpec,
+                scaling.SLOSpec, scaling.PoolSpec, scaling.ResourcesSpec):
         fields.update(cls.model_fields)
     close = _closest(name, sorted(fields))
     return f" (did you mean {close!r}?)" if close else ""
@@ -164,6 +167,7 @@ def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None
                             f"models[{seen[model.name]}]{_where(loc, lines, source)}")
         seen.setdefault(model.name, index)
     problems += _check_routing(spec, lines, source)
+    problems += _check_pools(spec, lines, source)
     key_names: set[str] = set()
     for index, key in enumerate(spec.gateway.keys):
         if key.name in key_names:
@@ -207,6 +211,44 @@ def _check_routing(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[s
         if model.routing not in profile_names:
             problem(("models", index, "routing"),
                     f"unknown profile {model.routing!r}{_names_hint(model.routing, profile_names)}")
+    return problems
+
+
+def _check_pools(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[str]:
+    """Pool members are models of this file, in one pool each, with one replica of an engine modelyard runs; the
+    pinned ones fit."""
+    from modelyard.engines import get_engine  # what an engine can do is its adapter's to say
+
+    problems: list[str] = []
+
+    def problem(loc: Loc, message: str) -> None:
+        problems.append(f"{format_path(loc)}: {message}{_where(loc, lines, source)}")
+
+    _first_uses([p.name for p in spec.pools], ("pools",), problem)
+    owner: dict[str, str] = {}
+    for index, pool in enumerate(spec.pools):
+        for position, name in enumerate(pool.members):
+            loc: Loc = ("pools", index, "members", position)
+            model = spec.model(name)
+            if model is None:
+                problem(loc, f"unknown model {name!r}{_names_hint(name, sorted(m.name for m in spec.models))}")
+            elif name in owner:
+                problem(loc, f"{name!r} is already a member of pool {owner[name]!r}")
+            elif model.scaling is not None or model.max_replicas != 1:
+                problem(loc, f"{name!r} must have `replicas: 1` (a pool member is one replica, woken or put to sleep)")
+            elif not get_engine(model.engine).runs_here:
+                problem(loc, f"{name!r} runs elsewhere (engine {model.engine}): modelyard cannot wake it or stop it")
+            elif pool.memory_gib is not None and not (0 < (model.memory_gib or 0) <= pool.memory_gib):
+                problem(loc, f"{name!r} needs memory_gib (at most the pool's {pool.memory_gib:g}) in a memory pool")
+            owner.setdefault(name, pool.name)
+        for position, name in enumerate(pool.pinned):
+            if name not in pool.members:
+                problem(("pools", index, "pinned", position), f"{name!r} is not a member of this pool")
+        sizes = [1.0 if pool.slots is not None else (m.memory_gib or 0.0)
+                 for m in spec.models if m.name in pool.pinned]
+        room = float(pool.slots) if pool.slots is not None else (pool.memory_gib or 0.0)
+        if sum(sizes) > room:
+            problem(("pools", index, "pinned"), "the pinned members alone do not fit in the pool")
     return problems
 
 

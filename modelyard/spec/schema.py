@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from modelyard.spec.scaling import PoolSpec, ResourcesSpec, ScalingSpec, SLOSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
@@ -114,17 +116,42 @@ class RoutingSpec(Strict):
     profiles: tuple[ProfileSpec, ...] = ()
 
 
+def _replicas_kind(value: Any) -> str:
+    return "autoscaled" if isinstance(value, dict | ScalingSpec) else "fixed"
+
+
+# one error for the form given (a number or a mapping), not one for each form
+Replicas = Annotated[Annotated[Annotated[int, Field(ge=1, le=64)], Tag("fixed")]
+                     | Annotated[ScalingSpec, Tag("autoscaled")], Discriminator(_replicas_kind)]
+REPLICAS_FORMS = ("fixed", "autoscaled")
+
+
 class BaseModelSpec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     # what the model serves: chat (/v1/chat/completions, /v1/completions), embedding (/v1/embeddings) or rerank
     # (/v1/rerank); None: the engine's default (chat)
     task: Literal["chat", "embedding", "rerank"] | None = None
     routing: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
-    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    # a number: that many, always (fixed); a mapping: autoscaled between its min and max (spec/scaling.py)
+    replicas: Replicas = 1
+    slo: SLOSpec | None = None
+    memory_gib: Annotated[float, Field(gt=0)] | None = None  # one replica's, for resources: and memory pools
     timeouts: Timeouts = Timeouts()
     admission: AdmissionSpec = AdmissionSpec()
     store_text: bool = False
     startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
+
+    @property
+    def scaling(self) -> ScalingSpec | None:
+        return self.replicas if isinstance(self.replicas, ScalingSpec) else None
+
+    @property
+    def min_replicas(self) -> int:
+        return self.replicas.min if isinstance(self.replicas, ScalingSpec) else self.replicas
+
+    @property
+    def max_replicas(self) -> int:
+        return self.replicas.max if isinstance(self.replicas, ScalingSpec) else self.replicas
 
 
 class LlamaCppModel(BaseModelSpec):
@@ -152,7 +179,7 @@ class OpenAIModel(BaseModelSpec):
     urls: Annotated[tuple[str, ...], Field(min_length=1)]
     upstream_model: str | None = None
     api_key_env: str | None = None
-    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1  # one per url (an external server is not scaled here)
     slots: Annotated[int, Field(ge=1, le=4096)] = 64  # requests one server takes at once
 
     @field_validator("urls")
@@ -234,9 +261,9 @@ class AcceleratorModel(BaseModelSpec):
         if self.gpus:
             if len(set(self.gpus)) != len(self.gpus):
                 raise ValueError("gpus: a GPU is listed twice")
-            needed = self.replicas * self.gpus_per_replica
+            needed = self.max_replicas * self.gpus_per_replica
             if len(self.gpus) < needed:
-                raise ValueError(f"gpus: {self.replicas} replica(s) x tensor_parallel {self.tensor_parallel} x "
+                raise ValueError(f"gpus: {self.max_replicas} replica(s) x tensor_parallel {self.tensor_parallel} x "
                                  f"pipeline_parallel {self.pipeline_parallel} need {needed} GPUs, {len(self.gpus)} "
                                  "listed")
         rope = self.rope_scaling
@@ -269,9 +296,14 @@ class YardSpec(Strict):
     store: StoreSpec = StoreSpec()
     routing: RoutingSpec = RoutingSpec()
     models: tuple[ModelSpec, ...]
+    pools: tuple[PoolSpec, ...] = ()
+    resources: ResourcesSpec = ResourcesSpec()
 
     def model(self, name: str) -> AnyModel | None:
         for model in self.models:
             if model.name == name:
                 return model
         return None
+
+    def pool_of(self, model: str) -> PoolSpec | None:
+        return next((pool for pool in self.pools if model in pool.members), None)

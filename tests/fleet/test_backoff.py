@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from modelyard.fleet.supervisor import Backoff
+from modelyard.fleet.replica import Backoff
 
 
 def test_backoff_doubles_to_a_cap_and_resets_after_a_long_uptime() -> None:

@@ -1,0 +1,126 @@
+"""The control plane end to end with simulated engines: scale from zero holding the request, scale-down draining
+a stream, a pool that swaps members under concurrent requests, and the resource budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.cluster import API_KEY, Cluster
+
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+FAST = {"itl_base_s": 0.002, "prefill_s_per_token": 0.00001}
+
+
+def complete(cluster: Cluster, model: str, max_tokens: int = 4, stream: bool = False,
+             timeout: float = 60) -> httpx.Response:
+    body = {"model": model, "prompt": "hello there", "max_tokens": max_tokens, "stream": stream}
+    return httpx.post(cluster.url + "/v1/completions", json=body, headers=HEADERS, timeout=timeout)
+
+
+def health(cluster: Cluster) -> dict[str, Any]:
+    models: dict[str, Any] = httpx.get(cluster.url + "/health", timeout=5).json()["models"]
+    return models
+
+
+def wait_for(condition: Any, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_model_at_zero_holds_the_request_while_a_replica_starts_then_goes_back_to_zero(tmp_path: Path) -> None:
+    model = {"name": "lazy", "engine": "simulator", "params": {**FAST, "startup_s": 1.0},
+             "replicas": {"min": 0, "max": 2, "scale_to_zero_after_s": 2, "scale_down_delay_s": 0.5,
+                          "cold_start_timeout_s": 60}}
+    cluster = Cluster(tmp_path, [model], gateway={"workers": 2}).start(timeout_s=30)
+    try:
+        assert health(cluster)["lazy"] == {"ready": 0, "replicas": 0, "strategy": "autoscaled"}
+        started = time.monotonic()
+        reply = complete(cluster, "lazy")
+        assert reply.status_code == 200 and reply.json()["choices"]
+        assert time.monotonic() - started >= 1.0  # it waited for the start, not an error
+        assert health(cluster)["lazy"]["ready"] == 1
+        assert wait_for(lambda: health(cluster)["lazy"] == {"ready": 0, "replicas": 0, "strategy": "autoscaled"})
+        assert "lazy: scale 0 -> 1" in cluster.output() and "lazy: scale 1 -> 0" in cluster.output()
+    finally:
+        cluster.stop()
+
+
+def test_scale_up_under_load_and_down_after_it_without_cutting_a_stream(tmp_path: Path) -> None:
+    model = {"name": "busy", "engine": "simulator", "params": {"itl_base_s": 0.02},
+             "replicas": {"min": 1, "max": 3, "target_in_flight": 1, "scale_down_delay_s": 0.5,
+                          "stable_window_s": 2, "panic_window_s": 1}}
+    cluster = Cluster(tmp_path, [model], gateway={"workers": 1}).start(timeout_s=30)
+    try:
+        results: list[httpx.Response] = []
+
+        def stream(tokens: int) -> None:
+            results.append(complete(cluster, "busy", max_tokens=tokens, stream=True))
+
+        threads = [threading.Thread(target=stream, args=(tokens,)) for tokens in (300, 40, 40)]
+        for thread in threads:
+            thread.start()
+        assert wait_for(lambda: health(cluster)["busy"]["replicas"] >= 2, 20)
+        for thread in threads:
+            thread.join(60)
+        assert [r.status_code for r in results] == [200, 200, 200]
+        assert all(r.text.rstrip().endswith("data: [DONE]") for r in results)  # none cut by the scale-down
+        assert wait_for(lambda: health(cluster)["busy"]["replicas"] == 1, 30)
+        assert "busy: scale 1 -> " in cluster.output() and " -> 1:" in cluster.output()
+    finally:
+        cluster.stop()
+
+
+def test_a_pool_swaps_its_members_under_concurrent_requests_and_loses_none(tmp_path: Path) -> None:
+    params = {**FAST, "wake_level1_s": 0.3}
+    models = [{"name": f"m{i}", "engine": "simulator", "params": params} for i in range(3)]
+    pool = {"name": "shared", "slots": 1, "members": ["m0", "m1", "m2"], "min_awake_s": 0}
+    cluster = Cluster(tmp_path, models, gateway={"workers": 2}, extra={"pools": [pool]}).start(timeout_s=30)
+    try:
+        assert {name: m["ready"] for name, m in health(cluster).items()} == {"m0": 1, "m1": 0, "m2": 0}
+        statuses: list[int] = []
+
+        def client(order: list[str]) -> None:
+            for name in order:
+                statuses.append(complete(cluster, name).status_code)
+
+        threads = [threading.Thread(target=client, args=(order,))
+                   for order in (["m1", "m2", "m0"], ["m2", "m0", "m1"], ["m0", "m1", "m2"])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert statuses == [200] * 9
+        output = cluster.output()
+        assert "m1: start" in output or "m1: wake" in output
+        assert ": sleep " in output  # a member made room
+        assert sum(m["ready"] for m in health(cluster).values()) <= 1  # never more awake than the pool's slots
+    finally:
+        cluster.stop()
+
+
+def test_the_resource_budget_is_never_exceeded(tmp_path: Path) -> None:
+    model = {"name": "big", "engine": "simulator", "params": {"itl_base_s": 0.02}, "memory_gib": 10,
+             "replicas": {"min": 1, "max": 4, "target_in_flight": 1, "panic_window_s": 1, "stable_window_s": 2}}
+    cluster = Cluster(tmp_path, [model], gateway={"workers": 1}, extra={"resources": {"memory_gib": 20}})
+    cluster.start(timeout_s=30)
+    try:
+        seen: list[int] = []
+        threads = [threading.Thread(target=complete, args=(cluster, "big", 150, True)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        assert wait_for(lambda: seen.append(health(cluster)["big"]["replicas"]) or "big: held" in cluster.output())
+        for thread in threads:
+            thread.join(60)
+        assert max(seen) == 2  # 20 GiB of 10 GiB replicas
+        assert "beyond resources.memory_gib 20" in cluster.output()
+    finally:
+        cluster.stop()
