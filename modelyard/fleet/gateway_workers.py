@@ -62,6 +62,7 @@ class _Worker:
         self.in_flight: dict[str, int] = {}
         self.queued: dict[str, int] = {}  # by model: requests waiting in this worker (admission, cold start)
         self.arrivals: dict[str, int] = {}  # by model: requests this process received since it started
+        self.p90: dict[str, list[float | None]] = {}  # by model with an SLO: recent TTFT and TPOT p90 seen here
         self.restarts = 0
         self.exit_code: int | None = None
 
@@ -141,7 +142,7 @@ class GatewayWorkers:
             worker.exit_code = await process.wait()
             for model, count in worker.arrivals.items():
                 self._arrivals_before[model] = self._arrivals_before.get(model, 0) + count
-            worker.in_flight, worker.queued, worker.arrivals = {}, {}, {}
+            worker.in_flight, worker.queued, worker.arrivals, worker.p90 = {}, {}, {}, {}
             self._sum_in_flight()
             if self.metrics_dir is not None:
                 from prometheus_client import multiprocess
@@ -158,11 +159,19 @@ class GatewayWorkers:
             worker.in_flight = message["in_flight"]
             self._sum_in_flight()
         elif "load" in message:
-            worker.queued, worker.arrivals = message["load"]["queued"], message["load"]["arrivals"]
+            load = message["load"]
+            worker.queued, worker.arrivals, worker.p90 = load["queued"], load["arrivals"], load.get("p90", {})
 
     def queued(self, model: str) -> int:
         """Requests waiting in every worker in front of the model's replicas (admission queue, cold start)."""
         return sum(w.queued.get(model, 0) for w in self.workers)
+
+    def latency(self, model: str) -> tuple[float | None, float | None]:
+        """The worst recent TTFT and TPOT p90 among the workers (None: no sample)."""
+        seen = [w.p90[model] for w in self.workers if model in w.p90]
+        ttft = [v[0] for v in seen if v[0] is not None]
+        tpot = [v[1] for v in seen if v[1] is not None]
+        return max(ttft, default=None), max(tpot, default=None)
 
     def arrivals(self, model: str) -> int:
         """Requests for the model that every worker received since `up` started (grows; its change is activity)."""

@@ -47,6 +47,8 @@ class Signals(Protocol):
 
     def arrivals(self, model: str) -> int: ...
 
+    def latency(self, model: str) -> tuple[float | None, float | None]: ...
+
 
 @dataclass(frozen=True)
 class Event:
@@ -137,9 +139,11 @@ class Reconciler:
         new = arrivals - self._arrivals.get(model.name, 0)
         self._arrivals[model.name] = arrivals
         ready = [e for e in endpoints if e.ready]
+        ttft, tpot = self.signals.latency(model.name) if model.slo is not None else (None, None)
         return Sample(at=now, ready=len(ready), starting=sum(1 for e in endpoints if e.state in STARTING),
                       in_flight=sum(max(0, e.in_flight) for e in endpoints), queued=self.signals.queued(model.name),
-                      arrivals=max(0, new), kv_usage=max((e.kv_usage for e in ready), default=0.0))
+                      arrivals=max(0, new), kv_usage=max((e.kv_usage for e in ready), default=0.0),
+                      ttft_p90_s=ttft, tpot_p90_s=tpot)
 
     def _pool(self, pool: PoolSpec, now: float) -> None:
         members = [self._member(pool, name, now) for name in pool.members]

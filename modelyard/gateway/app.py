@@ -26,6 +26,7 @@ from modelyard.gateway.errors import openai_error
 from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
+from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
@@ -77,6 +78,7 @@ class Call:
     ticket: Ticket
     route: RouteRequest
     keep_usage: bool = True
+    arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
 
 
 class Gateway:
@@ -110,6 +112,7 @@ class Gateway:
         self.holds = {m.name: hold_s(spec, m) for m in spec.models}
         self.holding = dict.fromkeys(self.holds, 0)  # requests waiting for a replica, now
         self.arrivals = dict.fromkeys(self.holds, 0)  # requests for each model since start (activity, to the parent)
+        self.latency = {m.name: RecentLatency() for m in spec.models if m.slo is not None}
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
         self.writes = WriteBatch()
@@ -171,6 +174,10 @@ class Gateway:
                 count = sum(1 for e in replicas if e.state is state)
                 self.metrics.replicas.labels(model.name, state.value).set(count)
             self.metrics.queue_depth.labels(model.name).set(self.queues[model.name].waiting)
+            view = self.fleet.get(model.name, {})
+            self.metrics.desired.labels(model.name).set(view.get("desired", model.min_replicas))
+            for action, count in view.get("events", {}).items():
+                self.metrics.decisions.labels(model.name, action).set(count)
         if self.writer is not None:
             self.metrics.usage_buffered.set(self.writer.buffered)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
@@ -212,6 +219,7 @@ class Gateway:
         if stream and options is not None and not isinstance(options, dict):
             return openai_error(400, "stream_options must be an object", "invalid_type", "stream_options")
         self.arrivals[model_name] += 1
+        arrived = time.perf_counter()
         ready = len(self.table.ready(model_name)) or await self._hold(model_name)
         if not ready:
             self.metrics.requests.labels(model_name, key.name, "503").inc()
@@ -225,7 +233,8 @@ class Gateway:
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             return ticket
         call = Call(path, body, payload, model, stream, ticket,
-                    RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None))
+                    RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
+                    arrived=arrived)
         if call.stream:
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
@@ -404,6 +413,10 @@ class Gateway:
         usage = parse_usage(outcome.usage)
         completion = usage.get("completion_tokens", 0)
         prompt = usage.get("prompt_tokens", usage.get("total_tokens", 0) - completion)  # rerank: total only
+        recent = self.latency.get(model)
+        if recent is not None and outcome.first_byte is not None and outcome.status == 200:
+            tpot = (now - outcome.first_byte) / (completion - 1) if call.stream and completion > 1 else None
+            recent.add(now, outcome.first_byte - (call.arrived or outcome.started), tpot)
         if usage:
             self._child(self.metrics.tokens, model, key, "prompt").inc(prompt)
             self._child(self.metrics.tokens, model, key, "completion").inc(completion)

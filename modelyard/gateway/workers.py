@@ -200,8 +200,10 @@ class Worker:
             if last.get("in_flight") != in_flight:
                 self.send({"in_flight": in_flight})
             # the control plane's signals: requests waiting in front of each model, and arrivals so far
+            now = time.perf_counter()
             load = {"queued": {name: waiting + gateway.holding[name] for name, waiting in depth.items()},
-                    "arrivals": dict(gateway.arrivals)}
+                    "arrivals": dict(gateway.arrivals),
+                    "p90": {name: recent.p90(now) for name, recent in gateway.latency.items()}}
             if last.get("load") != load:
                 self.send({"load": load})
             last = {"depth": depth, "buffered": buffered, "in_flight": in_flight, "load": load}

@@ -21,6 +21,8 @@ TTFT_SECONDS = "modelyard_time_to_first_token_seconds"
 IN_FLIGHT = "modelyard_requests_in_flight"
 REPLICAS = "modelyard_replicas"
 REPLICA_RESTARTS = "modelyard_replica_restarts"
+REPLICAS_DESIRED = "modelyard_replicas_desired"
+CONTROL_DECISIONS = "modelyard_control_decisions"
 TOKENS_TOTAL = "modelyard_tokens"
 RETRIES_TOTAL = "modelyard_upstream_retries"
 REJECTIONS_TOTAL = "modelyard_rejections"
@@ -154,6 +156,11 @@ class GatewayMetrics:
         # the same in every worker (the supervisor's table): the last value written, by the worker scraped last
         self.replicas = Gauge(REPLICAS, "Replicas by model and state", ["model", "state"], registry=r,
                               multiprocess_mode="mostrecent")
+        self.desired = Gauge(REPLICAS_DESIRED, "Replicas the control plane wants (fixed, autoscaled, pool residency)",
+                             ["model"], registry=r, multiprocess_mode="mostrecent")
+        self.decisions = Gauge(CONTROL_DECISIONS, "The control plane's decisions since `up` started, by action "
+                               "(scale, start, stop, sleep, wake, held)", ["model", "action"], registry=r,
+                               multiprocess_mode="mostrecent")
         self.restarts = Gauge(REPLICA_RESTARTS, "Restarts of a replica since start", ["model", "replica"], registry=r,
                               multiprocess_mode="mostrecent")
         self.tokens = Counter(TOKENS_TOTAL, "Tokens by model, key name and kind (prompt, completion)",

@@ -124,3 +124,19 @@ def test_the_resource_budget_is_never_exceeded(tmp_path: Path) -> None:
         assert "beyond resources.memory_gib 20" in cluster.output()
     finally:
         cluster.stop()
+
+
+def test_a_ttft_over_the_slo_adds_a_replica(tmp_path: Path) -> None:
+    """The load alone would not scale (target 100 per replica): the TTFT that clients see, over the SLO, does."""
+    model = {"name": "slow", "engine": "simulator", "params": {"itl_base_s": 0.002, "prefill_overhead_s": 0.3},
+             "replicas": {"min": 1, "max": 2, "target_in_flight": 100}, "slo": {"ttft_p90_s": 0.1}}
+    cluster = Cluster(tmp_path, [model], gateway={"workers": 1}).start(timeout_s=30)
+    try:
+        for _ in range(4):
+            assert complete(cluster, "slow", stream=True).status_code == 200
+        assert wait_for(lambda: health(cluster)["slow"]["replicas"] == 2, 20)
+        assert "over SLO 0.1 s: +1" in cluster.output()
+        assert cluster.metric("modelyard_replicas_desired", model="slow") == 2
+        assert cluster.metric("modelyard_control_decisions", model="slow", action="scale") >= 1
+    finally:
+        cluster.stop()
