@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from modelyard.spec import scaling, schema
+from modelyard.spec import common, scaling, schema
 from modelyard.spec.schema import ENGINE_NAMES, REPLICAS_FORMS, YardSpec
 
 Loc = tuple[str | int, ...]
@@ -83,7 +83,11 @@ def _message(error: Any, loc: Loc) -> str:
     if kind == "too_short":
         return "must not be empty"
     if kind == "string_pattern_mismatch":
-        return "must be 1-128 letters, digits or ._:/- (starting with a letter or digit)"
+        if ctx.get("pattern") == common.NAME_PATTERN:
+            return "must be 1-128 letters, digits or ._:/- (starting with a letter or digit)"
+        if ctx.get("pattern") == common.SHA256_PATTERN:
+            return "must be a sha256: 64 lowercase hex digits"
+        return f"must match {ctx.get('pattern')}"
     if kind == "literal_error":
         return f"must be {ctx.get('expected')}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):

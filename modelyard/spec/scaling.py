@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from modelyard.spec.common import NAME_PATTERN, Strict
 
 
-class ScalingSpec(_Strict):
+class ScalingSpec(Strict):
     """An autoscaled model: between `min` and `max` replicas, `target_in_flight` requests per replica."""
 
     min: Annotated[int, Field(ge=0, le=64)] = 1
@@ -39,14 +35,14 @@ class ScalingSpec(_Strict):
         return self
 
 
-class SLOSpec(_Strict):
+class SLOSpec(Strict):
     """What a model's users should see; the autoscaler adds a replica while a recent p90 is over it."""
 
     ttft_p90_s: Annotated[float, Field(gt=0)] | None = None
     tpot_p90_s: Annotated[float, Field(gt=0)] | None = None
 
 
-class PoolSpec(_Strict):
+class PoolSpec(Strict):
     """Models sharing a few places: a member is woken (or started) on demand; when the places are short, the least
     recently used idle member is put to sleep (or stopped, if its engine cannot sleep)."""
 
@@ -66,7 +62,7 @@ class PoolSpec(_Strict):
         return self
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     """What `modelyard up` may use on this machine; replicas never need more (unset: no bound)."""
 
     cpus: Annotated[float, Field(gt=0)] | None = None

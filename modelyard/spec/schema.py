@@ -2,15 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from modelyard.spec.common import NAME_PATTERN, SHA256_PATTERN, Strict
 from modelyard.spec.scaling import PoolSpec, ResourcesSpec, ScalingSpec, SLOSpec
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class KeySpec(Strict):
@@ -18,7 +13,7 @@ class KeySpec(Strict):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     key_env: str | None = None
-    sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = None
+    sha256: Annotated[str | None, Field(pattern=SHA256_PATTERN)] = None
 
     @model_validator(mode="after")
     def _one_source(self) -> KeySpec:
