@@ -140,3 +140,27 @@ def test_a_ttft_over_the_slo_adds_a_replica(tmp_path: Path) -> None:
         assert cluster.metric("modelyard_control_decisions", model="slow", action="scale") >= 1
     finally:
         cluster.stop()
+
+
+def test_status_shows_each_models_strategy_and_replicas(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    models = [{"name": "lazy", "engine": "simulator", "params": FAST, "replicas": {"min": 0, "max": 2}},
+              {"name": "fixed", "engine": "simulator", "params": FAST}]
+    cluster = Cluster(tmp_path, models, gateway={"workers": 1}).start(timeout_s=30)
+    try:
+        out = subprocess.run([sys.executable, "-m", "modelyard", "status", "-f", str(cluster.spec_path)],
+                             capture_output=True, text=True, timeout=30, env={**cluster.env, "COLUMNS": "200"})
+        assert out.returncode == 0, out.stderr
+        rows = {line.split()[1]: line.split()[3:7] for line in out.stdout.splitlines()
+                if line.startswith("│") and line.split()[1] in ("lazy", "fixed")}
+        assert rows == {"fixed": ["fixed", "│", "1", "│"], "lazy": ["autoscaled", "│", "0", "│"]}
+        as_json = subprocess.run([sys.executable, "-m", "modelyard", "status", "--json", "--url", cluster.url],
+                                 capture_output=True, text=True, timeout=30)
+        assert '"strategy": "autoscaled"' in as_json.stdout
+    finally:
+        cluster.stop()
+    gone = subprocess.run([sys.executable, "-m", "modelyard", "status", "--url", cluster.url],
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 2 and "no cluster answers" in gone.stdout
