@@ -13,7 +13,7 @@ from modelyard.observability.cli import status
 from modelyard.simulator.cli import simulate
 from modelyard.spec import SpecError, load_spec
 from modelyard.spec.schema import YardSpec
-from modelyard.store.cli import keys, usage
+from modelyard.store.cli import history, keys, usage
 
 DEFAULT_SPEC = "yard.yaml"
 
@@ -84,3 +84,4 @@ main.add_command(simulate)
 main.add_command(bench)
 main.add_command(keys)
 main.add_command(usage)
+main.add_command(history)

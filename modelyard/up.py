@@ -107,15 +107,19 @@ def _logging(console: Console, log_dir: Path) -> None:
     root.addHandler(screen)
 
 
-async def check_state(spec: YardSpec, state_dir: Path) -> None:
-    """Opens the store (which applies its migrations, here, once, before any worker opens it) and reaches
-    store.redis, so that a wrong url stops `up` with a clear message instead of failing every request."""
+async def check_state(spec: YardSpec, state_dir: Path, spec_text: str) -> None:
+    """Opens the store (which applies its migrations, here, once, before any worker opens it), records the spec
+    as the serving revision, and reaches store.redis, so that a wrong url stops `up` with a clear message instead
+    of failing every request."""
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         store = await open_store(spec.store.url, state_dir)
     except Exception as exc:
         raise UpError(f"store.url: cannot open the store ({type(exc).__name__}: {exc})") from None
-    await store.close()
+    try:
+        await store.add_revision(spec_text, os.environ.get("USER") or "unknown", "modelyard up", "serving")
+    finally:
+        await store.close()
     if not spec.store.redis:
         return
     import redis.asyncio
@@ -208,7 +212,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     supervisor.prepare()
     check_port_free(host, port)
     _logging(console, state_dir / "logs")
-    await check_state(spec, state_dir)
+    await check_state(spec, state_dir, spec_path.read_text(encoding="utf-8"))
     count = worker_count(spec.gateway.workers)
     metrics_dir = fresh_dir(state_dir / "metrics")
     stop = asyncio.Event()

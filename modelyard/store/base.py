@@ -19,6 +19,8 @@ from typing import Literal, Protocol
 
 import orjson
 
+from modelyard.store.revisions import Revision
+
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 GroupBy = Literal["key", "model"]
@@ -152,6 +154,18 @@ class Store(Protocol):
 
     async def purge_usage(self, before: float) -> int:
         """Deletes usage records older than `before`; returns how many."""
+        ...
+
+    async def add_revision(self, spec: str, author: str, message: str, state: str, gate: str = "") -> Revision:
+        """A new revision row (the serving one before it becomes superseded when `state` is serving)."""
+        ...
+
+    async def list_revisions(self, limit: int = 50) -> list[Revision]:
+        """The newest first."""
+        ...
+
+    async def get_revision(self, ref: str) -> Revision | None:
+        """By its number (`seq`), or by its id or a prefix of it (the newest such)."""
         ...
 
     async def close(self) -> None: ...

@@ -173,3 +173,31 @@ def usage(ctx: click.Context, by: str, since: str, store_url: str | None, state_
     group: GroupBy = "model" if by == "model" else "key"
     rows = _with_store(ctx, store_url, state_dir, lambda s: s.usage_report(group, start))
     _console().print(usage_table(rows, by))
+
+
+@click.command("history")
+@click.option("--show", "show", default=None, metavar="REV", help="Print one revision (number or id) in full.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=30, show_default=True)
+@_store_options
+@click.pass_context
+def history(ctx: click.Context, show: str | None, limit: int, store_url: str | None, state_dir: str | None) -> None:
+    """The revisions of yard.yaml that `up` ran or `apply` applied, newest first."""
+    console = Console()
+    if show is not None:
+        found = _with_store(ctx, store_url, state_dir, lambda s: s.get_revision(show))
+        if found is None:
+            raise click.ClickException(f"no revision {show!r} (see `modelyard history`)")
+        when = datetime.fromtimestamp(found.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"revision {found.seq} ({found.id}), {found.state}, {when}, by {found.author}: {found.message}")
+        click.echo(f"gate: {found.gate or 'none ran'}")
+        click.echo("---")
+        click.echo(found.spec, nl=not found.spec.endswith("\n"))
+        return
+    rows = _with_store(ctx, store_url, state_dir, lambda s: s.list_revisions(limit))
+    table = Table("rev", "id", "when (UTC)", "state", "author", "message", "gate")
+    for r in rows:
+        gate = "-" if not r.gate else ("passed" if '"passed": true' in r.gate or '"passed":true' in r.gate
+                                       else "failed")
+        table.add_row(str(r.seq), r.id, datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                      r.state, r.author, r.message, gate)
+    console.print(table)

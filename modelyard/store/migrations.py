@@ -50,6 +50,14 @@ STEPS: tuple[Step, ...] = (
                    "ALTER TABLE usage ADD COLUMN completion_text TEXT")),
 )
 
+_REVISIONS = ("id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, author TEXT NOT NULL, message TEXT NOT NULL, "
+              "spec TEXT NOT NULL, state TEXT NOT NULL, gate TEXT NOT NULL DEFAULT ''")
+STEPS += (
+    Step(3, "revisions: every yard.yaml run or applied",
+         sqlite=(f"CREATE TABLE revisions (seq INTEGER PRIMARY KEY AUTOINCREMENT, {_REVISIONS})",),
+         postgres=(f"CREATE TABLE revisions (seq BIGSERIAL PRIMARY KEY, {_REVISIONS})",)),
+)
+
 LATEST = STEPS[-1].version
 
 

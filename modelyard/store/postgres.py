@@ -29,6 +29,7 @@ from modelyard.store.base import (
     usage_row,
     usage_values,
 )
+from modelyard.store.revisions import REVISION_COLUMNS, Revision, revision_from_row, revision_id
 
 MIGRATION_LOCK = 0x6D6F64656C  # pg_advisory_xact_lock id: "model"
 
@@ -130,6 +131,24 @@ class PostgresStore:
     async def purge_usage(self, before: float) -> int:
         result = await self._pool.execute("DELETE FROM usage WHERE ts < $1", before)
         return int(str(result).rsplit(" ", 1)[-1])
+
+    async def add_revision(self, spec: str, author: str, message: str, state: str, gate: str = "") -> Revision:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if state == "serving":
+                await conn.execute("UPDATE revisions SET state = 'superseded' WHERE state = 'serving'")
+            row = await conn.fetchrow("INSERT INTO revisions (id, created_at, author, message, spec, state, gate) "
+                                      f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {REVISION_COLUMNS}",
+                                      revision_id(spec), time.time(), author, message, spec, state, gate)
+        return revision_from_row(tuple(row))
+
+    async def list_revisions(self, limit: int = 50) -> list[Revision]:
+        rows = await self._pool.fetch(f"SELECT {REVISION_COLUMNS} FROM revisions ORDER BY seq DESC LIMIT $1", limit)
+        return [revision_from_row(tuple(r)) for r in rows]
+
+    async def get_revision(self, ref: str) -> Revision | None:
+        row = await self._pool.fetchrow(f"SELECT {REVISION_COLUMNS} FROM revisions WHERE seq = $1 OR id LIKE $2 "
+                                        "ORDER BY seq DESC LIMIT 1", int(ref) if ref.isdigit() else -1, f"{ref}%")
+        return revision_from_row(tuple(row)) if row else None
 
     async def close(self) -> None:
         await self._pool.close()

@@ -32,6 +32,7 @@ from modelyard.store.base import (
     usage_row,
     usage_values,
 )
+from modelyard.store.revisions import REVISION_COLUMNS, Revision, revision_from_row, revision_id
 
 T = TypeVar("T")
 
@@ -170,6 +171,32 @@ class SQLiteStore:
         def q(c: sqlite3.Connection) -> int:
             with c:
                 return c.execute("DELETE FROM usage WHERE ts < ?", (before,)).rowcount
+        return await self._run(q)
+
+    async def add_revision(self, spec: str, author: str, message: str, state: str, gate: str = "") -> Revision:
+        def q(c: sqlite3.Connection) -> Revision:
+            with c:
+                if state == "serving":
+                    c.execute("UPDATE revisions SET state = 'superseded' WHERE state = 'serving'")
+                cursor = c.execute("INSERT INTO revisions (id, created_at, author, message, spec, state, gate) "
+                                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                   (revision_id(spec), time.time(), author, message, spec, state, gate))
+                row = c.execute(f"SELECT {REVISION_COLUMNS} FROM revisions WHERE seq = ?",
+                                (cursor.lastrowid,)).fetchone()
+            return revision_from_row(row)
+        return await self._run(q)
+
+    async def list_revisions(self, limit: int = 50) -> list[Revision]:
+        def q(c: sqlite3.Connection) -> list[Revision]:
+            rows = c.execute(f"SELECT {REVISION_COLUMNS} FROM revisions ORDER BY seq DESC LIMIT ?", (limit,))
+            return [revision_from_row(r) for r in rows]
+        return await self._run(q)
+
+    async def get_revision(self, ref: str) -> Revision | None:
+        def q(c: sqlite3.Connection) -> Revision | None:
+            row = c.execute(f"SELECT {REVISION_COLUMNS} FROM revisions WHERE seq = ? OR id LIKE ? "
+                            "ORDER BY seq DESC LIMIT 1", (int(ref) if ref.isdigit() else -1, f"{ref}%")).fetchone()
+            return revision_from_row(row) if row else None
         return await self._run(q)
 
     async def schema_version(self) -> int:
