@@ -9,6 +9,7 @@ from rich.console import Console
 from modelyard import __version__
 from modelyard.bench.cli import bench
 from modelyard.fleet.cli import autoscale
+from modelyard.fleet.rollout_cli import plan_command
 from modelyard.observability.cli import status
 from modelyard.simulator.cli import simulate
 from modelyard.spec import SpecError, load_spec
@@ -79,6 +80,7 @@ def up(file: str, port: int | None, host: str | None, dry_run: bool) -> None:
 
 
 main.add_command(autoscale)
+main.add_command(plan_command)
 main.add_command(status)
 main.add_command(simulate)
 main.add_command(bench)
