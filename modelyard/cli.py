@@ -9,7 +9,7 @@ from rich.console import Console
 from modelyard import __version__
 from modelyard.bench.cli import bench
 from modelyard.fleet.cli import autoscale
-from modelyard.fleet.rollout_cli import plan_command
+from modelyard.fleet.rollout_cli import apply_command, plan_command, rollback_command
 from modelyard.observability.cli import status
 from modelyard.simulator.cli import simulate
 from modelyard.spec import SpecError, load_spec
@@ -81,6 +81,8 @@ def up(file: str, port: int | None, host: str | None, dry_run: bool) -> None:
 
 main.add_command(autoscale)
 main.add_command(plan_command)
+main.add_command(apply_command)
+main.add_command(rollback_command)
 main.add_command(status)
 main.add_command(simulate)
 main.add_command(bench)

@@ -20,10 +20,12 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from modelyard.engines import EngineError, LaunchPlan, get_engine
+from modelyard.fleet.control import ControlServer
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
 from modelyard.fleet.reconciler import Reconciler
 from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
+from modelyard.fleet.rollout import Rollout
 from modelyard.fleet.supervisor import Supervisor
 from modelyard.gateway.auth import KeyRing, hash_key, new_key
 from modelyard.observability.status import ChangePrinter, banner, status_table
@@ -107,7 +109,7 @@ def _logging(console: Console, log_dir: Path) -> None:
     root.addHandler(screen)
 
 
-async def check_state(spec: YardSpec, state_dir: Path, spec_text: str) -> None:
+async def check_state(spec: YardSpec, state_dir: Path, spec_text: str | None = None) -> None:
     """Opens the store (which applies its migrations, here, once, before any worker opens it), records the spec
     as the serving revision, and reaches store.redis, so that a wrong url stops `up` with a clear message instead
     of failing every request."""
@@ -117,7 +119,8 @@ async def check_state(spec: YardSpec, state_dir: Path, spec_text: str) -> None:
     except Exception as exc:
         raise UpError(f"store.url: cannot open the store ({type(exc).__name__}: {exc})") from None
     try:
-        await store.add_revision(spec_text, os.environ.get("USER") or "unknown", "modelyard up", "serving")
+        if spec_text is not None:
+            await store.add_revision(spec_text, os.environ.get("USER") or "unknown", "modelyard up", "serving")
     finally:
         await store.close()
     if not spec.store.redis:
@@ -223,6 +226,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     private: PrivateRedis | None = None
     workers: GatewayWorkers | None = None
     control_task: asyncio.Task[None] | None = None
+    channel: ControlServer | None = None
     try:
         redis_url = spec.store.redis
         if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
@@ -237,6 +241,11 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         control = Reconciler(spec, supervisor, table, workers, trace_dir=state_dir / "traces")
         await supervisor.start()
         control_task = asyncio.create_task(control.run(stop), name="reconcile")
+        rollout = Rollout(spec, spec_path.read_text(encoding="utf-8"), spec_path.resolve().parent, supervisor, control,
+                          workers, store=lambda: open_store(spec.store.url, state_dir),
+                          keys=lambda new: setup_keys(new, state_dir).ring.hashed())
+        channel = ControlServer(rollout, state_dir)
+        await channel.start()
         await _unless_stopped(workers.start(), stop)
         log.info("gateway: %d worker(s) on %s:%d, pids %s", count, host, port, workers.pids)
         head = banner(f"http://{host}:{port}/v1", keys.shown, str(state_dir / "logs"))
@@ -246,6 +255,8 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     finally:
         console.print("stopping: gateway, then replicas ...")
         stop.set()
+        if channel is not None:
+            await channel.stop()
         if control_task is not None:
             await asyncio.gather(control_task, return_exceptions=True)
         if workers is not None:

@@ -162,6 +162,15 @@ class GatewayWorkers:
             load = message["load"]
             worker.queued, worker.arrivals, worker.p90 = load["queued"], load["arrivals"], load.get("p90", {})
 
+    def reconfigure(self, spec: dict[str, Any], keys: dict[str, str]) -> None:
+        """A revision applied in place: every worker takes it now; one that starts later gets it in its config."""
+        self.settings = {**self.settings, "spec": spec, "keys": keys}
+        line = orjson.dumps({"revision": {"spec": spec, "keys": keys}}) + b"\n"
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.returncode is None and process.stdin is not None:
+                process.stdin.write(line)
+
     def queued(self, model: str) -> int:
         """Requests waiting in every worker in front of the model's replicas (admission queue, cold start)."""
         return sum(w.queued.get(model, 0) for w in self.workers)

@@ -77,6 +77,7 @@ class Reconciler:
         self.counts: dict[str, dict[str, int]] = {}  # by model and action: events since start
         self._arrivals: dict[str, int] = {}
         self._held: dict[str, int] = {}  # by model: the proposal last reported as held back (said once)
+        self.paused: set[str] = set()  # models a rollout (fleet/rollout.py) is replacing: not scaled meanwhile
         self._last_used: dict[str, float] = {}
         self._resident_since: dict[str, float] = {}
 
@@ -103,9 +104,32 @@ class Reconciler:
             for trace in self.traces.values():
                 trace.close()
 
+    def pause(self, model: str) -> None:
+        self.paused.add(model)
+
+    def resume(self, model: str) -> None:
+        self.paused.discard(model)
+
+    def reconfigure(self, spec: YardSpec) -> None:
+        """A revision applied (`modelyard apply`): the new models, scaling, pools and resources from the next
+        tick; a model's memory of its load stays."""
+        self.spec = spec
+        self.models = {m.name: m for m in spec.models}
+        self.desired = {m.name: self.desired.get(m.name, self.supervisor.initial(m)) for m in spec.models}
+        for model in spec.models:
+            if model.scaling is None and self.strategy(model) == "fixed":
+                self.desired[model.name] = model.min_replicas
+            elif model.scaling is not None:
+                self.desired[model.name] = max(model.min_replicas, min(model.max_replicas, self.desired[model.name]))
+        for model in spec.models:  # a fixed count that changed, or an autoscaled model's new bounds
+            if self.strategy(model) != "pooled" and model.name not in self.paused:
+                self.supervisor.scale(model, self.desired[model.name])
+
     def tick(self) -> None:
         now = self.clock()
         for model in self.spec.models:
+            if model.name in self.paused:
+                continue
             if self.strategy(model) == "autoscaled":
                 self._autoscale(model, now)
         for pool in self.spec.pools:

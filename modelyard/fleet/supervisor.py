@@ -48,6 +48,7 @@ class Supervisor:
         self.leaving: set[Key] = set()  # draining before they stop
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._actions: set[asyncio.Task[None]] = set()
+        self._retiring: dict[Key, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def prepare(self) -> None:
@@ -90,6 +91,24 @@ class Supervisor:
             for index in range(self.initial(model)):
                 self._launch(model, index)
 
+    def surge(self, model: AnyModel) -> ReplicaRunner:
+        """One more replica of `model` (a new revision's, beside the old ones), on the lowest free number."""
+        taken = {k[1] for k in self.runners if k[0] == model.name}
+        index = next(i for i in range(len(taken) + 1) if i not in taken)
+        self._launch(model, index)
+        return self.runners[(model.name, index)]
+
+    def retire(self, runner: ReplicaRunner) -> asyncio.Future[Any]:
+        """Drained (its streams finish), then stopped, in the background; the returned future says when it is gone."""
+        key = (runner.endpoint.model, runner.endpoint.replica)
+        if key in self.leaving:
+            return self._retiring.get(key) or asyncio.get_running_loop().create_future()
+        self.leaving.add(key)  # at once: the count of those staying is right from now on
+        task = self._in_background(self._retire(runner))
+        self._retiring[key] = task
+        task.add_done_callback(lambda _: self._retiring.pop(key, None))
+        return task
+
     def _launch(self, model: AnyModel, index: int) -> None:
         assert self._session is not None
         engine = get_engine(model.engine)
@@ -121,15 +140,15 @@ class Supervisor:
             return
         surplus = sorted(staying, key=lambda r: (r.endpoint.ready, -r.endpoint.replica))
         for runner in surplus[:len(staying) - replicas]:
-            self._in_background(self._retire(runner))
+            self.retire(runner)
 
     def act(self, model: AnyModel, kind: str, sleep_level: int = 1) -> None:
         """A pool member's change: "wake" or "sleep" (the engine's sleep mode), "start" or "stop" (the process)."""
         runner = self.runner(model.name, 0)
         if kind == "start" and runner is None:
             self._launch(model, 0)
-        elif kind == "stop" and runner is not None and (model.name, 0) not in self.leaving:
-            self._in_background(self._retire(runner))
+        elif kind == "stop" and runner is not None:
+            self.retire(runner)
         elif kind == "sleep" and runner is not None:
             self._in_background(self._sleep(runner, sleep_level))
         elif kind == "wake" and runner is not None:
@@ -143,7 +162,6 @@ class Supervisor:
 
     async def _retire(self, runner: ReplicaRunner) -> None:
         key = (runner.endpoint.model, runner.endpoint.replica)
-        self.leaving.add(key)
         try:
             if runner.endpoint.state is not ReplicaState.ASLEEP:
                 await runner.drain(runner.model.timeouts.total_s, "stop")
@@ -157,10 +175,11 @@ class Supervisor:
             self.leaving.discard(key)
             self.table.remove(runner.endpoint)
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
+        return task
 
     @property
     def busy(self) -> bool:

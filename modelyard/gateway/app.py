@@ -120,6 +120,33 @@ class Gateway:
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
+    def reconfigure(self, spec: YardSpec, ring: KeyRing | None = None) -> None:
+        """A new revision applied in place (`modelyard apply`): models, routing, admission, keys. A request in
+        flight keeps what it holds (its model's spec, its admission slot); a model's queue, and its waiters, stay."""
+        routing_changed = spec.routing != self.spec.routing or [(m.name, m.routing) for m in spec.models] != [
+            (m.name, m.routing) for m in self.spec.models]
+        self.spec = spec
+        if routing_changed:
+            self.router = Router(spec, self.table, self.metrics.routing, processes=self.workers)
+        self.engines = {m.name: get_engine(m.engine) for m in spec.models}
+        self.serves = {m.name: self.engines[m.name].endpoints(m) for m in spec.models}
+        self.scraper.names = {name: engine.metrics for name, engine in self.engines.items()}
+        self.holds = {m.name: hold_s(spec, m) for m in spec.models}
+        for m in spec.models:
+            self.holding.setdefault(m.name, 0)
+            self.arrivals.setdefault(m.name, 0)
+            if m.slo is not None:
+                self.latency.setdefault(m.name, RecentLatency())
+            queue = self.queues.get(m.name)
+            if queue is None:  # the dict is the tenancy's too: changed in place
+                self.queues[m.name] = AdmissionQueue(m.name, self._capacity(m), m.admission.max_queue,
+                                                     m.admission.max_wait_s)
+            else:
+                queue.max_queue, queue.max_wait_s = m.admission.max_queue, m.admission.max_wait_s
+                queue.set_capacity(self._capacity(m, len(self.table.ready(m.name))))
+        if ring is not None:
+            self.tenancy.ring = ring
+
     def _capacity(self, model: BaseModelSpec, ready: int = 0) -> int:
         """Requests let through to the replicas at once: the spec's bound, else ready replicas x their slots."""
         if model.admission.max_concurrency is not None:

@@ -172,6 +172,9 @@ class Worker:
                     apply(self.table, message["endpoints"], self.held, time.monotonic())
                 if "fleet" in message and self.gateway is not None:
                     self.gateway.fleet = message["fleet"]
+                if "revision" in message and self.gateway is not None:  # `modelyard apply`, in place
+                    self.spec = YardSpec.model_validate(message["revision"]["spec"])
+                    self.gateway.reconfigure(self.spec, KeyRing(message["revision"]["keys"]))
             except (ValueError, KeyError, TypeError) as exc:  # keep serving with the last good table
                 log.error("bad endpoint table from the parent: %s: %s", type(exc).__name__, exc)
         server.should_exit = True

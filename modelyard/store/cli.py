@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -178,11 +179,23 @@ def usage(ctx: click.Context, by: str, since: str, store_url: str | None, state_
 @click.command("history")
 @click.option("--show", "show", default=None, metavar="REV", help="Print one revision (number or id) in full.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=30, show_default=True)
+@click.option("-f", "--file", "file", default=None, type=click.Path(dir_okay=False),
+              help="Use the store of this yard.yaml (default: ./yard.yaml's, or --state-dir / --store-url).")
 @_store_options
 @click.pass_context
-def history(ctx: click.Context, show: str | None, limit: int, store_url: str | None, state_dir: str | None) -> None:
+def history(ctx: click.Context, show: str | None, limit: int, file: str | None, store_url: str | None,
+            state_dir: str | None) -> None:
     """The revisions of yard.yaml that `up` ran or `apply` applied, newest first."""
     console = Console()
+    if file is not None:
+        from modelyard.spec import SpecError, load_spec
+        from modelyard.up import state_dir_for
+
+        try:
+            spec = load_spec(file)
+        except SpecError as exc:
+            raise click.ClickException("\n".join(exc.problems)) from None
+        store_url, state_dir = store_url or spec.store.url, state_dir or str(state_dir_for(spec, Path(file)))
     if show is not None:
         found = _with_store(ctx, store_url, state_dir, lambda s: s.get_revision(show))
         if found is None:
