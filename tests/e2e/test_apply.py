@@ -134,3 +134,15 @@ def test_concurrent_applies_are_refused_not_interleaved(cluster: Cluster) -> Non
     finally:
         out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
+
+
+def test_a_slower_revision_is_refused_by_its_speed_gate(cluster: Cluster) -> None:
+    before = engine_pids(cluster)
+    slow = {**FAST, "itl_base_s": 0.05}
+    gate = {"speed": {"max_slowdown": 0.5, "requests": 8, "concurrency": 2, "max_tokens": 8}}
+    spec([{"name": "chat", "engine": "simulator", "params": slow, "replicas": 2, "validation": gate}], cluster)
+    refused = modelyard(cluster, "apply", "--yes")
+    assert refused.returncode == 1 and "gate failed" in refused.stdout
+    assert engine_pids(cluster) == before
+    shown = modelyard(cluster, "history", "--show", "2")
+    assert '"speed"' in shown.stdout and '"passed":false' in shown.stdout.replace(" ", "")
