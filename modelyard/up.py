@@ -142,6 +142,14 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+def worker_settings(spec: YardSpec, ring: KeyRing, state_dir: Path, redis_url: str | None, count: int,
+                    metrics_dir: Path) -> dict[str, Any]:
+    """What every gateway worker is configured with (gateway/workers.py reads it), by `up` and `gateway` alike."""
+    return {"spec": spec.model_dump(mode="json"), "keys": ring.hashed(),
+            "admin_key": os.environ.get(spec.gateway.admin_key_env) or None, "state_dir": str(state_dir),
+            "redis": redis_url, "workers": count, "metrics_dir": str(metrics_dir)}
+
+
 def worker_env(spec: YardSpec, metrics_dir: Path) -> dict[str, str]:
     """The workers' environment: ours without the secrets they are given otherwise (hashes, over their stdin)."""
     secrets = {ENV_KEY, spec.gateway.admin_key_env, *(k.key_env for k in spec.gateway.keys if k.key_env),
@@ -232,9 +240,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
             private = await PrivateRedis.start(state_dir, state_dir / "logs" / "redis.log")
             redis_url = private.url
-        settings = {"spec": spec.model_dump(mode="json"), "keys": keys.ring.hashed(),
-                    "admin_key": os.environ.get(spec.gateway.admin_key_env) or None, "state_dir": str(state_dir),
-                    "redis": redis_url, "workers": count, "metrics_dir": str(metrics_dir)}
+        settings = worker_settings(spec, keys.ring, state_dir, redis_url, count, metrics_dir)
         control: Reconciler | None = None
         workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), log_file, metrics_dir,
                                  host, port, fleet=lambda: control.view() if control is not None else {})

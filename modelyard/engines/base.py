@@ -86,6 +86,8 @@ class EngineAdapter:
     default_slots: ClassVar[int] = 64
     sleep_levels: ClassVar[tuple[int, ...]] = ()  # empty: the engine cannot sleep
     runs_here: ClassVar[bool] = True  # modelyard launches its replicas (False: a server that runs elsewhere)
+    image: ClassVar[str | None] = None  # its server's container image (None: modelyard's own, which runs it)
+    probe_tool: ClassVar[str] = "python3"  # what that image has to run an exec probe with: python3 or curl
 
     def task(self, model: BaseModelSpec) -> Task:
         return Task(model.task) if model.task else Task.CHAT
@@ -107,6 +109,11 @@ class EngineAdapter:
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan | None:
         """The command that runs one replica, or None for a server modelyard does not launch."""
         return None
+
+    def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan | None:
+        """The launch plan in a container of the engine's image (`modelyard render kubernetes`): by default the
+        same as `launch`; an engine whose launch reads this machine (a binary, a weights file) says it here."""
+        return self.launch(model, host, port, replica=0)
 
     def external_url(self, model: BaseModelSpec, replica: int) -> str | None:
         """The base URL of a replica that runs elsewhere (engine `openai`)."""

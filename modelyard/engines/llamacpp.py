@@ -89,6 +89,25 @@ def resolve_model_file(source: ModelSource) -> Path:
     return converted
 
 
+CONTAINER_BINARY = "/app/llama-server"  # in ghcr.io/ggml-org/llama.cpp's server images
+CONTAINER_MODELS = "/models"
+
+
+def container_weights(source: ModelSource) -> str:
+    """Where a container finds the GGUF: a `path:` as given, a package's under /models/<package>/ (its file
+    name: `file:`, else the one the package installed here ships, else model.gguf)."""
+    if source.path is not None:
+        return source.path
+    assert source.package is not None
+    name = source.file
+    if name is None:
+        try:
+            name = resolve_model_file(source).name
+        except EngineError:
+            name = "model.gguf"
+    return f"{CONTAINER_MODELS}/{source.package}/{name}"
+
+
 # llama-server's own names (it exports them when started with --metrics)
 METRICS = MetricNames(running=(b"llamacpp:requests_processing",), waiting=(b"llamacpp:requests_deferred",),
                       kv_usage=(b"llamacpp:kv_cache_usage_ratio",))
@@ -102,6 +121,8 @@ class LlamaCppEngine(EngineAdapter):
     """llama.cpp's llama-server, built once per machine (scripts/build-llama-server.sh), one process a replica."""
 
     name = "llamacpp"
+    image = "ghcr.io/ggml-org/llama.cpp:server"  # pin the build you tested
+    probe_tool = "curl"  # the server image has no Python
     tasks = frozenset(Task)
     metrics = METRICS
 
@@ -125,10 +146,18 @@ class LlamaCppEngine(EngineAdapter):
         assert isinstance(model, LlamaCppModel)
         binary = find_llama_server(model.binary)
         weights = resolve_model_file(model.model)
-        threads = model.threads or max(1, os.cpu_count() or 1)
+        return self.plan(model, str(binary), str(weights), host, port, model.threads or max(1, os.cpu_count() or 1))
+
+    def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan:
+        """In llama.cpp's server image (its binary at /app/llama-server), the weights from the mounted volume:
+        a `path:` as it is, a package's file under CONTAINER_MODELS/<package>/ (put there beforehand)."""
+        assert isinstance(model, LlamaCppModel)
+        return self.plan(model, CONTAINER_BINARY, container_weights(model.model), host, port, model.threads or 1)
+
+    def plan(self, model: LlamaCppModel, binary: str, weights: str, host: str, port: int, threads: int) -> LaunchPlan:
         task = self.task(model)
         argv = [
-            str(binary), "--model", str(weights), "--host", host, "--port", str(port),
+            binary, "--model", weights, "--host", host, "--port", str(port),
             "--alias", model.name, "--ctx-size", str(model.context_length * model.parallel),
             "--parallel", str(model.parallel), "--threads", str(threads), "--threads-http", str(max(2, model.parallel)),
             "--cont-batching", "--metrics", "--no-webui", *TASK_FLAGS[task],

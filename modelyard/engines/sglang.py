@@ -52,6 +52,7 @@ def launch_argv(model: SGLangModel, python: str, weights_arg: str, host: str, po
 
 class SGLangEngine(EngineAdapter):
     name = "sglang"
+    image = "lmsysorg/sglang:v0.5.23"  # the flags were recorded from this version
     tasks = frozenset(Task)
     metrics = METRICS
     default_slots = 256

@@ -69,6 +69,7 @@ class VLLMSleep(EngineAdapter):
 
 class VLLMEngine(VLLMSleep):
     name = "vllm"
+    image = "vllm/vllm-openai:v0.33.0"  # the flags were recorded from this version
     tasks = frozenset(Task)
     metrics = METRICS
     default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)

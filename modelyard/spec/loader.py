@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from modelyard.spec import common, scaling, schema
+from modelyard.spec import common, scaling, schema, validation
 from modelyard.spec.schema import ENGINE_NAMES, REPLICAS_FORMS, YardSpec
 
 Loc = tuple[str | int, ...]
@@ -105,7 +105,8 @@ def _suggest(loc: Loc) -> str:
     for cls in (schema.YardSpec, schema.GatewaySpec, schema.KeySpec, schema.LlamaCppModel, schema.SimulatorModel,
                 schema.OpenAIModel, schema.VLLMModel, schema.ModelSource, schema.WeightsSource, schema.RopeScaling,
                 schema.LoraAdapter, schema.Timeouts, schema.StoreSpec, schema.AdmissionSpec, scaling.ScalingSpec,
-                scaling.SLOSpec, scaling.PoolSpec, scaling.ResourcesSpec):
+                scaling.SLOSpec, scaling.PoolSpec, scaling.ResourcesSpec,
+                validation.ValidationSpec, validation.QualitySpec, validation.DeterminismSpec, validation.SpeedSpec):
         fields.update(cls.model_fields)
     close = _closest(name, sorted(fields))
     return f" (did you mean {close!r}?)" if close else ""

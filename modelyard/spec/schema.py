@@ -6,6 +6,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from modelyard.spec.common import NAME_PATTERN, SHA256_PATTERN, Strict
 from modelyard.spec.scaling import PoolSpec, ResourcesSpec, ScalingSpec, SLOSpec
+from modelyard.spec.validation import ValidationSpec
 
 
 class KeySpec(Strict):
@@ -135,6 +136,7 @@ class BaseModelSpec(Strict):
     admission: AdmissionSpec = AdmissionSpec()
     store_text: bool = False
     startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
+    validation: ValidationSpec | None = None  # the gate a new revision passes (spec/validation.py)
 
     @property
     def scaling(self) -> ScalingSpec | None:

@@ -1,0 +1,192 @@
+"""One model's engine in Kubernetes: its Deployment (the adapter's own launch plan, the same code path as
+`modelyard up --dry-run`), headless Service, PodDisruptionBudget and NetworkPolicy."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from modelyard.deploy import kube_probes
+from modelyard.deploy.kube_common import (
+    DEFAULT_HUB_CACHE,
+    ENGINE_PORT,
+    ENGINE_PORT_NAME,
+    GATEWAY_NAME,
+    GPU_RESOURCE,
+    MODEL_ANNOTATION,
+    WEIGHTS_VOLUME,
+    Manifest,
+    RenderOptions,
+    meta,
+    obj,
+    object_name,
+    pdb,
+    restricted_security,
+    selector,
+)
+from modelyard.engines import EngineAdapter, LaunchPlan
+from modelyard.spec.schema import AcceleratorModel, AnyModel, LlamaCppModel, WeightsSource
+
+COMPONENT = "engine"
+DROPPED_ENV = frozenset({"CUDA_VISIBLE_DEVICES"})  # in a pod the GPUs are the nvidia.com/gpu the pod was given
+
+
+class RenderError(Exception):
+    """The spec cannot be rendered for Kubernetes as it is; the message says why."""
+
+
+@dataclass(frozen=True)
+class EnginePod:
+    plan: LaunchPlan
+    mounts: tuple[str, ...]  # weight paths mounted read-only from the weights volume
+
+
+def in_cluster(model: AnyModel) -> AnyModel:
+    """The model as its pod sees it: a hub-cache model without cache_dir reads the mounted cache (not this
+    machine's $HF_HUB_CACHE)."""
+    if isinstance(model, AcceleratorModel) and model.model.name is not None and model.model.cache_dir is None:
+        source = WeightsSource(name=model.model.name, cache_dir=DEFAULT_HUB_CACHE)
+        return model.model_copy(update={"model": source})
+    return model
+
+
+def weight_mounts(model: AnyModel, plan: LaunchPlan) -> tuple[str, ...]:
+    if isinstance(model, LlamaCppModel):  # the GGUF's folder
+        weights = plan.argv[plan.argv.index("--model") + 1]
+        return (weights.rsplit("/", 1)[0] or "/",)
+    if not isinstance(model, AcceleratorModel):
+        return ()
+    paths = [model.model.path or model.model.cache_dir or DEFAULT_HUB_CACHE, *(a.path for a in model.lora)]
+    return tuple(dict.fromkeys(p.rstrip("/") or "/" for p in paths))
+
+
+def engine_pod(adapter: EngineAdapter, model: AnyModel) -> EnginePod:
+    """The adapter's launch plan on 0.0.0.0:8000, as a container of its image runs it."""
+    model = in_cluster(model)
+    plan = adapter.container_launch(model, "0.0.0.0", ENGINE_PORT)
+    if plan is None:
+        raise RenderError(f"{model.name}: engine {adapter.name} has no launch plan")
+    argv = list(plan.argv)
+    if argv and argv[0] == sys.executable:
+        argv[0] = "python3"  # this machine's interpreter: the image's own
+    env = {k: v for k, v in plan.env.items() if k not in DROPPED_ENV}
+    return EnginePod(LaunchPlan(argv=argv, env=env), weight_mounts(model, plan))
+
+
+def _quantity_cpu(cpus: float) -> str:
+    return str(int(cpus)) if cpus == int(cpus) else f"{round(cpus * 1000)}m"
+
+
+def _quantity_mib(gib: float) -> str:
+    return f"{round(gib * 1024)}Mi"
+
+
+def container_resources(adapter: EngineAdapter, model: AnyModel) -> tuple[Manifest, float]:
+    """Requests and limits from the adapter's share (a GPU engine: its tensor x pipeline parallel GPUs, at least
+    2 CPUs per GPU to tokenize and schedule); and the /dev/shm size (GiB) that tensor parallel needs."""
+    share = adapter.resources(model)
+    gpus = share.gpus
+    cpus = max(share.cpus, 2.0 * gpus, 0.25)
+    memory = share.memory_gib or (16.0 * gpus if gpus else 0.5)
+    shm = float(max(2, 4 * gpus)) if gpus else 0.0
+    requests: Manifest = {"cpu": _quantity_cpu(cpus), "memory": _quantity_mib(memory)}
+    limits: Manifest = {"memory": _quantity_mib(memory + shm)}  # a memory-backed /dev/shm counts here
+    if gpus:
+        requests[GPU_RESOURCE] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}, shm
+
+
+def _volumes(pod: EnginePod, shm_gib: float, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if shm_gib:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_gib)}Gi"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if pod.mounts:
+        weights = options.weights
+        source: Manifest = ({"hostPath": {"path": weights.host_path, "type": "Directory"}} if weights.host_path
+                            else {"persistentVolumeClaim": {"claimName": weights.claim, "readOnly": True}})
+        volumes.append({"name": WEIGHTS_VOLUME, **source})
+        mounts += [{"name": WEIGHTS_VOLUME, "mountPath": path, "subPath": path.lstrip("/"), "readOnly": True}
+                   for path in pod.mounts]
+    return volumes, mounts
+
+
+def _container(adapter: EngineAdapter, model: AnyModel, pod: EnginePod, image: str,
+               resources: Manifest, mounts: list[Manifest], gpu: bool) -> Manifest:
+    # GPU engine images (vLLM's, SGLang's) run as root and write caches under $HOME: only escalation is refused
+    security = restricted_security(read_only_root=False) if gpu else {
+        **restricted_security(), "runAsNonRoot": True}
+    return {
+        "name": "engine", "image": image, "command": pod.plan.argv,
+        "env": [{"name": k, "value": v} for k, v in sorted(pod.plan.env.items())],
+        "ports": [{"name": ENGINE_PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}],
+        "resources": resources,
+        "startupProbe": kube_probes.startup(adapter, model, gpu),
+        "readinessProbe": kube_probes.readiness(adapter, model),
+        "livenessProbe": kube_probes.liveness(adapter),
+        "lifecycle": {"preStop": kube_probes.pre_stop(adapter, model)},
+        "volumeMounts": mounts, "securityContext": security,
+    }
+
+
+def deployment(adapter: EngineAdapter, model: AnyModel, image: str, replicas: int | None,
+               options: RenderOptions) -> Manifest:
+    """`replicas` None: an autoscaler owns the count (left out so that a re-apply does not reset it)."""
+    name = object_name(model.name)
+    pod = engine_pod(adapter, model)
+    resources, shm = container_resources(adapter, model)
+    gpu = GPU_RESOURCE in resources["requests"]
+    volumes, mounts = _volumes(pod, shm, options)
+    pod_spec: Manifest = {
+        "automountServiceAccountToken": False, "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": kube_probes.grace_seconds(model),
+        "containers": [_container(adapter, model, pod, image, resources, mounts, gpu)],
+        "volumes": volumes,
+        "nodeSelector": dict(options.gpu_node_selector if gpu else options.cpu_node_selector),
+    }
+    if gpu:
+        pod_spec["tolerations"] = [dict(t) for t in options.gpu_tolerations]
+    else:
+        pod_spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
+    # a GPU replica cannot surge onto a GPU that is not free: replace one at a time instead
+    strategy = {"maxSurge": 0, "maxUnavailable": 1} if gpu else {"maxSurge": 1, "maxUnavailable": 0}
+    annotations = {MODEL_ANNOTATION: model.name, "modelyard.dev/engine": adapter.name}
+    spec: Manifest = {"selector": {"matchLabels": selector(name)},
+                      "strategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
+                      "template": {"metadata": {"labels": meta(name, COMPONENT, options)["labels"],
+                                                "annotations": annotations},
+                                   "spec": pod_spec}}
+    if replicas is not None:
+        spec = {"replicas": replicas, **spec}
+    return obj("apps/v1", "Deployment", meta(name, COMPONENT, options, annotations), spec=spec)
+
+
+def service(model: AnyModel, options: RenderOptions) -> Manifest:
+    """Headless: its EndpointSlices list every replica, ready or not, which the gateway routes to itself."""
+    name = object_name(model.name)
+    return obj("v1", "Service", meta(name, COMPONENT, options, {MODEL_ANNOTATION: model.name}), spec={
+        "clusterIP": "None", "publishNotReadyAddresses": False, "selector": selector(name),
+        "ports": [{"name": ENGINE_PORT_NAME, "port": ENGINE_PORT, "targetPort": ENGINE_PORT_NAME, "protocol": "TCP"}],
+    })
+
+
+def network_policy(model: AnyModel, options: RenderOptions) -> Manifest:
+    """Only the gateway's pods reach the engine (and Prometheus, from its namespace, for /metrics on that port)."""
+    name = object_name(model.name)
+    port = [{"protocol": "TCP", "port": ENGINE_PORT}]
+    return obj("networking.k8s.io/v1", "NetworkPolicy", meta(name, COMPONENT, options), spec={
+        "podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": selector(GATEWAY_NAME)}}], "ports": port},
+                    {"from": [{"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": options.monitoring_namespace}}}], "ports": port}],
+    })
+
+
+def engine_objects(adapter: EngineAdapter, model: AnyModel, image: str, replicas: int | None,
+                   options: RenderOptions) -> list[Manifest]:
+    name = object_name(model.name)
+    return [deployment(adapter, model, image, replicas, options), service(model, options),
+            pdb(name, COMPONENT, options), network_policy(model, options)]

@@ -1,0 +1,3 @@
+{{- define "modelyard.namespace" -}}
+{{- .Values.namespace | default .Release.Namespace -}}
+{{- end -}}

