@@ -6,7 +6,9 @@ resident members' `size`). A member is one model with one replica. It *holds* ca
 an asleep or stopped member holds none.
 
 `plan(pool, members, now)` returns the actions that move the pool towards the state it wants, in the order the
-supervisor should carry them out (an eviction comes before the wake it makes room for). It reads no clock and
+supervisor should carry them out. An eviction and the wake it makes room for are never in one plan: the evicted
+member drains, and holds its room until it is asleep or stopped; a later plan, which sees the room free, wakes
+the claimant (so the members resident never exceed the capacity, not even during a swap). It reads no clock and
 does no I/O: `now` is passed in, on the same monotonic clock as the members' timestamps.
 
 Rules:
@@ -17,22 +19,27 @@ Rules:
 2. Order. Pinned claimants come first, then the others; within each group by `queued` descending, then
    `last_used_at` ascending (waiting longest, as far as we can tell), then name, so the plan is deterministic.
 3. Admission. A claimant that fits in the free capacity is woken (asleep -> "wake") or started
-   (stopped -> "start"). Otherwise members are evicted to make room for it. Eviction candidates are awake
+   (stopped -> "start"). Otherwise, if it fits once the draining members have freed their room (room on its
+   way, taken by the claimants in order), it waits for that room: no action. Otherwise members are evicted to
+   make room for it, as many as the room free and on its way leaves short. Eviction candidates are awake
    (not starting, waking or draining), not pinned, idle (`in_flight == 0` and `queued == 0`) and resident
    for at least `min_awake_s` (`now - resident_since`), so that a member just woken is not put straight back
    to sleep. The least recently used (smallest `last_used_at`, then name) are taken first, and only as many as
    needed: a candidate taken early whose room turns out not to be needed is kept. An eviction is "sleep" if
    the member `can_sleep`, else "stop". If all candidates together do not make room, nothing is done for that
    claimant this round (it keeps waiting; a member with requests in flight is never evicted), and the next
-   claimant is considered.
+   claimant is considered. If the plan evicts anyone, it returns only the evictions: a claimant that fits now
+   is woken by the next plan, with the one that waits for the evicted members' room once they are asleep or
+   stopped.
 4. Too large. A claimant larger than the whole capacity is never woken, and no action mentions it (the loader
    rejects such specs).
 5. Nothing else. Without claimants there is nothing to do: idle members stay awake (waking
    costs), they are only evicted to make room.
 
 Capacity is never exceeded by what the plan adds: after the actions, the held size is at most the capacity
-(or, if it was over already, at most what it was). The plan is idempotent: on the state its actions produce
-(at the same `now`) it returns [].
+(or, if it was over already, at most what it was). The plan settles: applied again and again on the state its
+actions produce (at the same `now`, the evicted members asleep or stopped), it comes to []; while the evicted
+members still drain it evicts no one else.
 """
 
 from __future__ import annotations
@@ -79,47 +86,55 @@ def plan(pool: PoolSpec, members: Sequence[Member], now: float) -> list[Action]:
     evictable = [member for member in members if _evictable(pool, member, pinned, now)]
     evictable.sort(key=lambda member: (member.last_used_at, member.name))
     room = _Room(
-        pool=pool,
         now=now,
         capacity=_capacity(pool),
         sizes=sizes,
-        used=sum(sizes[member.name] for member in members if member.state in _HOLDING),
+        free=_capacity(pool) - sum(sizes[m.name] for m in members if m.state in _HOLDING),
+        coming=sum(sizes[m.name] for m in members if m.state == "draining"),
         evictable=evictable,
     )
     for member, reason in _claimants(members, pinned):
         room.admit(member, reason)
-    return room.actions
+    return room.evictions or room.admissions
 
 
 @dataclass
 class _Room:
     """The working state of one `plan` call: capacity taken and the eviction candidates left."""
 
-    pool: PoolSpec
     now: float
     capacity: float
     sizes: dict[str, float]
-    used: float
+    free: float  # capacity not held now (negative if the pool is over it)
+    coming: float  # held by draining members, not yet promised to a claimant: free once they are asleep/stopped
     evictable: list[Member]  # least recently used first
-    actions: list[Action] = field(default_factory=list)
+    admissions: list[Action] = field(default_factory=list)
+    evictions: list[Action] = field(default_factory=list)
 
     def admit(self, member: Member, reason: str) -> None:
         size = self.sizes[member.name]
         if size > self.capacity + _EPS:
             return
-        victims = _pick(self.evictable, self.sizes, size - (self.capacity - self.used))
+        if size <= self.free + _EPS:
+            self.free -= size
+            self.admissions.append(Action(member.name, "wake" if member.state == "asleep" else "start", reason))
+            return
+        victims = _pick(self.evictable, self.sizes, size - (self.free + self.coming))
         if victims is None:
             return
-        for victim in victims:
+        for victim in victims:  # none when the room on its way is enough: the claimant waits for it
             self._evict(victim, f"to make room for {member.name}")
-        self.used += size
-        self.actions.append(Action(member.name, "wake" if member.state == "asleep" else "start", reason))
+        # the room free now and on its way (the victims' included) is promised to this claimant, free room first
+        self.coming -= size - max(self.free, 0.0)
+        self.free = min(self.free, 0.0)
 
     def _evict(self, victim: Member, why: str) -> None:
         self.evictable.remove(victim)
-        self.used -= self.sizes[victim.name]
+        self.coming += self.sizes[victim.name]  # it drains first: its room is on its way, not free
         kind = "sleep" if victim.can_sleep else "stop"
-        self.actions.append(Action(victim.name, kind, f"least recently used idle member ({self._idle(victim)}), {why}"))
+        self.evictions.append(
+            Action(victim.name, kind, f"least recently used idle member ({self._idle(victim)}), {why}")
+        )
 
     def _idle(self, member: Member) -> str:
         if member.last_used_at == -math.inf:

@@ -195,8 +195,10 @@ class Reconciler:
             self._last_used[name] = now
         self._arrivals[name] = arrivals
         runner = self.supervisor.runner(name, 0)
-        if runner is None or (name, 0) in self.supervisor.leaving:
+        if runner is None:
             state = "stopped"
+        elif (name, 0) in self.supervisor.leaving:
+            state = "draining"  # on its way out: it holds its room until it is gone
         else:
             state = MEMBER_STATE.get(runner.endpoint.state, "starting")
         return Member(name=name, state=state, in_flight=in_flight, queued=self.signals.queued(name),
@@ -224,7 +226,8 @@ class Reconciler:
         used = Resources()
         for name, other in self.models.items():
             need = get_engine(other.engine).resources(other)
-            replicas = count if name == model.name else self.desired[name]
+            running = sum(1 for key in self.supervisor.runners if key[0] == name)  # draining ones still hold theirs
+            replicas = count if name == model.name else max(self.desired[name], running)
             used = Resources(used.cpus + need.cpus * replicas, used.memory_gib + need.memory_gib * replicas,
                              used.gpus + need.gpus * replicas)
         for field, limit in (("cpus", limits.cpus), ("memory_gib", limits.memory_gib), ("gpus", limits.gpus)):

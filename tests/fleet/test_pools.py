@@ -50,6 +50,25 @@ def kinds(actions: Sequence[Action]) -> list[tuple[str, str]]:
     return [(action.member, action.kind) for action in actions]
 
 
+def plans(pool: PoolSpec, members: Sequence[Member], now: float = NOW) -> list[list[Action]]:
+    """The plans of the rounds until one returns [] (that one left out), each applied with its evicted members
+    asleep or stopped before the next."""
+    rounds: list[list[Action]] = []
+    for _ in range(2 * len(members) + 1):
+        actions = plan(pool, members, now)
+        if not actions:
+            return rounds
+        rounds.append(actions)
+        members = apply(members, actions, now)
+    raise AssertionError(f"the plans do not settle: {[kinds(actions) for actions in rounds]}")
+
+
+def draining(members: Sequence[Member], actions: Sequence[Action]) -> list[Member]:
+    """The members while the ones the actions evict still drain (they hold their room)."""
+    evicted = {action.member for action in actions if action.kind in ("sleep", "stop")}
+    return [dataclasses.replace(m, state="draining") if m.name in evicted else m for m in members]
+
+
 def test_a_member_with_waiting_requests_is_woken_when_there_is_room() -> None:
     members = [member("a", "awake"), member("b", queued=2)]
     actions = plan(pool_of(members, slots=2), members, NOW)
@@ -72,16 +91,18 @@ def test_the_least_recently_used_idle_member_is_put_to_sleep_to_make_room() -> N
         member("recent", "awake", last_used_at=NOW - 1),
         member("chat-b", queued=1),
     ]
-    actions = plan(pool_of(members, slots=2), members, NOW)
-    assert actions == [
-        Action("old", "sleep", "least recently used idle member (idle 42 s), to make room for chat-b"),
-        Action("chat-b", "wake", "1 request wait for it"),
+    assert plans(pool_of(members, slots=2), members) == [
+        [Action("old", "sleep", "least recently used idle member (idle 42 s), to make room for chat-b")],
+        [Action("chat-b", "wake", "1 request wait for it")],
     ]
 
 
 def test_a_member_that_cannot_sleep_is_stopped_instead() -> None:
     members = [member("gguf", "awake", can_sleep=False), member("chat-b", "stopped", queued=1, can_sleep=False)]
-    assert kinds(plan(pool_of(members), members, NOW)) == [("gguf", "stop"), ("chat-b", "start")]
+    assert [kinds(actions) for actions in plans(pool_of(members), members)] == [
+        [("gguf", "stop")],
+        [("chat-b", "start")],
+    ]
 
 
 def test_a_member_with_requests_in_flight_is_never_evicted() -> None:
@@ -100,14 +121,20 @@ def test_a_busy_member_is_skipped_and_the_next_least_recently_used_idle_one_evic
         member("idle", "awake", last_used_at=NOW - 10),
         member("waiting", queued=1),
     ]
-    assert kinds(plan(pool_of(members, slots=2), members, NOW)) == [("idle", "sleep"), ("waiting", "wake")]
+    assert [kinds(actions) for actions in plans(pool_of(members, slots=2), members)] == [
+        [("idle", "sleep")],
+        [("waiting", "wake")],
+    ]
 
 
 def test_min_awake_s_protects_a_member_just_woken() -> None:
     members = [member("fresh", "awake", resident_since=NOW - 2), member("waiting", queued=1)]
     pool = pool_of(members, min_awake_s=5.0)
     assert plan(pool, members, NOW) == []
-    assert kinds(plan(pool, members, NOW + 3)) == [("fresh", "sleep"), ("waiting", "wake")]
+    assert [kinds(actions) for actions in plans(pool, members, NOW + 3)] == [
+        [("fresh", "sleep")],
+        [("waiting", "wake")],
+    ]
 
 
 def test_members_starting_waking_or_draining_are_not_evicted_and_draining_holds_its_room() -> None:
@@ -136,9 +163,9 @@ def test_pinned_members_are_made_resident_and_never_evicted() -> None:
 
 def test_pinned_members_come_before_demand_and_may_evict_idle_members() -> None:
     members = [member("idle", "awake"), member("waiting", queued=9), member("base", "stopped")]
-    actions = plan(pool_of(members, slots=1, pinned=("base",)), members, NOW)
-    assert kinds(actions) == [("idle", "sleep"), ("base", "start")]
-    assert actions[1].reason == "pinned"
+    evict, start = plans(pool_of(members, slots=1, pinned=("base",)), members)
+    assert kinds(evict) == [("idle", "sleep")]
+    assert start == [Action("base", "start", "pinned")]
 
 
 def test_a_memory_pool_counts_sizes_and_evicts_only_as_much_as_needed() -> None:
@@ -150,7 +177,7 @@ def test_a_memory_pool_counts_sizes_and_evicts_only_as_much_as_needed() -> None:
     ]
     pool = pool_of(members, memory_gib=14.0)
     # 12 GiB held, 2 free: small-old alone frees 4 (too little), small-old + big free 12; big alone is enough
-    assert kinds(plan(pool, members, NOW)) == [("big", "sleep"), ("large", "wake")]
+    assert [kinds(actions) for actions in plans(pool, members)] == [[("big", "sleep")], [("large", "wake")]]
 
 
 def test_a_memory_pool_wakes_without_eviction_when_the_member_fits() -> None:
@@ -170,7 +197,10 @@ def test_a_claimant_that_cannot_be_served_does_not_evict_and_the_next_one_is_con
         member("large", size=8.0, queued=5),
         member("small", size=4.0, queued=1),
     ]
-    assert kinds(plan(pool_of(members, memory_gib=16.0), members, NOW)) == [("idle", "sleep"), ("small", "wake")]
+    assert [kinds(actions) for actions in plans(pool_of(members, memory_gib=16.0), members)] == [
+        [("idle", "sleep")],
+        [("small", "wake")],
+    ]
 
 
 def test_several_waiting_members_are_served_by_queued_then_least_recently_used_then_name() -> None:
@@ -181,12 +211,14 @@ def test_several_waiting_members_are_served_by_queued_then_least_recently_used_t
         member("three", queued=3, last_used_at=NOW - 1),
         member("one-b", queued=1, last_used_at=NOW - 50),
     ]
-    assert kinds(plan(pool_of(members, slots=1), members, NOW)) == [("idle", "sleep"), ("three", "wake")]
-    assert kinds(plan(pool_of(members, slots=3), members, NOW)) == [
-        ("three", "wake"),
-        ("one-b", "wake"),
-        ("idle", "sleep"),
-        ("one-old", "wake"),
+    assert [kinds(actions) for actions in plans(pool_of(members, slots=1), members)] == [
+        [("idle", "sleep")],
+        [("three", "wake")],
+    ]
+    # the eviction for one-old comes alone: the wakes that fit now come with one-old's in the next plan
+    assert [kinds(actions) for actions in plans(pool_of(members, slots=3), members)] == [
+        [("idle", "sleep")],
+        [("three", "wake"), ("one-b", "wake"), ("one-old", "wake")],
     ]
     assert kinds(plan(pool_of(members, slots=5), members, NOW)) == [
         ("three", "wake"),
@@ -203,7 +235,38 @@ def test_a_pool_over_its_capacity_while_a_member_drains_evicts_no_one_else() -> 
     assert plan(pool_of(members, slots=1, min_awake_s=0), members, now=NOW) == []
 
 
-def test_the_plan_is_idempotent() -> None:
+def test_an_eviction_and_the_wake_it_makes_room_for_are_never_in_one_plan() -> None:
+    """The bug: a swap in a 2-slot pool had 3 processes alive while the victim drained (its room is free only once
+    it is asleep), and while it drained the next plan evicted the other member for the same claimant."""
+    members = [
+        member("a", "awake", last_used_at=NOW - 20),
+        member("b", "awake", last_used_at=NOW - 10),
+        member("c", queued=1),
+    ]
+    pool = pool_of(members, slots=2)
+    first = plan(pool, members, NOW)
+    assert first == [Action("a", "sleep", "least recently used idle member (idle 20 s), to make room for c")]
+    assert plan(pool, draining(members, first), NOW) == []
+    assert plan(pool, apply(members, first, NOW), NOW) == [Action("c", "wake", "1 request wait for it")]
+
+
+def test_several_claimants_evict_only_as_many_as_they_need() -> None:
+    members = [
+        member("a", "awake", last_used_at=NOW - 30),
+        member("b", "awake", last_used_at=NOW - 20),
+        member("c", "awake", last_used_at=NOW - 10),
+        member("d", queued=1),
+        member("e", queued=1),
+    ]
+    pool = pool_of(members, slots=3)
+    evict, wake = plans(pool, members)
+    assert kinds(evict) == [("a", "sleep"), ("b", "sleep")]
+    assert [action.reason.rsplit(" ", 1)[-1] for action in evict] == ["d", "e"]
+    assert plan(pool, draining(members, evict), NOW) == []
+    assert kinds(wake) == [("d", "wake"), ("e", "wake")]
+
+
+def test_the_plans_settle() -> None:
     members = [
         member("a", "awake", last_used_at=NOW - 30),
         member("b", "awake", last_used_at=NOW - 20, can_sleep=False),
@@ -212,9 +275,9 @@ def test_the_plan_is_idempotent() -> None:
         member("e", queued=1),
     ]
     pool = pool_of(members, slots=2)
-    actions = plan(pool, members, NOW)
-    assert kinds(actions) == [("a", "sleep"), ("c", "wake"), ("b", "stop"), ("d", "start")]
-    assert plan(pool, apply(members, actions, NOW), NOW) == []
+    evict, admit = plans(pool, members)  # then [] (e waits: c and d are busy, so no one is left to evict)
+    assert kinds(evict) == [("a", "sleep"), ("b", "stop")]
+    assert admit == [Action("c", "wake", "2 requests wait for it"), Action("d", "start", "1 request wait for it")]
 
 
 def test_unknown_states_and_duplicate_names_are_rejected() -> None:
@@ -256,26 +319,43 @@ def held(pool: PoolSpec, members: Sequence[Member]) -> float:
     return sum(m.size if pool.memory_gib is not None else 1.0 for m in members if m.state in HOLDING)
 
 
+def check_round(pool: PoolSpec, members: Sequence[Member], actions: Sequence[Action]) -> None:
+    """One plan's actions on `members`: each allowed, evictions and admissions never together, capacity kept."""
+    capacity = float(pool.slots) if pool.slots is not None else float(pool.memory_gib or 0)
+    pinned = {m.name for m in members if m.pinned} | set(pool.pinned)
+    before = {m.name: m for m in members}
+    assert len({action.member for action in actions}) == len(actions)
+    evictions = [action for action in actions if action.kind in ("sleep", "stop")]
+    assert not evictions or evictions == list(actions), f"an eviction and an admission in one plan: {kinds(actions)}"
+    for action in actions:
+        was = before[action.member]
+        if action.kind in ("sleep", "stop"):
+            assert was.state == "awake" and was.in_flight == 0 and was.queued == 0
+            assert action.member not in pinned and NOW - was.resident_since >= pool.min_awake_s
+            assert action.kind == ("sleep" if was.can_sleep else "stop")
+        else:
+            assert action.kind in ("wake", "start")
+            assert was.state == ("asleep" if action.kind == "wake" else "stopped")
+    # resident + draining after the actions, the evicted members still draining (so holding their room)
+    after = held(pool, apply(draining(members, actions), [a for a in actions if a not in evictions], NOW))
+    assert after <= max(capacity, held(pool, members)) + 1e-9
+    if not evictions and actions:
+        assert after <= capacity + 1e-9
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_states_never_exceed_capacity_and_settle(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(200):
         pool, members = random_state(rng)
-        capacity = float(pool.slots) if pool.slots is not None else float(pool.memory_gib or 0)
-        pinned = {m.name for m in members if m.pinned} | set(pool.pinned)
-        before = {m.name: m for m in members}
-        actions = plan(pool, members, NOW)
-        assert len({action.member for action in actions}) == len(actions)
-        for action in actions:
-            was = before[action.member]
-            if action.kind in ("sleep", "stop"):
-                assert was.state == "awake" and was.in_flight == 0 and was.queued == 0
-                assert action.member not in pinned and NOW - was.resident_since >= pool.min_awake_s
-                assert action.kind == ("sleep" if was.can_sleep else "stop")
-            else:
-                assert was.state == ("asleep" if action.kind == "wake" else "stopped")
-        after = apply(members, actions, NOW)
-        assert held(pool, after) <= max(capacity, held(pool, members)) + 1e-9
-        if any(action.kind in ("wake", "start") for action in actions):
-            assert held(pool, after) <= capacity + 1e-9
-        assert plan(pool, after, NOW) == []
+        for _round in range(2 * len(members) + 1):
+            actions = plan(pool, members, NOW)
+            check_round(pool, members, actions)
+            if not actions:
+                break
+            while_draining = plan(pool, draining(members, actions), NOW)  # replanned before the victims are asleep
+            assert not any(action.kind in ("sleep", "stop") for action in while_draining), kinds(while_draining)
+            check_round(pool, draining(members, actions), while_draining)
+            members = apply(members, actions, NOW)
+        else:
+            pytest.fail(f"the plans do not settle within {2 * len(members) + 1} rounds: {pool} {members}")
