@@ -8,10 +8,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from modelyard.engines.base import EngineError, Resources
-from modelyard.spec.schema import AcceleratorModel
+from modelyard.engines.base import EngineAdapter, EngineError, Resources, Task
+from modelyard.spec.schema import AcceleratorModel, BaseModelSpec
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # the engine never reaches a hub either
 
@@ -111,3 +111,34 @@ def find_binary(model: AcceleratorModel, default: str) -> str:
 def replica_resources(model: AcceleratorModel) -> Resources:
     """A GPU engine's replica: its tensor_parallel x pipeline_parallel GPUs, one CPU to drive them."""
     return Resources(cpus=1.0, memory_gib=model.memory_gib or 0.0, gpus=model.gpus_per_replica)
+
+
+class AcceleratorEngine(EngineAdapter):
+    """What the GPU engines' adapters share: slots from max_num_seqs, GPUs as resources, the served name, the
+    checks before a launch, sleep only with sleep_mode."""
+
+    command: ClassVar[str]  # the engine's command when the spec gives no `binary`
+    tasks = frozenset(Task)
+    default_slots = 256
+
+    def _model(self, model: BaseModelSpec) -> AcceleratorModel:
+        assert isinstance(model, AcceleratorModel)
+        return model
+
+    def slots(self, model: BaseModelSpec) -> int:
+        return self._model(model).max_num_seqs or self.default_slots
+
+    def resources(self, model: BaseModelSpec) -> Resources:
+        return replica_resources(self._model(model))
+
+    def upstream_model(self, model: BaseModelSpec) -> str | None:
+        return self._model(model).served_model_name
+
+    def prepare(self, model: BaseModelSpec) -> None:
+        accelerated = self._model(model)
+        find_binary(accelerated, self.command)
+        weights(accelerated, check=True)
+        check_gpus(accelerated)
+
+    def can_sleep(self, model: BaseModelSpec) -> bool:
+        return self._model(model).sleep_mode

@@ -9,14 +9,12 @@ import aiohttp
 import orjson
 
 from modelyard.engines.accelerator import (
-    check_gpus,
-    find_binary,
+    AcceleratorEngine,
     replica_gpus,
-    replica_resources,
     rope_override,
     weights,
 )
-from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Resources, Task, post_control
+from modelyard.engines.base import LaunchPlan, MetricNames, Task, post_control
 from modelyard.spec.schema import BaseModelSpec, SGLangModel
 
 # exported with --enable-metrics
@@ -50,36 +48,17 @@ def launch_argv(model: SGLangModel, python: str, weights_arg: str, host: str, po
     return argv
 
 
-class SGLangEngine(EngineAdapter):
+class SGLangEngine(AcceleratorEngine):
     name = "sglang"
     image = "lmsysorg/sglang:v0.5.23"  # the flags were recorded from this version
-    tasks = frozenset(Task)
+    command = "python3"  # -m sglang.launch_server
     metrics = METRICS
-    default_slots = 256
     sleep_levels = (1,)
-
-    def slots(self, model: BaseModelSpec) -> int:
-        assert isinstance(model, SGLangModel)
-        return model.max_num_seqs or self.default_slots
-
-    def resources(self, model: BaseModelSpec) -> Resources:
-        assert isinstance(model, SGLangModel)
-        return replica_resources(model)
-
-    def upstream_model(self, model: BaseModelSpec) -> str | None:
-        assert isinstance(model, SGLangModel)
-        return model.served_model_name
-
-    def prepare(self, model: BaseModelSpec) -> None:
-        assert isinstance(model, SGLangModel)
-        find_binary(model, "python3")
-        weights(model, check=True)
-        check_gpus(model)
 
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
         assert isinstance(model, SGLangModel)
         weights_arg, env = weights(model, check=False)
-        argv = launch_argv(model, model.binary or "python3", weights_arg, host, port)
+        argv = launch_argv(model, model.binary or self.command, weights_arg, host, port)
         if self.task(model) is not Task.CHAT:
             argv.append("--is-embedding")  # SGLang serves embeddings and scores from the same mode
         env.update(replica_gpus(model, replica))
@@ -87,10 +66,6 @@ class SGLangEngine(EngineAdapter):
 
     def answer_body(self, path: str, body: bytes) -> bytes:
         return rerank_answer(body) if path == "/v1/rerank" else body
-
-    def can_sleep(self, model: BaseModelSpec) -> bool:
-        assert isinstance(model, SGLangModel)
-        return model.sleep_mode
 
     async def sleep(self, session: aiohttp.ClientSession, base_url: str, model: BaseModelSpec,
                     level: int = 1) -> str | None:

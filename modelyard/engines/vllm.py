@@ -9,14 +9,12 @@ import aiohttp
 import orjson
 
 from modelyard.engines.accelerator import (
-    check_gpus,
-    find_binary,
+    AcceleratorEngine,
     replica_gpus,
-    replica_resources,
     rope_override,
     weights,
 )
-from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Resources, Task, post_control
+from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Task, post_control
 from modelyard.spec.schema import BaseModelSpec, VLLMModel
 
 METRICS = MetricNames(
@@ -67,41 +65,19 @@ class VLLMSleep(EngineAdapter):
         return await post_control(session, base_url, "/wake_up")
 
 
-class VLLMEngine(VLLMSleep):
+class VLLMEngine(VLLMSleep, AcceleratorEngine):
     name = "vllm"
     image = "vllm/vllm-openai:v0.33.0"  # the flags were recorded from this version
-    tasks = frozenset(Task)
+    command = "vllm"
     metrics = METRICS
     default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)
-
-    def slots(self, model: BaseModelSpec) -> int:
-        assert isinstance(model, VLLMModel)
-        return model.max_num_seqs or self.default_slots
-
-    def resources(self, model: BaseModelSpec) -> Resources:
-        assert isinstance(model, VLLMModel)
-        return replica_resources(model)
-
-    def upstream_model(self, model: BaseModelSpec) -> str | None:
-        assert isinstance(model, VLLMModel)
-        return model.served_model_name
-
-    def prepare(self, model: BaseModelSpec) -> None:
-        assert isinstance(model, VLLMModel)
-        find_binary(model, "vllm")
-        weights(model, check=True)
-        check_gpus(model)
 
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
         assert isinstance(model, VLLMModel)
         weights_arg, env = weights(model, check=False)
-        argv = serve_argv(model, model.binary or "vllm", weights_arg, host, port)
+        argv = serve_argv(model, model.binary or self.command, weights_arg, host, port)
         argv += [*RUNNER[self.task(model)], *model.extra_args]
         env.update(replica_gpus(model, replica))
         if model.sleep_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up; on the replica's loopback port only
         return LaunchPlan(argv=argv, env={**env, **model.env})
-
-    def can_sleep(self, model: BaseModelSpec) -> bool:
-        assert isinstance(model, VLLMModel)
-        return model.sleep_mode

@@ -21,10 +21,10 @@ from modelyard.gateway.discovery import EndpointSliceSource, KubeAPI, add_static
 from modelyard.observability.status import ChangePrinter, banner
 from modelyard.routing.endpoints import EndpointTable
 from modelyard.spec.schema import YardSpec
-from modelyard.store.factory import open_store
 from modelyard.up import (
     UpError,
     check_port_free,
+    check_state,
     fresh_dir,
     setup_keys,
     state_dir_for,
@@ -51,29 +51,6 @@ def _logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-
-
-async def _check_state(spec: YardSpec, state_dir: Path) -> None:
-    """Opens the store once (its migrations run here, before any worker opens it) and reaches store.redis, so that
-    a wrong url stops the gateway with a clear message. Unlike `up`, it records no revision: it serves the spec it
-    is given, which the one who rendered it recorded."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        store = await open_store(spec.store.url, state_dir)
-    except Exception as exc:
-        raise UpError(f"store.url: cannot open the store ({type(exc).__name__}: {exc})") from None
-    await store.close()
-    if not spec.store.redis:
-        return
-    import redis.asyncio
-
-    client = redis.asyncio.from_url(spec.store.redis)
-    try:
-        await client.ping()
-    except Exception as exc:
-        raise UpError(f"store.redis: cannot reach {spec.store.redis} ({type(exc).__name__}: {exc})") from None
-    finally:
-        await client.aclose()
 
 
 async def _first_list(source: EndpointSliceSource, task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -125,7 +102,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, api: KubeAPI 
     if api is None and pods:
         log.warning("not in a Kubernetes cluster and no --kube-api: %s get no replicas here (`modelyard up` runs "
                     "them on this machine)", ", ".join(m.name for m in pods))
-    await _check_state(spec, state_dir)
+    await check_state(spec, state_dir)  # no revision: a gateway applies none
     count = worker_count(spec.gateway.workers)
     metrics_dir = fresh_dir(state_dir / "metrics")
     stop = asyncio.Event()
