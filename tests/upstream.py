@@ -20,6 +20,7 @@ class Upstream:
         self.aborted = threading.Event()  # set when a client (the gateway) closed a stream before its end
         self.requests = 0
         self.seen: list[str] = []  # the path of every request but the probes
+        self.request_ids: list[str] = []  # their X-Request-Id headers
         self.probes_ok = True  # False: 1-token probes get `mode` too (a replica that stays broken)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -62,6 +63,7 @@ class Upstream:
         if not probe:
             self.requests += 1
             self.seen.append(request.path)
+            self.request_ids.append(request.headers.get("X-Request-Id", ""))
         if mode.startswith("error"):
             status = int(mode[5:])
             return mode, web.json_response({"error": {"message": "boom", "code": status}}, status=status)

@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,9 +41,12 @@ from modelyard.spec.schema import BaseModelSpec, YardSpec
 from modelyard.store.base import Store, UsageRecord
 
 log = logging.getLogger("modelyard.gateway")
+access = logging.getLogger("modelyard.access")  # gateway.access_log: one JSON line per request
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
 SESSION_HEADER_BYTES = SESSION_HEADER.encode()
+REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # a client's id is kept when it is this; else one is made
 # the gateway's generation paths, and the path each is served as (peers spell rerank three ways)
 GENERATION_PATHS = {"/v1/chat/completions": "/v1/chat/completions", "/v1/completions": "/v1/completions",
                     "/v1/embeddings": "/v1/embeddings", "/v1/rerank": "/v1/rerank", "/rerank": "/v1/rerank",
@@ -79,6 +84,7 @@ class Call:
     route: RouteRequest
     keep_usage: bool = True
     arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
+    request_id: bytes = b""
 
 
 class Gateway:
@@ -215,11 +221,15 @@ class Gateway:
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """A generation request, read straight from the ASGI scope (no Starlette Request: this is the hot path)."""
         authorization = session = None
+        request_id = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == SESSION_HEADER_BYTES:
                 session = value.decode("latin-1")
+            elif name == REQUEST_ID_HEADER and REQUEST_ID.fullmatch(value):
+                request_id = value
+        request_id = scope["modelyard.request_id"] = request_id or os.urandom(12).hex().encode()
         key = await self.tenancy.identify(authorization)
         if isinstance(key, Response):
             return key
@@ -261,7 +271,7 @@ class Gateway:
             return ticket
         call = Call(path, body, payload, model, stream, ticket,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
-                    arrived=arrived)
+                    arrived=arrived, request_id=request_id)
         if call.stream:
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
@@ -369,7 +379,7 @@ class Gateway:
         conn = await self.upstream.connect(target, min(timeouts.connect_s, wait))
         timer = loop.call_at(deadline, conn.expire)  # one timer, cheaper than a timeout context per request
         try:
-            conn.send(cached[1], data)
+            conn.send(cached[1], data, b"X-Request-Id: %b\r\n" % call.request_id)
             status = await conn.head()
             first = await conn.chunk() if call.stream and status == 200 else b""
         except BaseException:
@@ -392,7 +402,8 @@ class Gateway:
         outcome.first_byte = time.perf_counter()
         if call.stream and upstream.status == 200:
             return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
-                                  outcome, finish, self.writes, capture=call.model.store_text)
+                                  outcome, finish, self.writes, capture=call.model.store_text,
+                                  headers=[(REQUEST_ID_HEADER, call.request_id)])
         try:
             async with asyncio.timeout(max(0.0, call.model.timeouts.total_s - (time.perf_counter() - outcome.started))):
                 content = await upstream.read()
@@ -452,11 +463,17 @@ class Gateway:
             task = asyncio.get_running_loop().create_task(settling)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self.spec.gateway.access_log:
+            access.info("%s", orjson.dumps({
+                "request_id": call.request_id.decode(), "key": key, "model": model, "replica": outcome.replica,
+                "status": outcome.status, "error": outcome.error, "prompt_tokens": prompt,
+                "completion_tokens": completion, "ttft_s": ttft, "latency_s": now - outcome.started}).decode())
         if self.writer is not None:
             self.writer.record(UsageRecord(
                 ts=time.time(), key_name=key, model=model, replica=outcome.replica, prompt_tokens=prompt,
                 completion_tokens=completion, cached_tokens=usage.get("cached_tokens", 0), ttft_s=ttft,
                 e2e_s=now - outcome.started, status=outcome.status, error=outcome.error,
+                request_id=call.request_id.decode(),
                 **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
 
 
@@ -538,6 +555,8 @@ class GatewayApp(Starlette):
         except Exception as exc:
             log.exception("%s %s failed", scope["method"], scope["path"])
             response = await _server_error(Request(scope, receive), exc)
+        if isinstance(response, Response) and "modelyard.request_id" in scope:  # a stream sets its own
+            response.headers["x-request-id"] = scope["modelyard.request_id"].decode()
         await response(scope, receive, send)
 
 

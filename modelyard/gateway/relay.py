@@ -288,10 +288,10 @@ class UpstreamStream:
 
     def __init__(self, conn: Connection, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
                  keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], batch: WriteBatch,
-                 capture: bool = False) -> None:
+                 capture: bool = False, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.conn, self.first, self.endpoint, self.timeouts = conn, first, endpoint, timeouts
         self.keep_usage, self.outcome, self.finish, self.capture = keep_usage, outcome, finish, capture
-        self.batch = batch
+        self.batch, self.headers = batch, headers or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -310,7 +310,7 @@ class UpstreamStream:
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
             headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                       (b"x-modelyard-replica", self.endpoint.id.encode())]
+                       (b"x-modelyard-replica", self.endpoint.id.encode()), *self.headers]
             direct = start_direct(send, headers)
             if direct is None:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})

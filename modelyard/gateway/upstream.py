@@ -109,10 +109,11 @@ class Connection(asyncio.Protocol):
         self.error: BaseException | None = None
 
     # --- the caller's side ---
-    def send(self, head: bytes, body: bytes) -> None:
-        """Writes one request (`head` from `request_head`, without its Content-Length value)."""
+    def send(self, head: bytes, body: bytes, extra: bytes = b"") -> None:
+        """Writes one request (`head` from `request_head`, without its Content-Length value; `extra`: this request's
+        own header lines, each ending in CRLF)."""
         assert self.transport is not None
-        self.transport.write(b"%b%d\r\n\r\n%b" % (head, len(body), body))
+        self.transport.write(b"%b%d\r\n%b\r\n%b" % (head, len(body), extra, body))
 
     async def _wait(self) -> None:
         self.waiter = asyncio.get_running_loop().create_future()

@@ -30,6 +30,9 @@ class GatewaySpec(Strict):
     admin_key_env: str = "MODELYARD_ADMIN_KEY"
     # gateway processes serving the one port; "auto": one per CPU this process may use (os.sched_getaffinity)
     workers: int | Literal["auto"] = "auto"
+    # one JSON line per request in state_dir/logs/modelyard.log (id, key name, model, replica, status, tokens, TTFT,
+    # latency; never a prompt or a secret)
+    access_log: bool = False
 
     @field_validator("workers", mode="before")
     @classmethod

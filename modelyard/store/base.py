@@ -107,6 +107,7 @@ class UsageRecord:
     error: str | None = None
     prompt_text: str | None = None  # only for a model whose config opts in (store_text: true)
     completion_text: str | None = None
+    request_id: str | None = None  # x-request-id, as the client sent it or the gateway made it
 
     @property
     def tokens(self) -> int:
@@ -202,11 +203,12 @@ def _opt_float(value: object) -> float | None:
 def usage_values(record: UsageRecord) -> tuple[object, ...]:
     return (record.ts, record.key_name, record.model, record.replica, record.prompt_tokens,
             record.completion_tokens, record.cached_tokens, record.ttft_s, record.e2e_s, record.status,
-            record.error, record.prompt_text, record.completion_text)
+            record.error, record.prompt_text, record.completion_text, record.request_id)
 
 
 USAGE_COLUMNS = ("ts, key_name, model, replica, prompt_tokens, completion_tokens, cached_tokens, ttft_s, e2e_s, "
-                 "status, error, prompt_text, completion_text")
+                 "status, error, prompt_text, completion_text, request_id")
+USAGE_WIDTH = USAGE_COLUMNS.count(",") + 1  # the values of one row (usage_values)
 
 
 def tokens_by_key(batch: Sequence[UsageRecord]) -> dict[str, int]:

@@ -58,6 +58,12 @@ STEPS += (
          postgres=(f"CREATE TABLE revisions (seq BIGSERIAL PRIMARY KEY, {_REVISIONS})",)),
 )
 
+STEPS += (
+    Step(4, "the request id of each usage row (x-request-id: the same in the gateway's log and the engine's)",
+         sqlite=("ALTER TABLE usage ADD COLUMN request_id TEXT",),
+         postgres=("ALTER TABLE usage ADD COLUMN request_id TEXT",)),
+)
+
 LATEST = STEPS[-1].version
 
 

@@ -16,6 +16,7 @@ from modelyard.store import migrations
 from modelyard.store.base import (
     KEY_COLUMNS,
     USAGE_COLUMNS,
+    USAGE_WIDTH,
     GroupBy,
     KeyLimits,
     KeyRecord,
@@ -116,8 +117,8 @@ class PostgresStore:
         rows = [usage_values(r) for r in batch]
         totals = sorted(tokens_by_key(batch).items())  # a fixed order: concurrent writers never deadlock
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 14))})", rows)
+            places = ", ".join(f"${i}" for i in range(1, USAGE_WIDTH + 1))
+            await conn.executemany(f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({places})", rows)
             await conn.executemany("UPDATE keys SET used_tokens = used_tokens + $1 WHERE name = $2",
                                    [(n, name) for name, n in totals])
 

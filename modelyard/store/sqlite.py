@@ -19,6 +19,7 @@ from modelyard.store import migrations
 from modelyard.store.base import (
     KEY_COLUMNS,
     USAGE_COLUMNS,
+    USAGE_WIDTH,
     GroupBy,
     KeyLimits,
     KeyRecord,
@@ -149,7 +150,7 @@ class SQLiteStore:
 
         def q(c: sqlite3.Connection) -> None:
             with c:
-                c.executemany(f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 13)})", rows)
+                c.executemany(f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * USAGE_WIDTH)})", rows)
                 c.executemany("UPDATE keys SET used_tokens = used_tokens + ? WHERE name = ?",
                               [(n, name) for name, n in totals])
         await self._run(q)
