@@ -52,6 +52,7 @@ class ReplicaRunner:
         self.stopping = False
         self.deadline = 0.0  # while starting or waking: when it must be ready by
         self.acting = False  # the engine is being put to sleep or woken: not probed meanwhile
+        self._watched_at = time.monotonic()  # the last watchdog probe of a ready replica
         self._told = ""  # the last probe failure written to the logs, each new one once
 
     async def run(self) -> None:
@@ -143,8 +144,29 @@ class ReplicaRunner:
         if self.endpoint.ready and self.endpoint.ejected_until > time.monotonic():
             await self._probe_ejected()
         if self.endpoint.ready:
-            return await self.engine.health(self.session, self.endpoint.url, self.model)
+            problem = await self.engine.health(self.session, self.endpoint.url, self.model)
+            return problem if problem is not None else await self._watchdog()
         return await self.engine.probe(self.session, self.endpoint.url, self.model)
+
+    async def _watchdog(self) -> str | None:
+        """Every `watchdog_s`, a ready replica does its task for real (a /health that answers is not enough): two
+        failures in a row take it out of service at once; it comes back when its probe passes again."""
+        every = self.model.watchdog_s
+        if not every or time.monotonic() - self._watched_at < every:
+            return None
+        self._watched_at = time.monotonic()
+        for attempt in range(2):
+            started = time.perf_counter()
+            problem = await self.engine.probe(self.session, self.endpoint.url, self.model)
+            if problem is None:
+                self.endpoint.watchdog_s = time.perf_counter() - started
+                return None
+            if attempt == 0:
+                await asyncio.sleep(1.0)
+        self.endpoint.watchdog_s = -1.0
+        self._set(ReplicaState.UNHEALTHY, f"watchdog: {problem}")
+        log.warning("%s: watchdog: %s", self.endpoint.id, problem)
+        return problem
 
     async def _probe_ejected(self) -> None:
         """Active probing: a replica the gateway ejected comes back as soon as it generates again."""

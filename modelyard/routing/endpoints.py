@@ -42,6 +42,7 @@ class Endpoint:
     kv_block_size: int | None = None
     scraped_at: float = 0.0  # time.monotonic()
     in_flight_at_scrape: int = 0
+    watchdog_s: float = 0.0  # the last watchdog probe's seconds (fleet/replica.py); -1: it failed; 0: none yet
 
     @property
     def kv_tokens(self) -> int | None:

@@ -139,6 +139,9 @@ class BaseModelSpec(Strict):
     admission: AdmissionSpec = AdmissionSpec()
     store_text: bool = False
     startup_timeout_s: Annotated[float, Field(gt=0)] = 180.0
+    # every this many seconds a ready replica does its task once for real (None: never); it fails twice: out of
+    # service until it passes again
+    watchdog_s: Annotated[float, Field(gt=0)] | None = 30.0
     validation: ValidationSpec | None = None  # the gate a new revision passes (spec/validation.py)
 
     @property

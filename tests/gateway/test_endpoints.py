@@ -142,3 +142,27 @@ def test_a_replica_that_fails_its_probe_says_why_on_its_status_line_and_in_its_l
         assert log.count(why) == 1  # once, however often the probe fails the same way
     finally:
         running.stop()
+
+
+def test_the_watchdog_takes_out_a_replica_that_answers_but_cannot_generate(tmp_path: Path) -> None:
+    """An external server has no /health: only a real generation tells it cannot serve."""
+    with Upstream() as broken, Upstream() as good:
+        model = {"name": "w", "engine": "openai", "urls": [broken.url, good.url], "replicas": 2, "watchdog_s": 0.5}
+        running = Cluster(tmp_path, [model]).start()
+        try:
+            broken.mode, broken.probes_ok = "error500", False
+            deadline = time.monotonic() + 30
+            while httpx.get(running.url + "/health").json()["models"]["w"]["ready"] != 1:
+                assert time.monotonic() < deadline, "the watchdog never took the broken replica out"
+                time.sleep(0.2)
+            before = broken.requests
+            replies = [post(running, "/v1/completions", {"model": "w", "prompt": "hi", "max_tokens": 2})
+                       for _ in range(10)]
+            assert [r.status_code for r in replies] == [200] * 10 and broken.requests == before
+            assert "watchdog: " in running.output()
+            broken.mode, broken.probes_ok = "ok", True  # it generates again: back in service
+            while httpx.get(running.url + "/health").json()["models"]["w"]["ready"] != 2:
+                assert time.monotonic() < deadline + 30
+                time.sleep(0.2)
+        finally:
+            running.stop()
