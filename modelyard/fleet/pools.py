@@ -16,8 +16,9 @@ Rules:
 1. Claimants. A member that is asleep or stopped claims a place if it is pinned (the member's flag or the
    pool's `pinned`), or if it has demand (`queued > 0` or `in_flight > 0`). A member that is starting, waking
    or draining is left alone this round.
-2. Order. Pinned claimants come first, then the others; within each group by `queued` descending, then
-   `last_used_at` ascending (waiting longest, as far as we can tell), then name, so the plan is deterministic.
+2. Order. Pinned claimants come first, then the others; within each group first come, first served
+   (`waiting_since`, so the room made for a member goes to it and not to one that started waiting later), then
+   `queued` descending, then `last_used_at` ascending, then name, so the plan is deterministic.
 3. Admission. A claimant that fits in the free capacity is woken (asleep -> "wake") or started
    (stopped -> "start"). Otherwise, if it fits once the draining members have freed their room (room on its
    way, taken by the claimants in order), it waits for that room: no action. Otherwise members are evicted to
@@ -68,6 +69,7 @@ class Member:
     size: float = 1.0  # 1 for a slots pool; its memory_gib for a memory pool
     pinned: bool = False
     can_sleep: bool = True  # False: it is stopped instead (llama.cpp), and started again to wake
+    waiting_since: float = math.inf  # since when requests have been waiting for it (inf: none wait)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def _pick(candidates: Sequence[Member], sizes: dict[str, float], need: float) ->
 
 def _claimants(members: Sequence[Member], pinned: set[str]) -> list[tuple[Member, str]]:
     wanting = [m for m in members if m.state in _DORMANT and (m.name in pinned or _busy(m))]
-    wanting.sort(key=lambda m: (m.name not in pinned, -m.queued, m.last_used_at, m.name))
+    wanting.sort(key=lambda m: (m.name not in pinned, m.waiting_since, -m.queued, m.last_used_at, m.name))
     return [(member, _claim_reason(member, member.name in pinned)) for member in wanting]
 
 

@@ -80,6 +80,7 @@ class Reconciler:
         self.paused: set[str] = set()  # models a rollout (fleet/rollout.py) is replacing: not scaled meanwhile
         self._last_used: dict[str, float] = {}
         self._resident_since: dict[str, float] = {}
+        self._waiting_since: dict[str, float] = {}  # pool members: since when requests wait for them (first come)
 
     def strategy(self, model: AnyModel) -> str:
         if self.spec.pool_of(model.name) is not None:
@@ -201,7 +202,11 @@ class Reconciler:
             state = "draining"  # on its way out: it holds its room until it is gone
         else:
             state = MEMBER_STATE.get(runner.endpoint.state, "starting")
-        return Member(name=name, state=state, in_flight=in_flight, queued=self.signals.queued(name),
+        queued = self.signals.queued(name)
+        waiting_since = self._waiting_since.setdefault(name, now) if queued else math.inf
+        if not queued:
+            self._waiting_since.pop(name, None)
+        return Member(name=name, state=state, in_flight=in_flight, queued=queued, waiting_since=waiting_since,
                       last_used_at=self._last_used.get(name, -math.inf),
                       resident_since=self._resident_since.get(name, -math.inf),
                       size=1.0 if pool.slots is not None else (model.memory_gib or 0.0),

@@ -359,3 +359,14 @@ def test_random_states_never_exceed_capacity_and_settle(seed: int) -> None:
             members = apply(members, actions, NOW)
         else:
             pytest.fail(f"the plans do not settle within {2 * len(members) + 1} rounds: {pool} {members}")
+
+
+def test_the_room_made_for_a_member_goes_to_it_first_come_first_served() -> None:
+    """c waited first: the room made for it is not taken by d, which has more requests but came later."""
+    pool = PoolSpec(name="p", slots=2, members=("a", "b", "c", "d"), min_awake_s=0)
+    first = [member("a", "awake", last_used_at=1.0), member("b", "awake", in_flight=1, last_used_at=9.0),
+             member("c", "asleep", queued=1, waiting_since=5.0), member("d", "asleep")]
+    assert [(a.member, a.kind) for a in plan(pool, first, NOW)] == [("a", "sleep")]
+    later = [member("a", "asleep", last_used_at=1.0), member("b", "awake", in_flight=1, last_used_at=9.0),
+             member("c", "asleep", queued=1, waiting_since=5.0), member("d", "asleep", queued=3, waiting_since=8.0)]
+    assert [(a.member, a.kind) for a in plan(pool, later, NOW)] == [("c", "wake")]
