@@ -63,6 +63,7 @@ class _Worker:
         self.queued: dict[str, int] = {}  # by model: requests waiting in this worker (admission, cold start)
         self.arrivals: dict[str, int] = {}  # by model: requests this process received since it started
         self.p90: dict[str, list[float | None]] = {}  # by model with an SLO: recent TTFT and TPOT p90 seen here
+        self.kv: dict[str, float] = {}  # by replica id: the KV cache usage this worker's scraper last read
         self.restarts = 0
         self.exit_code: int | None = None
 
@@ -142,7 +143,7 @@ class GatewayWorkers:
             worker.exit_code = await process.wait()
             for model, count in worker.arrivals.items():
                 self._arrivals_before[model] = self._arrivals_before.get(model, 0) + count
-            worker.in_flight, worker.queued, worker.arrivals, worker.p90 = {}, {}, {}, {}
+            worker.in_flight, worker.queued, worker.arrivals, worker.p90, worker.kv = {}, {}, {}, {}, {}
             self._sum_in_flight()
             if self.metrics_dir is not None:
                 from prometheus_client import multiprocess
@@ -161,6 +162,7 @@ class GatewayWorkers:
         elif "load" in message:
             load = message["load"]
             worker.queued, worker.arrivals, worker.p90 = load["queued"], load["arrivals"], load.get("p90", {})
+            worker.kv = load.get("kv", {})
 
     def reconfigure(self, spec: dict[str, Any], keys: dict[str, str]) -> None:
         """A revision applied in place: every worker takes it now; one that starts later gets it in its config."""
@@ -181,6 +183,10 @@ class GatewayWorkers:
         ttft = [v[0] for v in seen if v[0] is not None]
         tpot = [v[1] for v in seen if v[1] is not None]
         return max(ttft, default=None), max(tpot, default=None)
+
+    def kv_usage(self, replica: str) -> float:
+        """A replica's KV cache usage, as the workers' scrapers last read it (the highest; 0 if none did)."""
+        return max((w.kv.get(replica, 0.0) for w in self.workers), default=0.0)
 
     def arrivals(self, model: str) -> int:
         """Requests for the model that every worker received since `up` started (grows; its change is activity)."""

@@ -49,6 +49,8 @@ class Signals(Protocol):
 
     def latency(self, model: str) -> tuple[float | None, float | None]: ...
 
+    def kv_usage(self, replica: str) -> float: ...
+
 
 @dataclass(frozen=True)
 class Event:
@@ -167,7 +169,7 @@ class Reconciler:
         ttft, tpot = self.signals.latency(model.name) if model.slo is not None else (None, None)
         return Sample(at=now, ready=len(ready), starting=sum(1 for e in endpoints if e.state in STARTING),
                       in_flight=sum(max(0, e.in_flight) for e in endpoints), queued=self.signals.queued(model.name),
-                      arrivals=max(0, new), kv_usage=max((e.kv_usage for e in ready), default=0.0),
+                      arrivals=max(0, new), kv_usage=max((self.signals.kv_usage(e.id) for e in ready), default=0.0),
                       ttft_p90_s=ttft, tpot_p90_s=tpot)
 
     def _pool(self, pool: PoolSpec, now: float) -> None:

@@ -137,7 +137,8 @@ class Worker:
         metrics_dir = self.config.get("metrics_dir")
         metrics = GatewayMetrics(Path(metrics_dir) if metrics_dir else None)
         app = create_gateway(self.spec, self.table, KeyRing(self.config["keys"]), store, limiter, metrics,
-                             admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]))
+                             admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]),
+                             ui_key=self.config.get("ui_key"))
         gateway: Gateway = app.state.gateway
         gateway.outliers = ReportingOutliers(self.send, self.held)
         gateway.fleet = fleet or {}
@@ -192,6 +193,7 @@ class Worker:
             if rounds % PUBLISH_EVERY == 0:
                 with contextlib.suppress(OSError):
                     gateway.metrics.routing.publish()  # the other workers' /metrics add these routing timings
+                    gateway.recent.publish({e.id: e.in_flight for e in self.table})  # and /ui/state these
             depth = {m.name: gateway.queues[m.name].waiting for m in self.spec.models}
             for name, waiting in depth.items():
                 if last.get("depth", {}).get(name) != waiting:
@@ -206,7 +208,8 @@ class Worker:
             now = time.perf_counter()
             load = {"queued": {name: waiting + gateway.holding[name] for name, waiting in depth.items()},
                     "arrivals": dict(gateway.arrivals),
-                    "p90": {name: recent.p90(now) for name, recent in gateway.latency.items()}}
+                    "p90": {name: recent.p90(now) for name, recent in gateway.latency.items()},
+                    "kv": {e.id: e.kv_usage for e in self.table if e.scraped_at}}  # what this worker's scraper read
             if last.get("load") != load:
                 self.send({"load": load})
             last = {"depth": depth, "buffered": buffered, "in_flight": in_flight, "load": load}

@@ -177,3 +177,25 @@ def test_status_shows_each_models_strategy_and_replicas(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-m", "modelyard", "status", "--url", cluster.url],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 2 and "no cluster answers" in gone.stdout
+
+
+def test_a_full_kv_cache_adds_a_replica(tmp_path: Path) -> None:
+    """The load alone would not scale: the KV cache usage the workers' scrapers read does."""
+    model = {"name": "kv", "engine": "simulator", "params": {"itl_base_s": 0.02, "kv_blocks": 8, "block_size": 16},
+             "replicas": {"min": 1, "max": 2, "target_in_flight": 100}}
+    cluster = Cluster(tmp_path, [model], gateway={"workers": 1}).start(timeout_s=30)
+    done = threading.Event()
+
+    def fill() -> None:  # one request at a time keeps the tiny cache full (a request alone is not enough load)
+        while not done.is_set():
+            complete(cluster, "kv", 120, True)
+
+    thread = threading.Thread(target=fill)
+    try:
+        thread.start()
+        assert wait_for(lambda: health(cluster)["kv"]["replicas"] == 2, 30)
+        assert wait_for(lambda: "KV cache" in cluster.output(), 5)
+    finally:
+        done.set()
+        thread.join(60)
+        cluster.stop()
