@@ -66,7 +66,8 @@ def engine_pids(cluster: Cluster) -> set[int]:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     models = [{"name": "chat", "engine": "simulator", "params": FAST, "replicas": 2}]
-    running = Cluster(tmp_path, models, gateway={"workers": 2}).start(timeout_s=60)
+    running = Cluster(tmp_path, models, gateway={"workers": 2},
+                      env={"TEAM_A_KEY": "team-a-secret-" + "y" * 20}).start(timeout_s=60)
     yield running
     running.stop()
 
@@ -84,6 +85,21 @@ def test_plan_apply_in_place_restarts_nothing(cluster: Cluster) -> None:
     assert engine_pids(cluster) == before  # nothing restarted
     assert client.statuses and set(client.statuses) == {200}
     assert modelyard(cluster, "plan").returncode == 0  # the applied revision serves now
+
+
+def test_a_key_added_in_place_works_at_once_and_nothing_restarts(cluster: Cluster) -> None:
+    before = engine_pids(cluster)
+    text = yaml.safe_load(cluster.spec_path.read_text())
+    text["gateway"]["keys"] = [{"name": "team-a", "key_env": "TEAM_A_KEY"}]
+    cluster.spec_path.write_text(yaml.safe_dump(text))
+    body = {"model": "chat", "prompt": "hi", "max_tokens": 2}
+    team = {"Authorization": f"Bearer {cluster.env['TEAM_A_KEY']}"}
+    assert httpx.post(cluster.url + "/v1/completions", json=body, headers=team).status_code == 401
+    applied = modelyard(cluster, "apply", "--yes", "-m", "team a")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "gateway.keys" in applied.stdout
+    assert httpx.post(cluster.url + "/v1/completions", json=body, headers=team).status_code == 200
+    assert engine_pids(cluster) == before
 
 
 def test_a_rolling_replacement_drops_no_request_and_rollback_restores(cluster: Cluster) -> None:
