@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	# promtool (tests/deploy/test_alerts.py) from Debian's prometheus package: only where it is missing, as root
 	command -v promtool >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	# chromium (tests/e2e/test_ui_browser.py, driven by playwright) from Debian's package: the same way
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	touch $(STAMP)
 
 llama-server: install

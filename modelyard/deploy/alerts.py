@@ -97,7 +97,7 @@ def gateway_rules(spec: YardSpec) -> list[Rule]:
                "warning", f"{MODEL}: the admission queue keeps growing",
                "Requests arrive faster than the replicas serve them: add replicas or raise the autoscaler's max."),
         _alert("ModelyardErrorRate",
-               f'sum by (model) (rate({requests}{{status=~"5.."}}[5m])) / sum by (model) (rate({requests}[5m])) '
+               f'sum by (model) (rate({requests}{{status=~"5..|error"}}[5m])) / sum by (model) (rate({requests}[5m])) '
                f"> {ERROR_RATIO:g}", "10m", "warning", f"{MODEL}: more than {ERROR_RATIO:.0%} of requests fail",
                "The gateway answers 5xx (engine failures, timeouts, no capacity) for the model."),
         _alert("ModelyardLimiterUnavailable",

@@ -1,4 +1,5 @@
-"""`modelyard render`: yard.yaml as Kubernetes manifests (or a Helm chart), or as Prometheus alert rules."""
+"""`modelyard render`: yard.yaml as Kubernetes manifests (or a Helm chart), Prometheus alert rules, or Grafana
+dashboards."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 
 from modelyard.deploy.alerts import alert_rules
 from modelyard.deploy.files import dump, texts, write_tree
+from modelyard.deploy.grafana import dashboard_text, dashboards
 from modelyard.deploy.helm import chart
 from modelyard.deploy.kube_common import Images, RenderOptions, Weights
 from modelyard.deploy.kubernetes import RenderError
@@ -40,7 +42,7 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
 
 @click.group("render")
 def render_group() -> None:
-    """Render yard.yaml for somewhere else: Kubernetes manifests, alert rules."""
+    """Render yard.yaml for somewhere else: Kubernetes manifests, alert rules, Grafana dashboards."""
 
 
 @render_group.command("kubernetes")
@@ -105,6 +107,19 @@ def alerts_command(file: str, out: str) -> None:
     """Prometheus alert rules for the gateway's metrics, as a rules file."""
     Path(out).write_text(dump([alert_rules(_load(file))]))
     click.echo(f"{out}: alert rules")
+
+
+@render_group.command("grafana")
+@click.option("-f", "--file", "file", default="yard.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the dashboards (one JSON file each).")
+def grafana_command(file: str, out: str) -> None:
+    """Grafana dashboards for the gateway's metrics: cluster overview, per model, per key."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for uid, dashboard in dashboards(_load(file)).items():
+        (folder / f"{uid}.json").write_text(dashboard_text(dashboard))
+        click.echo(f"{folder / f'{uid}.json'}: {dashboard['title']}")
 
 
 render = render_group

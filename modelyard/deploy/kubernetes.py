@@ -3,7 +3,8 @@ or written here; modelyard/deploy/cli.py writes the files).
 
 One file per model (its Deployment, headless Service, PDB, NetworkPolicy, and its ScaledObject or HPA), and shared
 files: the namespace, the weights volume, the gateway (with its ConfigMap, RBAC, HPA, PDB, NetworkPolicy), Redis,
-monitoring (ServiceMonitor, PodMonitor, PrometheusRule), and a kustomization.yaml listing them.
+monitoring (ServiceMonitor, PodMonitor, PrometheusRule, and the Grafana dashboards as ConfigMaps that Grafana's
+dashboard sidecar loads), and a kustomization.yaml listing them.
 
 Models: fixed (`replicas: N`) get N replicas; autoscaled ones a KEDA ScaledObject or an HPA; a pool member is its
 own Deployment, pinned members at 1 replica, the others scaled between 0 and 1 by KEDA on requests waiting for them
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.deploy.alerts import alert_rules
+from modelyard.deploy.grafana import dashboard_text, dashboards
 from modelyard.deploy.kube_common import (
     ENGINE_PORT_NAME,
     GATEWAY_NAME,
@@ -35,6 +37,8 @@ from modelyard.spec.schema import AnyModel, YardSpec
 __all__ = ["RenderError", "RenderOptions", "Rendered", "render", "engine_image"]
 
 KUSTOMIZATION = "kustomization.yaml"
+DASHBOARD_LABEL = "grafana_dashboard"  # the label Grafana's dashboard sidecar watches for (its default)
+DASHBOARD_FOLDER = "grafana_folder"  # the folder, where the sidecar's `folderAnnotation` names this annotation
 ADAPTER_RULES = "prometheus-adapter-rules.yaml"  # a values fragment for prometheus-adapter's chart, not applied
 
 
@@ -106,7 +110,19 @@ def monitoring_objects(spec: YardSpec, options: RenderOptions) -> list[Manifest]
             "podMetricsEndpoints": [{"port": ENGINE_PORT_NAME, "path": "/metrics", "interval": "15s"}]}),
         obj("monitoring.coreos.com/v1", "PrometheusRule", meta("modelyard", "monitoring", options),
             spec=alert_rules(spec)),
+        *dashboard_objects(spec, options),
     ]
+
+
+def dashboard_objects(spec: YardSpec, options: RenderOptions) -> list[Manifest]:
+    """One ConfigMap per dashboard (a ConfigMap holds at most 1 MiB; a dashboard is tens of kB)."""
+    out = []
+    for uid, dashboard in dashboards(spec).items():
+        metadata = meta(uid.replace("modelyard-", "modelyard-dashboard-", 1), "dashboard", options,
+                        annotations={DASHBOARD_FOLDER: "modelyard"})
+        metadata["labels"][DASHBOARD_LABEL] = "1"
+        out.append(obj("v1", "ConfigMap", metadata, data={f"{uid}.json": dashboard_text(dashboard)}))
+    return out
 
 
 def shared_objects(spec: YardSpec, options: RenderOptions) -> dict[str, list[Manifest]]:

@@ -33,6 +33,8 @@ from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
+from modelyard.observability.recent import RecentTraffic, rejection_kind
+from modelyard.observability.ui_routes import StatusPage
 from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.pipeline import Router
@@ -119,6 +121,7 @@ class Gateway:
         self.holding = dict.fromkeys(self.holds, 0)  # requests waiting for a replica, now
         self.arrivals = dict.fromkeys(self.holds, 0)  # requests for each model since start (activity, to the parent)
         self.latency = {m.name: RecentLatency() for m in spec.models if m.slo is not None}
+        self.recent = RecentTraffic(self.metrics.multiprocess_dir)  # the status page's last minutes (/ui)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
         self.writes = WriteBatch()
@@ -260,6 +263,7 @@ class Gateway:
         ready = len(self.table.ready(model_name)) or await self._hold(model_name)
         if not ready:
             self.metrics.requests.labels(model_name, key.name, "503").inc()
+            self.recent.reject(model_name, "no_ready_replica")
             held = f" (none started within {self.holds[model_name]:g}s)" if self.holds[model_name] else ""
             return openai_error(503, f"No replica of model '{model_name}' is ready{held}", "no_ready_replica",
                                 headers={"Retry-After": "2"})
@@ -268,6 +272,7 @@ class Gateway:
         ticket = await self.tenancy.admit(key, model_name, payload, len(body), generates=path in STREAMED_PATHS)
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
+            self.recent.reject(model_name, rejection_kind(ticket.status_code))
             return ticket
         call = Call(path, body, payload, model, stream, ticket,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
@@ -455,6 +460,7 @@ class Gateway:
         if recent is not None and outcome.first_byte is not None and outcome.status == 200:
             tpot = (now - outcome.first_byte) / (completion - 1) if call.stream and completion > 1 else None
             recent.add(now, outcome.first_byte - (call.arrived or outcome.started), tpot)
+        self.recent.record(model, now, ttft, now - outcome.started, completion, outcome.status, outcome.error)
         if usage:
             self._child(self.metrics.tokens, model, key, "prompt").inc(prompt)
             self._child(self.metrics.tokens, model, key, "completion").inc(completion)
@@ -562,7 +568,7 @@ class GatewayApp(Starlette):
 
 def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                    limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
-                   admin_key: str | None = None, workers: int = 1) -> Starlette:
+                   admin_key: str | None = None, workers: int = 1, ui_key: str | None = None) -> Starlette:
     gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key, workers)
     routes = [
         *(Route(path, gateway.generate, methods=["POST"]) for path in GENERATION_PATHS),
@@ -570,6 +576,7 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
         Route("/health", gateway.health, methods=["GET"]),
         Route("/metrics", gateway.prometheus, methods=["GET"]),
         *gateway.admin.routes(),
+        *StatusPage(gateway, admin_key, ui_key).routes(),
     ]
     app = GatewayApp(gateway, routes=routes, lifespan=gateway.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})

@@ -28,6 +28,7 @@ class GatewaySpec(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     keys: tuple[KeySpec, ...] = ()
     admin_key_env: str = "MODELYARD_ADMIN_KEY"
+    ui_key_env: str | None = None  # an env var holding a key for the status page (/ui) alone, beside the admin key
     # gateway processes serving the one port; "auto": one per CPU this process may use (os.sched_getaffinity)
     workers: int | Literal["auto"] = "auto"
     # one JSON line per request in state_dir/logs/modelyard.log (id, key name, model, replica, status, tokens, TTFT,
