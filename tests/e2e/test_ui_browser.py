@@ -157,5 +157,8 @@ def test_a_laptop_sized_screen_shows_the_models_side_by_side(cluster: Cluster, b
         lazy = page.locator('[data-model="lazy"]').bounding_box()
         assert chat is not None and lazy is not None and chat["y"] == lazy["y"] and chat["x"] < lazy["x"]
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        if shot := os.environ.get("MODELYARD_UI_SCREENSHOT_LAPTOP"):  # docs/ui.png is made so
+            page.wait_for_timeout(6000)  # a few polls: the charts have points (a picture, not an assertion)
+            page.screenshot(path=shot, full_page=True)
     finally:
         context.close()
