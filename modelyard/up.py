@@ -148,12 +148,15 @@ def worker_settings(spec: YardSpec, ring: KeyRing, state_dir: Path, redis_url: s
     return {"spec": spec.model_dump(mode="json"), "keys": ring.hashed(),
             "admin_key": os.environ.get(spec.gateway.admin_key_env) or None, "state_dir": str(state_dir),
             "ui_key": (os.environ.get(spec.gateway.ui_key_env) or None) if spec.gateway.ui_key_env else None,
+            "metrics_key": (os.environ.get(spec.gateway.metrics_key_env) or None) if spec.gateway.metrics_key_env
+            else None,
             "redis": redis_url, "workers": count, "metrics_dir": str(metrics_dir)}
 
 
 def worker_env(spec: YardSpec, metrics_dir: Path) -> dict[str, str]:
     """The workers' environment: ours without the secrets they are given otherwise (hashes, over their stdin)."""
     secrets = {ENV_KEY, spec.gateway.admin_key_env, *([spec.gateway.ui_key_env] if spec.gateway.ui_key_env else []),
+               *([spec.gateway.metrics_key_env] if spec.gateway.metrics_key_env else []),
                *(k.key_env for k in spec.gateway.keys if k.key_env),
                *(name for m in spec.models for name in get_engine(m.engine).secret_env(m))}
     env = {k: v for k, v in os.environ.items() if k not in secrets}

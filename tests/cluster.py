@@ -17,6 +17,7 @@ import yaml
 from modelyard.fleet.process import free_port
 
 API_KEY = "test-key-" + "x" * 24
+METRICS_KEY = "metrics-key-" + "m" * 24  # what the tests scrape /metrics with (gateway.metrics_key_env)
 
 
 class Cluster:
@@ -26,10 +27,11 @@ class Cluster:
         self.tmp = tmp
         self.spec_path = tmp / "yard.yaml"
         spec = {"version": 1, "state_dir": str(tmp / "state"),
-                "gateway": {"host": "127.0.0.1", "port": self.port, **(gateway or {})}, "models": models,
+                "gateway": {"host": "127.0.0.1", "port": self.port, "metrics_key_env": "MODELYARD_METRICS_KEY",
+                            **(gateway or {})}, "models": models,
                 **(extra or {})}
         self.spec_path.write_text(yaml.safe_dump(spec))
-        self.env = {**os.environ, "MODELYARD_API_KEY": API_KEY, **(env or {})}
+        self.env = {**os.environ, "MODELYARD_API_KEY": API_KEY, "MODELYARD_METRICS_KEY": METRICS_KEY, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = tmp / "up.log"
 
@@ -74,7 +76,7 @@ class Cluster:
         return [p for p in psutil.Process(self.proc.pid).children(recursive=True) if p.is_running()]
 
     def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(self.url + "/metrics", timeout=5).text
+        text = httpx.get(self.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}, timeout=5).text
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
             if not labels and line.startswith(name + " "):

@@ -34,6 +34,7 @@ from modelyard.spec.schema import YardSpec
 COMPONENT = "gateway"
 SECRET_NAME = "modelyard-secrets"  # created by the operator (docs/kubernetes.md), never rendered
 API_KEY_ENV = "MODELYARD_API_KEY"
+METRICS_KEY_ENV = "MODELYARD_METRICS_KEY"  # the Secret's key for /metrics, which Prometheus scrapes with
 REDIS_PORT = 6379
 GATEWAY_REPLICAS = (2, 10)  # HPA bounds: two for availability
 
@@ -45,7 +46,8 @@ def cluster_spec(spec: YardSpec) -> YardSpec:
     store = spec.store if spec.store.redis else spec.store.model_copy(
         update={"redis": f"redis://{REDIS_NAME}:{REDIS_PORT}/0"})
     return spec.model_copy(update={"state_dir": STATE_DIR, "store": store, "gateway": spec.gateway.model_copy(
-        update={"host": "0.0.0.0", "workers": workers})})
+        update={"host": "0.0.0.0", "workers": workers,
+                "metrics_key_env": spec.gateway.metrics_key_env or METRICS_KEY_ENV})})
 
 
 def spec_yaml(spec: YardSpec) -> str:
@@ -67,7 +69,7 @@ def secret_env(spec: YardSpec) -> list[Manifest]:
     required = [k.key_env for k in spec.gateway.keys if k.key_env]
     for model in spec.models:
         required += get_engine(model.engine).secret_env(model)
-    optional = [API_KEY_ENV, spec.gateway.admin_key_env]
+    optional = [API_KEY_ENV, spec.gateway.admin_key_env, spec.gateway.metrics_key_env or METRICS_KEY_ENV]
     if spec.store.url and spec.store.url.startswith(("postgresql://", "postgres://")):
         optional.append("PGPASSWORD")  # asyncpg reads it: the password stays out of store.url
     names = {**{n: True for n in optional}, **{n: False for n in required}}
@@ -81,7 +83,8 @@ def config_map(spec: YardSpec, options: RenderOptions) -> Manifest:
 
 def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> Manifest:
     port = spec.gateway.port
-    check: Manifest = {"httpGet": {"path": "/metrics", "port": "http"}, "timeoutSeconds": 5}
+    # the port answering: /health is 503 while a model has no ready replica, /metrics needs its key
+    check: Manifest = {"tcpSocket": {"port": "http"}, "timeoutSeconds": 5}
     return {
         "name": "gateway", "image": options.images.modelyard,
         "command": ["modelyard", "gateway", "-f", CONFIG_PATH],
@@ -89,7 +92,6 @@ def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> 
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": str(workers), "memory": f"{512 * workers}Mi"},
                       "limits": {"memory": f"{1024 * workers}Mi"}},
-        # /health answers 503 while a model has no ready replica (scaled to zero, say): not a gateway problem
         "readinessProbe": {**check, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**check, "periodSeconds": 10, "failureThreshold": 6},
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},  # the Service stops sending before SIGTERM

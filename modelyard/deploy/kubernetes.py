@@ -29,7 +29,7 @@ from modelyard.deploy.kube_common import (
     obj,
 )
 from modelyard.deploy.kube_engines import RenderError, engine_objects, engine_pod
-from modelyard.deploy.kube_gateway import gateway_objects, redis_objects
+from modelyard.deploy.kube_gateway import METRICS_KEY_ENV, SECRET_NAME, gateway_objects, redis_objects
 from modelyard.deploy.kube_scaling import adapter_rules, hpa, pool_member_scaling, scaled_object
 from modelyard.engines import EngineAdapter, get_engine
 from modelyard.spec.schema import AnyModel, YardSpec
@@ -104,7 +104,9 @@ def monitoring_objects(spec: YardSpec, options: RenderOptions) -> list[Manifest]
     return [
         obj("monitoring.coreos.com/v1", "ServiceMonitor", meta(GATEWAY_NAME, "gateway", options), spec={
             "selector": {"matchLabels": {**part_of, "app.kubernetes.io/name": GATEWAY_NAME}},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]}),
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s",  # /metrics wants its key
+                           "authorization": {"type": "Bearer", "credentials": {
+                               "name": SECRET_NAME, "key": spec.gateway.metrics_key_env or METRICS_KEY_ENV}}}]}),
         obj("monitoring.coreos.com/v1", "PodMonitor", meta("modelyard-engines", "engine", options), spec={
             "selector": {"matchLabels": {**part_of, "app.kubernetes.io/component": "engine"}},
             "podMetricsEndpoints": [{"port": ENGINE_PORT_NAME, "path": "/metrics", "interval": "15s"}]}),

@@ -32,7 +32,8 @@ from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
-from modelyard.observability.metrics import CONTENT_TYPE, GatewayMetrics
+from modelyard.observability.exposition import MetricsEndpoint
+from modelyard.observability.metrics import GatewayMetrics
 from modelyard.observability.recent import RecentTraffic, rejection_kind
 from modelyard.observability.ui_routes import StatusPage
 from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
@@ -200,23 +201,6 @@ class Gateway:
         ok = all(v["ready"] > 0 or v["replicas"] == 0 for v in models.values())
         body = {"status": "ok" if ok else "degraded", "models": models}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
-
-    async def prometheus(self, request: Request) -> Response:
-        for endpoint in self.table:
-            self.metrics.restarts.labels(endpoint.model, str(endpoint.replica)).set(endpoint.restarts)
-        for model in self.spec.models:
-            replicas = self.table.of(model.name)
-            for state in ReplicaState:
-                count = sum(1 for e in replicas if e.state is state)
-                self.metrics.replicas.labels(model.name, state.value).set(count)
-            self.metrics.queue_depth.labels(model.name).set(self.queues[model.name].waiting)
-            view = self.fleet.get(model.name, {})
-            self.metrics.desired.labels(model.name).set(view.get("desired", model.min_replicas))
-            for action, count in view.get("events", {}).items():
-                self.metrics.decisions.labels(model.name, action).set(count)
-        if self.writer is not None:
-            self.metrics.usage_buffered.set(self.writer.buffered)
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def generate(self, request: Request) -> Response:
         return await self.handle(request.scope, request.receive)
@@ -568,13 +552,14 @@ class GatewayApp(Starlette):
 
 def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: Store | None = None,
                    limiter: Limiter | None = None, metrics: GatewayMetrics | None = None,
-                   admin_key: str | None = None, workers: int = 1, ui_key: str | None = None) -> Starlette:
+                   admin_key: str | None = None, workers: int = 1, ui_key: str | None = None,
+                   metrics_key: str | None = None) -> Starlette:
     gateway = Gateway(spec, table, keys, store, limiter, metrics, admin_key, workers)
     routes = [
         *(Route(path, gateway.generate, methods=["POST"]) for path in GENERATION_PATHS),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
-        Route("/metrics", gateway.prometheus, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(gateway, admin_key, metrics_key).serve, methods=["GET"]),
         *gateway.admin.routes(),
         *StatusPage(gateway, admin_key, ui_key).routes(),
     ]

@@ -138,7 +138,7 @@ class Worker:
         metrics = GatewayMetrics(Path(metrics_dir) if metrics_dir else None)
         app = create_gateway(self.spec, self.table, KeyRing(self.config["keys"]), store, limiter, metrics,
                              admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]),
-                             ui_key=self.config.get("ui_key"))
+                             ui_key=self.config.get("ui_key"), metrics_key=self.config.get("metrics_key"))
         gateway: Gateway = app.state.gateway
         gateway.outliers = ReportingOutliers(self.send, self.held)
         gateway.fleet = fleet or {}

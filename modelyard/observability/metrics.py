@@ -22,6 +22,10 @@ IN_FLIGHT = "modelyard_requests_in_flight"
 REPLICAS = "modelyard_replicas"
 REPLICA_RESTARTS = "modelyard_replica_restarts"
 REPLICAS_DESIRED = "modelyard_replicas_desired"
+ENGINE_RUNNING = "modelyard_engine_requests_running"
+ENGINE_WAITING = "modelyard_engine_requests_waiting"
+ENGINE_KV_USAGE = "modelyard_engine_kv_cache_usage_ratio"
+WATCHDOG_SECONDS = "modelyard_watchdog_probe_seconds"
 CONTROL_DECISIONS = "modelyard_control_decisions"
 TOKENS_TOTAL = "modelyard_tokens"
 RETRIES_TOTAL = "modelyard_upstream_retries"
@@ -161,6 +165,15 @@ class GatewayMetrics:
         self.decisions = Gauge(CONTROL_DECISIONS, "The control plane's decisions since `up` started, by action "
                                "(scale, start, stop, sleep, wake, held)", ["model", "action"], registry=r,
                                multiprocess_mode="mostrecent")
+        replica = ["model", "replica"]
+        self.engine_running = Gauge(ENGINE_RUNNING, "Requests the replica's engine runs, as last scraped", replica,
+                                    registry=r, multiprocess_mode="mostrecent")
+        self.engine_waiting = Gauge(ENGINE_WAITING, "Requests waiting in the replica's engine, as last scraped",
+                                    replica, registry=r, multiprocess_mode="mostrecent")
+        self.engine_kv = Gauge(ENGINE_KV_USAGE, "The replica's KV cache usage (0..1), as last scraped", replica,
+                               registry=r, multiprocess_mode="mostrecent")
+        self.watchdog = Gauge(WATCHDOG_SECONDS, "The replica's last watchdog probe (a real generation): its seconds; "
+                              "-1 failed, 0 none yet", replica, registry=r, multiprocess_mode="mostrecent")
         self.restarts = Gauge(REPLICA_RESTARTS, "Restarts of a replica since start", ["model", "replica"], registry=r,
                               multiprocess_mode="mostrecent")
         self.tokens = Counter(TOKENS_TOTAL, "Tokens by model, key name and kind (prompt, completion)",

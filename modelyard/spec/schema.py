@@ -34,6 +34,9 @@ class GatewaySpec(Strict):
     # one JSON line per request in state_dir/logs/modelyard.log (id, key name, model, replica, status, tokens, TTFT,
     # latency; never a prompt or a secret)
     access_log: bool = False
+    # /metrics: for a bearer of the admin key or of this variable's key (Prometheus' own); or for anyone when public
+    metrics_key_env: str | None = None
+    metrics_public: bool = False
 
     @field_validator("workers", mode="before")
     @classmethod

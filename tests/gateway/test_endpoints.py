@@ -166,3 +166,30 @@ def test_the_watchdog_takes_out_a_replica_that_answers_but_cannot_generate(tmp_p
                 time.sleep(0.2)
         finally:
             running.stop()
+
+
+def test_metrics_are_for_the_metrics_key_only(cluster: Cluster) -> None:
+    from tests.cluster import METRICS_KEY
+
+    assert httpx.get(cluster.url + "/metrics").status_code == 401  # the keys' names and usage: not for everyone
+    assert httpx.get(cluster.url + "/metrics", headers=HEADERS).status_code == 401  # an API key is not enough
+    reply = httpx.get(cluster.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
+    assert reply.status_code == 200 and "modelyard_engine_requests_running" in reply.text
+    assert 'modelyard_watchdog_probe_seconds{model="chat",replica="0"}' in reply.text
+
+
+def test_metrics_can_be_public_or_off(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
+    model = {"name": "p", "engine": "openai", "urls": [upstreams["chat0"].url]}
+    (tmp_path / "public").mkdir()
+    public = Cluster(tmp_path / "public", [model], gateway={"metrics_public": True}).start()
+    try:
+        assert httpx.get(public.url + "/metrics").status_code == 200
+    finally:
+        public.stop()
+    (tmp_path / "off").mkdir()
+    off = Cluster(tmp_path / "off", [model], gateway={"metrics_key_env": None}).start()
+    try:
+        reply = httpx.get(off.url + "/metrics")
+        assert reply.status_code == 404 and reply.json()["error"]["code"] == "metrics_disabled"
+    finally:
+        off.stop()

@@ -15,7 +15,7 @@ import yaml
 
 from modelyard.fleet.process import free_port
 from modelyard.observability.metrics import REQUESTS_TOTAL
-from tests.cluster import API_KEY, Cluster
+from tests.cluster import API_KEY, METRICS_KEY, Cluster
 
 
 def prometheus_binary() -> str:
@@ -34,7 +34,8 @@ def test_prometheus_scrapes_the_gateway_and_answers_a_query(tmp_path: Path) -> N
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
-        {"job_name": "modelyard", "static_configs": [{"targets": [f"127.0.0.1:{cluster.port}"]}]}]}))
+        {"job_name": "modelyard", "authorization": {"credentials": METRICS_KEY},
+         "static_configs": [{"targets": [f"127.0.0.1:{cluster.port}"]}]}]}))
     prometheus = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                    f"--web.listen-address=127.0.0.1:{port}"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
