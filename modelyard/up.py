@@ -252,11 +252,7 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         control = Reconciler(spec, supervisor, table, workers, trace_dir=state_dir / "traces")
         await supervisor.start()
         control_task = asyncio.create_task(control.run(stop), name="reconcile")
-        rollout = Rollout(spec, spec_path.read_text(encoding="utf-8"), spec_path.resolve().parent, supervisor, control,
-                          workers, store=lambda: open_store(spec.store.url, state_dir),
-                          keys=lambda new: setup_keys(new, state_dir).ring.hashed())
-        channel = ControlServer(rollout, state_dir)
-        await channel.start()
+        channel = await control_channel(spec, spec_path, state_dir, supervisor, control, workers)
         await _unless_stopped(workers.start(), stop)
         log.info("gateway: %d worker(s) on %s:%d, pids %s", count, host, port, workers.pids)
         head = banner(f"http://{host}:{port}/v1", keys.shown, str(state_dir / "logs"))
@@ -300,6 +296,17 @@ def dry_run(spec: YardSpec, console: Console) -> int:
         console.print(f"  argv {shlex.join(plan.argv)}", highlight=False, markup=False, soft_wrap=True)
     console.print("(dry run: nothing started; ports are picked free when `up` starts)", style="dim")
     return 0
+
+
+async def control_channel(spec: YardSpec, spec_path: Path, state_dir: Path, supervisor: Supervisor,
+                          control: Reconciler, workers: GatewayWorkers) -> ControlServer:
+    """`modelyard apply`'s way in: the rollout over this cluster, served on state_dir's control socket."""
+    rollout = Rollout(spec, spec_path.read_text(encoding="utf-8"), spec_path.resolve().parent, supervisor, control,
+                      workers, store=lambda: open_store(spec.store.url, state_dir),
+                      keys=lambda new: setup_keys(new, state_dir).ring.hashed())
+    channel = ControlServer(rollout, state_dir)
+    await channel.start()
+    return channel
 
 
 def run_up(spec: YardSpec, spec_path: Path, console: Console) -> int:

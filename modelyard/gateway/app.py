@@ -207,16 +207,7 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """A generation request, read straight from the ASGI scope (no Starlette Request: this is the hot path)."""
-        authorization = session = None
-        request_id = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == SESSION_HEADER_BYTES:
-                session = value.decode("latin-1")
-            elif name == REQUEST_ID_HEADER and REQUEST_ID.fullmatch(value):
-                request_id = value
-        request_id = scope["modelyard.request_id"] = request_id or os.urandom(12).hex().encode()
+        authorization, session, request_id = read_headers(scope)
         key = await self.tenancy.identify(authorization)
         if isinstance(key, Response):
             return key
@@ -465,6 +456,22 @@ class Gateway:
                 e2e_s=now - outcome.started, status=outcome.status, error=outcome.error,
                 request_id=call.request_id.decode(),
                 **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
+
+
+def read_headers(scope: Scope) -> tuple[str | None, str | None, bytes]:
+    """The headers a generation request needs: its key, its session id, its request id (the client's, when it is
+    one, else a new one; kept in the scope for the response's header)."""
+    authorization = session = None
+    request_id = b""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == SESSION_HEADER_BYTES:
+            session = value.decode("latin-1")
+        elif name == REQUEST_ID_HEADER and REQUEST_ID.fullmatch(value):
+            request_id = value
+    request_id = scope["modelyard.request_id"] = request_id or os.urandom(12).hex().encode()
+    return authorization, session, request_id
 
 
 async def read_body(receive: Receive) -> bytes:
