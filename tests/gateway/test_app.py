@@ -39,9 +39,11 @@ def client_for(cluster: Cluster) -> openai.OpenAI:
 def test_a_503_replica_is_retried_on_the_other(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
     upstreams[0].mode = "error503"
     client = client_for(cluster)
-    for _ in range(4):
+    sent = 0
+    while upstreams[0].requests == 0 and sent < 30:  # until the router has tried the failing one (ties are random)
         assert client.completions.create(model="m", prompt="hi", max_tokens=3).choices[0].text == "ok"
-    assert upstreams[0].requests >= 1 and upstreams[1].requests == 4
+        sent += 1
+    assert upstreams[0].requests >= 1 and upstreams[1].requests == sent  # each answered by the healthy one
 
 
 def test_all_replicas_failing_gives_a_clean_503(cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
