@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.engines import EngineAdapter, get_engine
+from modelyard.gateway import validate
 from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import KeyRing
@@ -229,10 +230,11 @@ class Gateway:
         path = GENERATION_PATHS[scope["path"]]
         if path not in self.serves[model_name]:
             return self._unsupported(model, path)
+        wrong = validate.problem(payload)
+        if wrong is not None:
+            return openai_error(400, wrong[1], "invalid_type", wrong[0])
         stream = payload.get("stream") is True and path in STREAMED_PATHS
         options = payload.get("stream_options")
-        if stream and options is not None and not isinstance(options, dict):
-            return openai_error(400, "stream_options must be an object", "invalid_type", "stream_options")
         self.arrivals[model_name] += 1
         arrived = time.perf_counter()
         ready = len(self.table.ready(model_name)) or await self._hold(model_name)

@@ -193,3 +193,12 @@ def test_metrics_can_be_public_or_off(tmp_path: Path, upstreams: dict[str, Upstr
         assert reply.status_code == 404 and reply.json()["error"]["code"] == "metrics_disabled"
     finally:
         off.stop()
+
+
+@pytest.mark.parametrize(("field", "value"), [("stream", "yes"), ("max_tokens", 10**19), ("temperature", "hot")])
+def test_a_wrong_field_is_the_clients_400_and_reaches_no_engine(cluster: Cluster, upstreams: dict[str, Upstream],
+                                                                field: str, value: object) -> None:
+    before = {name: list(u.seen) for name, u in upstreams.items()}
+    reply = post(cluster, "/v1/completions", {"model": "chat", "prompt": "hi", field: value})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == field
+    assert {name: list(u.seen) for name, u in upstreams.items()} == before
