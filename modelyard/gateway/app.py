@@ -307,7 +307,7 @@ class Gateway:
             endpoint.in_flight += 1
             self._child(self.metrics.in_flight, model).inc()
             try:
-                upstream, first = await self._send(endpoint, call, data)
+                upstream, first = await self._send(endpoint, call, data, outcome.started)
             except UPSTREAM_ERRORS as exc:
                 self._release(endpoint, model)
                 last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
@@ -342,11 +342,12 @@ class Gateway:
 
     def _failed(self, endpoint: Endpoint, hung: bool = False) -> None:
         before = endpoint.ejections
-        self.outliers.failure(endpoint, hung=hung)
+        self.outliers.failure(endpoint, hung=hung, peers=self.table.of(endpoint.model))
         if endpoint.ejections > before:
             self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
-    async def _send(self, endpoint: Endpoint, call: Call, data: bytes) -> tuple[Connection, bytes]:
+    async def _send(self, endpoint: Endpoint, call: Call, data: bytes,
+                    started: float) -> tuple[Connection, bytes]:
         """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
         timeouts = call.model.timeouts
         target = self.upstream.target(endpoint.url)
@@ -354,8 +355,10 @@ class Gateway:
         if cached is None or cached[0] is not endpoint.headers:
             cached = self._heads[(endpoint.id, call.path)] = (endpoint.headers,
                                                               request_head(target, call.path, endpoint.headers))
-        # a stream's total and between-chunks timeouts are the relay's (relay.Watchdog)
-        wait = min(timeouts.first_byte_s, timeouts.total_s) if call.stream else timeouts.total_s
+        # one total across the attempts (a retry does not start it again); a stream's between-chunks and total
+        # timeouts once it answers are the relay's (relay.Watchdog)
+        left = max(0.001, timeouts.total_s - (time.perf_counter() - started))
+        wait = min(timeouts.first_byte_s, left) if call.stream else left
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         conn = await self.upstream.connect(target, min(timeouts.connect_s, wait))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from modelyard.routing.endpoints import Endpoint
 
@@ -55,12 +55,25 @@ class RetryBudget:
 
 
 class OutlierDetector:
-    def __init__(self, threshold: int = 3, base_s: float = 5.0, max_s: float = 120.0,
+    """`max_ejected`: the share of a model's ready replicas that may be ejected at once (Envoy's
+    max_ejection_percent); at least one always stays in, so a fault on every replica degrades, not blackholes."""
+
+    def __init__(self, threshold: int = 3, base_s: float = 5.0, max_s: float = 120.0, max_ejected: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold, self.base_s, self.max_s, self.clock = threshold, base_s, max_s, clock
+        self.max_ejected = max_ejected
 
-    def failure(self, endpoint: Endpoint, hung: bool = False) -> None:
+    def may_eject(self, endpoint: Endpoint, peers: Sequence[Endpoint]) -> bool:
+        now = self.clock()
+        ready = [e for e in peers if e.ready]
+        ejected = sum(1 for e in ready if e.ejected_until > now and e is not endpoint)
+        allowed = min(len(ready) - 1, int(len(ready) * self.max_ejected))
+        return ejected < allowed
+
+    def failure(self, endpoint: Endpoint, hung: bool = False, peers: Sequence[Endpoint] | None = None) -> None:
         endpoint.consecutive_failures += 1
+        if peers is not None and not self.may_eject(endpoint, peers):
+            return  # counted; ejected once others are back
         if hung or endpoint.consecutive_failures >= self.threshold:
             endpoint.ejections += 1
             seconds = min(self.base_s * 2 ** (endpoint.ejections - 1), self.max_s)

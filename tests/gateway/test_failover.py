@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from modelyard.gateway.failover import OutlierDetector, RetryBudget
 from modelyard.routing.endpoints import Endpoint, ReplicaState
+from tests.replicas import replicas
 
 
 class Clock:
@@ -46,3 +47,16 @@ def test_the_retry_budget_remembers_only_its_window_without_retries() -> None:
         budget.request()
         clock.now += 0.1
     assert len(budget._requests) <= 101
+
+
+def test_at_most_half_the_ready_replicas_are_ejected_and_one_always_stays() -> None:
+    clock = Clock()
+    detector = OutlierDetector(threshold=1, clock=clock)
+    peers = replicas(4)
+    for endpoint in peers:
+        detector.failure(endpoint, peers=peers)  # a fault on every replica (20% injected 503s, say)
+    assert sum(1 for e in peers if not e.routable(clock.now)) == 2  # half of 4
+    (alone,) = replicas(1)
+    for _ in range(5):
+        detector.failure(alone, hung=True, peers=[alone])
+    assert alone.routable(clock.now)  # the last replica is never taken out: degraded, not blackholed
