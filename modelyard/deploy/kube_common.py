@@ -23,7 +23,6 @@ CONFIG_NAME = "modelyard-config"
 WEIGHTS_VOLUME = "weights"
 CONFIG_PATH = "/etc/modelyard/yard.yaml"
 STATE_DIR = "/var/lib/modelyard"  # the gateway's state_dir in a pod: an emptyDir (the spec file is read-only)
-DEFAULT_HUB_CACHE = "/models/hub"  # a `name:` model without cache_dir reads the hub cache mounted here
 NON_ROOT_UID = 10001  # the Containerfile's user
 PART_OF = "modelyard"
 MODEL_ANNOTATION = "modelyard.dev/model"  # the model's name as yard.yaml spells it (a label cannot hold every name)

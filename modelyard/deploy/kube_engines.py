@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-
 from modelyard.deploy import kube_probes
 from modelyard.deploy.kube_common import (
-    DEFAULT_HUB_CACHE,
     ENGINE_PORT,
     ENGINE_PORT_NAME,
     GATEWAY_NAME,
@@ -25,52 +21,21 @@ from modelyard.deploy.kube_common import (
     selector,
 )
 from modelyard.engines import EngineAdapter, LaunchPlan
-from modelyard.spec.schema import AcceleratorModel, AnyModel, LlamaCppModel, WeightsSource
+from modelyard.spec.schema import AnyModel
 
 COMPONENT = "engine"
-DROPPED_ENV = frozenset({"CUDA_VISIBLE_DEVICES"})  # in a pod the GPUs are the nvidia.com/gpu the pod was given
 
 
 class RenderError(Exception):
     """The spec cannot be rendered for Kubernetes as it is; the message says why."""
 
 
-@dataclass(frozen=True)
-class EnginePod:
-    plan: LaunchPlan
-    mounts: tuple[str, ...]  # weight paths mounted read-only from the weights volume
-
-
-def in_cluster(model: AnyModel) -> AnyModel:
-    """The model as its pod sees it: a hub-cache model without cache_dir reads the mounted cache (not this
-    machine's $HF_HUB_CACHE)."""
-    if isinstance(model, AcceleratorModel) and model.model.name is not None and model.model.cache_dir is None:
-        source = WeightsSource(name=model.model.name, cache_dir=DEFAULT_HUB_CACHE)
-        return model.model_copy(update={"model": source})
-    return model
-
-
-def weight_mounts(model: AnyModel, plan: LaunchPlan) -> tuple[str, ...]:
-    if isinstance(model, LlamaCppModel):  # the GGUF's folder
-        weights = plan.argv[plan.argv.index("--model") + 1]
-        return (weights.rsplit("/", 1)[0] or "/",)
-    if not isinstance(model, AcceleratorModel):
-        return ()
-    paths = [model.model.path or model.model.cache_dir or DEFAULT_HUB_CACHE, *(a.path for a in model.lora)]
-    return tuple(dict.fromkeys(p.rstrip("/") or "/" for p in paths))
-
-
-def engine_pod(adapter: EngineAdapter, model: AnyModel) -> EnginePod:
-    """The adapter's launch plan on 0.0.0.0:8000, as a container of its image runs it."""
-    model = in_cluster(model)
+def engine_pod(adapter: EngineAdapter, model: AnyModel) -> LaunchPlan:
+    """The adapter's launch plan on 0.0.0.0:8000, as a container of its image runs it (with its weight mounts)."""
     plan = adapter.container_launch(model, "0.0.0.0", ENGINE_PORT)
     if plan is None:
         raise RenderError(f"{model.name}: engine {adapter.name} has no launch plan")
-    argv = list(plan.argv)
-    if argv and argv[0] == sys.executable:
-        argv[0] = "python3"  # this machine's interpreter: the image's own
-    env = {k: v for k, v in plan.env.items() if k not in DROPPED_ENV}
-    return EnginePod(LaunchPlan(argv=argv, env=env), weight_mounts(model, plan))
+    return plan
 
 
 def _quantity_cpu(cpus: float) -> str:
@@ -97,7 +62,7 @@ def container_resources(adapter: EngineAdapter, model: AnyModel) -> tuple[Manife
     return {"requests": requests, "limits": limits}, shm
 
 
-def _volumes(pod: EnginePod, shm_gib: float, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
+def _volumes(pod: LaunchPlan, shm_gib: float, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
     if shm_gib:
@@ -113,14 +78,14 @@ def _volumes(pod: EnginePod, shm_gib: float, options: RenderOptions) -> tuple[li
     return volumes, mounts
 
 
-def _container(adapter: EngineAdapter, model: AnyModel, pod: EnginePod, image: str,
+def _container(adapter: EngineAdapter, model: AnyModel, pod: LaunchPlan, image: str,
                resources: Manifest, mounts: list[Manifest], gpu: bool) -> Manifest:
     # GPU engine images (vLLM's, SGLang's) run as root and write caches under $HOME: only escalation is refused
     security = restricted_security(read_only_root=False) if gpu else {
         **restricted_security(), "runAsNonRoot": True}
     return {
-        "name": "engine", "image": image, "command": pod.plan.argv,
-        "env": [{"name": k, "value": v} for k, v in sorted(pod.plan.env.items())],
+        "name": "engine", "image": image, "command": pod.argv,
+        "env": [{"name": k, "value": v} for k, v in sorted(pod.env.items())],
         "ports": [{"name": ENGINE_PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}],
         "resources": resources,
         "startupProbe": kube_probes.startup(adapter, model, gpu),

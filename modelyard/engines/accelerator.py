@@ -10,10 +10,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelyard.engines.base import EngineAdapter, EngineError, Resources, Task
-from modelyard.spec.schema import AcceleratorModel, BaseModelSpec
+from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, Resources, Task
+from modelyard.spec.schema import AcceleratorModel, BaseModelSpec, WeightsSource
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # the engine never reaches a hub either
+CONTAINER_HUB_CACHE = "/models/hub"  # in a container: a `name:` model without cache_dir reads the hub cache here
 
 
 def hub_cache(model: AcceleratorModel) -> Path:
@@ -142,3 +143,17 @@ class AcceleratorEngine(EngineAdapter):
 
     def can_sleep(self, model: BaseModelSpec) -> bool:
         return self._model(model).sleep_mode
+
+    def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan:
+        """A pod's: the weights from the mounted volume (a hub model without cache_dir from CONTAINER_HUB_CACHE, not
+        this machine's $HF_HUB_CACHE), its GPUs the nvidia.com/gpu it was given (no CUDA_VISIBLE_DEVICES)."""
+        accelerated = self._model(model)
+        source = accelerated.model
+        if source.name is not None and source.cache_dir is None:
+            source = WeightsSource(name=source.name, cache_dir=CONTAINER_HUB_CACHE)
+            accelerated = accelerated.model_copy(update={"model": source})
+        plan = self.launch(accelerated, host, port, replica=0)
+        assert plan is not None
+        paths = [source.path or source.cache_dir or CONTAINER_HUB_CACHE, *(a.path for a in accelerated.lora)]
+        return LaunchPlan(argv=plan.argv, env={k: v for k, v in plan.env.items() if k != "CUDA_VISIBLE_DEVICES"},
+                          mounts=tuple(dict.fromkeys(p.rstrip("/") or "/" for p in paths)))

@@ -74,6 +74,7 @@ class Resources:
 class LaunchPlan:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[str, ...] = ()  # `container_launch`: the weight paths its container mounts read-only
 
 
 class EngineAdapter:
@@ -111,8 +112,9 @@ class EngineAdapter:
         return None
 
     def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan | None:
-        """The launch plan in a container of the engine's image (`modelyard render kubernetes`): by default the
-        same as `launch`; an engine whose launch reads this machine (a binary, a weights file) says it here."""
+        """The launch plan in a container of the engine's image (`modelyard render kubernetes`), with the weight
+        paths it mounts: by default the same as `launch`; an engine whose launch reads this machine (a binary, a
+        weights file, this interpreter) says here what its container runs instead."""
         return self.launch(model, host, port, replica=0)
 
     def external_url(self, model: BaseModelSpec, replica: int) -> str | None:

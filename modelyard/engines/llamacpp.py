@@ -4,6 +4,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from modelyard.engines.base import EngineAdapter, EngineError, LaunchPlan, MetricNames, Resources, Task
@@ -152,7 +153,9 @@ class LlamaCppEngine(EngineAdapter):
         """In llama.cpp's server image (its binary at /app/llama-server), the weights from the mounted volume:
         a `path:` as it is, a package's file under CONTAINER_MODELS/<package>/ (put there beforehand)."""
         assert isinstance(model, LlamaCppModel)
-        return self.plan(model, CONTAINER_BINARY, container_weights(model.model), host, port, model.threads or 1)
+        weights = container_weights(model.model)
+        plan = self.plan(model, CONTAINER_BINARY, weights, host, port, model.threads or 1)
+        return replace(plan, mounts=(weights.rsplit("/", 1)[0] or "/",))  # the GGUF's folder
 
     def plan(self, model: LlamaCppModel, binary: str, weights: str, host: str, port: int, threads: int) -> LaunchPlan:
         task = self.task(model)

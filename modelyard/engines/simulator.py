@@ -46,3 +46,7 @@ class SimulatorEngine(VLLMSleep):
             argv += ["--task", model.task]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
+    def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan:
+        plan = self.launch(model, host, port, replica=0)
+        return LaunchPlan(argv=["python3", *plan.argv[1:]], env=plan.env)  # the image's Python, not this one
+

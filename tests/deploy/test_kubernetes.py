@@ -7,7 +7,7 @@ import yaml
 
 from modelyard.deploy.files import texts
 from modelyard.deploy.kube_common import RenderOptions, Weights
-from modelyard.deploy.kube_engines import RenderError, in_cluster
+from modelyard.deploy.kube_engines import RenderError
 from modelyard.deploy.kubernetes import KUSTOMIZATION, Rendered, render
 from modelyard.engines import get_engine
 from modelyard.spec import load_spec
@@ -68,7 +68,8 @@ def test_the_engine_runs_the_adapters_own_launch_plan() -> None:
         adapter = get_engine(model.engine)
         if not adapter.runs_here:
             continue
-        plan = adapter.launch(in_cluster(model), "0.0.0.0", 8000, replica=0)
+        plan = adapter.container_launch(model, "0.0.0.0", 8000)
+        assert plan is not None
         container = _engine(rendered, model.name)
         assert container["command"] == plan.argv
         assert {e["name"]: e["value"] for e in container["env"]} == plan.env
