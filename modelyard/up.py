@@ -142,6 +142,14 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+async def shared_limiter(spec: YardSpec, state_dir: Path, count: int, log_path: Path) -> PrivateRedis | None:
+    """Several workers and no store.redis: a private redis-server, one limiter for all of them, so that a key's
+    limits are exact across the workers; else None (store.redis, or one worker's own)."""
+    if spec.store.redis is None and count > 1:
+        return await PrivateRedis.start(state_dir, log_path)
+    return None
+
+
 def worker_settings(spec: YardSpec, ring: KeyRing, state_dir: Path, redis_url: str | None, count: int,
                     metrics_dir: Path) -> dict[str, Any]:
     """What every gateway worker is configured with (gateway/workers.py reads it), by `up` and `gateway` alike."""
@@ -241,11 +249,9 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
     control_task: asyncio.Task[None] | None = None
     channel: ControlServer | None = None
     try:
-        redis_url = spec.store.redis
-        if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
-            private = await PrivateRedis.start(state_dir, state_dir / "logs" / "redis.log")
-            redis_url = private.url
-        settings = worker_settings(spec, keys.ring, state_dir, redis_url, count, metrics_dir)
+        private = await shared_limiter(spec, state_dir, count, state_dir / "logs" / "redis.log")
+        settings = worker_settings(spec, keys.ring, state_dir, private.url if private else spec.store.redis, count,
+                                   metrics_dir)
         control: Reconciler | None = None
         workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), log_file, metrics_dir,
                                  host, port, fleet=lambda: control.view() if control is not None else {})

@@ -27,6 +27,7 @@ from modelyard.up import (
     check_state,
     fresh_dir,
     setup_keys,
+    shared_limiter,
     state_dir_for,
     worker_env,
     worker_settings,
@@ -116,11 +117,9 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, api: KubeAPI 
         if source is not None:
             discovery = asyncio.create_task(source.run(), name="discovery")
             await _first_list(source, discovery, stop)
-        redis_url = spec.store.redis
-        if redis_url is None and count > 1:  # one limiter for all workers: exact limits across them
-            private = await PrivateRedis.start(state_dir, state_dir / "redis.log")
-            redis_url = private.url
-        settings = worker_settings(spec, keys.ring, state_dir, redis_url, count, metrics_dir)
+        private = await shared_limiter(spec, state_dir, count, state_dir / "redis.log")
+        settings = worker_settings(spec, keys.ring, state_dir, private.url if private else spec.store.redis, count,
+                                   metrics_dir)
         workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), sys.stderr.buffer,
                                  metrics_dir, host, port)
         if await _start(workers, stop):
