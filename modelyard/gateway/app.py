@@ -59,6 +59,13 @@ STREAMED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 HOLD_POLL_S = 0.05
 
 
+def per_model(spec: YardSpec) -> tuple[dict[str, EngineAdapter], dict[str, frozenset[str]], dict[str, float]]:
+    """By model: its engine's adapter, the gateway paths it serves, how long a request waits for a replica."""
+    engines = {m.name: get_engine(m.engine) for m in spec.models}
+    return (engines, {m.name: engines[m.name].endpoints(m) for m in spec.models},
+            {m.name: hold_s(spec, m) for m in spec.models})
+
+
 def hold_s(spec: YardSpec, model: BaseModelSpec) -> float:
     """How long a request for a model with no ready replica waits for one: an autoscaled model that may go to zero
     waits its cold start, a pool member its wake; any other model's request is answered 503 at once."""
@@ -101,8 +108,7 @@ class Gateway:
         self.workers = workers  # gateway processes sharing the port: each admits its share of a model's capacity
         self.metrics = metrics or GatewayMetrics()
         self.router = Router(spec, table, self.metrics.routing, processes=workers)
-        self.engines: dict[str, EngineAdapter] = {m.name: get_engine(m.engine) for m in spec.models}
-        self.serves = {m.name: self.engines[m.name].endpoints(m) for m in spec.models}
+        self.engines, self.serves, self.holds = per_model(spec)
         self.scraper = MetricsScraper(table, {name: engine.metrics for name, engine in self.engines.items()})
         self.limiter = limiter or LocalLimiter()
         self.queues = {m.name: AdmissionQueue(m.name, self._capacity(m), m.admission.max_queue,
@@ -119,7 +125,6 @@ class Gateway:
         # the control plane's view (fleet/reconciler.py, through the parent's feed): by model, its desired replicas
         # and strategy; how long a request may wait for a replica to start or wake (0: it is answered 503 at once)
         self.fleet: dict[str, dict[str, Any]] = {}
-        self.holds = {m.name: hold_s(spec, m) for m in spec.models}
         self.holding = dict.fromkeys(self.holds, 0)  # requests waiting for a replica, now
         self.arrivals = dict.fromkeys(self.holds, 0)  # requests for each model since start (activity, to the parent)
         self.latency = {m.name: RecentLatency() for m in spec.models if m.slo is not None}
@@ -139,10 +144,8 @@ class Gateway:
         self.spec = spec
         if routing_changed:
             self.router = Router(spec, self.table, self.metrics.routing, processes=self.workers)
-        self.engines = {m.name: get_engine(m.engine) for m in spec.models}
-        self.serves = {m.name: self.engines[m.name].endpoints(m) for m in spec.models}
+        self.engines, self.serves, self.holds = per_model(spec)
         self.scraper.names = {name: engine.metrics for name, engine in self.engines.items()}
-        self.holds = {m.name: hold_s(spec, m) for m in spec.models}
         for m in spec.models:
             self.holding.setdefault(m.name, 0)
             self.arrivals.setdefault(m.name, 0)
