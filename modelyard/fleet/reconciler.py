@@ -119,13 +119,13 @@ class Reconciler:
         self.spec = spec
         self.models = {m.name: m for m in spec.models}
         self.desired = {m.name: self.desired.get(m.name, self.supervisor.initial(m)) for m in spec.models}
-        for model in spec.models:
-            if model.scaling is None and self.strategy(model) == "fixed":
-                self.desired[model.name] = model.min_replicas
-            elif model.scaling is not None:
-                self.desired[model.name] = max(model.min_replicas, min(model.max_replicas, self.desired[model.name]))
         for model in spec.models:  # a fixed count that changed, or an autoscaled model's new bounds
-            if self.strategy(model) != "pooled" and model.name not in self.paused:
+            strategy = self.strategy(model)
+            if strategy == "pooled":
+                continue  # the pool's plan decides, next tick
+            wanted = model.min_replicas if strategy == "fixed" else self.desired[model.name]
+            self.desired[model.name] = max(model.min_replicas, min(model.max_replicas, wanted))
+            if model.name not in self.paused:
                 self.supervisor.scale(model, self.desired[model.name])
 
     def tick(self) -> None:
