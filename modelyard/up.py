@@ -307,8 +307,8 @@ def dry_run(spec: YardSpec, console: Console) -> int:
 async def control_channel(spec: YardSpec, spec_path: Path, state_dir: Path, supervisor: Supervisor,
                           control: Reconciler, workers: GatewayWorkers) -> ControlServer:
     """`modelyard apply`'s way in: the rollout over this cluster, served on state_dir's control socket."""
-    rollout = Rollout(spec, spec_path.read_text(encoding="utf-8"), spec_path.resolve().parent, supervisor, control,
-                      workers, store=lambda: open_store(spec.store.url, state_dir),
+    rollout = Rollout(spec, spec_path.resolve().parent, supervisor, control, workers,
+                      store=lambda: open_store(spec.store.url, state_dir),
                       keys=lambda new: setup_keys(new, state_dir).ring.hashed())
     channel = ControlServer(rollout, state_dir)
     await channel.start()

@@ -30,7 +30,6 @@ class ControlServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/apply", self._apply)
-        app.router.add_get("/revision", self._revision)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         with contextlib.suppress(FileNotFoundError):
@@ -47,9 +46,6 @@ class ControlServer:
             await self._runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-    async def _revision(self, request: web.Request) -> web.Response:
-        return web.json_response({"spec": self.rollout.spec_text, "busy": self.rollout.busy})
 
     async def _apply(self, request: web.Request) -> web.StreamResponse:
         try:

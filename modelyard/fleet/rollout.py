@@ -44,7 +44,6 @@ class ApplyError(Exception):
 @dataclass
 class Outcome:
     applied: bool
-    lines: list[str] = field(default_factory=list)
     gates: dict[str, Any] = field(default_factory=dict)
     revision: int = 0
 
@@ -61,10 +60,10 @@ async def default_gate(model: AnyModel, spec_dir: Path, candidates: list[str], s
 
 
 class Rollout:
-    def __init__(self, spec: YardSpec, spec_text: str, spec_dir: Path, supervisor: Supervisor, control: Reconciler,
+    def __init__(self, spec: YardSpec, spec_dir: Path, supervisor: Supervisor, control: Reconciler,
                  workers: GatewayWorkers, store: Callable[[], Awaitable[Store]],
                  keys: Callable[[YardSpec], dict[str, str]], gate: GateRunner = default_gate) -> None:
-        self.spec, self.spec_text, self.spec_dir = spec, spec_text, spec_dir
+        self.spec, self.spec_dir = spec, spec_dir
         self.supervisor, self.control, self.workers = supervisor, control, workers
         self.store, self.keys, self.gate = store, keys, gate
         self._lock = asyncio.Lock()
@@ -88,7 +87,7 @@ class Rollout:
                 raise ApplyError("these changes need `modelyard up` restarted: "
                                  + "; ".join(str(c) for c in result.needs_restart))
             if result.empty:
-                return Outcome(True, ["no changes"])
+                return Outcome(True)  # `describe` said "no changes"
             try:
                 keys = self.keys(new)
             except Exception as exc:  # a key's variable that is not set, say: refused before anything changes
@@ -104,7 +103,7 @@ class Rollout:
                 await store.close()
             outcome.revision = revision.seq
             if outcome.applied:
-                self.spec, self.spec_text = new, text
+                self.spec = new
             progress(f"revision {revision.seq} ({revision.id}): {state}")
             return outcome
 

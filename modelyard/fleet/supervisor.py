@@ -181,11 +181,6 @@ class Supervisor:
         task.add_done_callback(self._actions.discard)
         return task
 
-    @property
-    def busy(self) -> bool:
-        """A drain, sleep or wake is under way."""
-        return bool(self._actions)
-
     async def stop(self) -> None:
         for task in list(self._actions):
             task.cancel()
