@@ -72,6 +72,7 @@ class Reconciler:
                        for m in spec.models if trace_dir is not None and m.scaling is not None}
         self.interval_s, self.clock = interval_s, clock
         self.models = {m.name: m for m in spec.models}
+        self.needs = {m.name: get_engine(m.engine).resources(m) for m in spec.models}  # one replica's share
         self.desired = {m.name: supervisor.initial(m) for m in spec.models}
         self.memory: dict[str, Memory] = {}
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
@@ -118,6 +119,7 @@ class Reconciler:
         tick; a model's memory of its load stays."""
         self.spec = spec
         self.models = {m.name: m for m in spec.models}
+        self.needs = {m.name: get_engine(m.engine).resources(m) for m in spec.models}
         self.desired = {m.name: self.desired.get(m.name, self.supervisor.initial(m)) for m in spec.models}
         for model in spec.models:  # a fixed count that changed, or an autoscaled model's new bounds
             strategy = self.strategy(model)
@@ -230,9 +232,10 @@ class Reconciler:
     def _over(self, model: AnyModel, count: int) -> str | None:
         """Which bound of `resources:` `count` replicas of `model` would pass, with the rest as desired."""
         limits = self.spec.resources
+        if limits.cpus is None and limits.memory_gib is None and limits.gpus is None:
+            return None  # no bound: nothing to add up
         used = Resources()
-        for name, other in self.models.items():
-            need = get_engine(other.engine).resources(other)
+        for name, need in self.needs.items():
             running = sum(1 for key in self.supervisor.runners if key[0] == name)  # draining ones still hold theirs
             replicas = count if name == model.name else max(self.desired[name], running)
             used = Resources(used.cpus + need.cpus * replicas, used.memory_gib + need.memory_gib * replicas,
