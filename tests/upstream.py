@@ -90,8 +90,13 @@ class Upstream:
         mode, error = self._scripted(request, body.get("max_tokens") == 1)
         if error is not None:
             return error
-        if mode == "hang":
-            await asyncio.sleep(3600)
+        if mode == "hang":  # no answer until the gateway closes the connection (60 s at most)
+            for _ in range(1200):
+                if request.transport is None or request.transport.is_closing():
+                    self.aborted.set()
+                    break
+                await asyncio.sleep(0.05)
+            return web.json_response({"error": {"message": "hung", "code": 500}}, status=500)
         if not body.get("stream"):
             return web.json_response({"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
                                       "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],

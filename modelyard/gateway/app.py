@@ -29,6 +29,7 @@ from modelyard.gateway.errors import openai_error
 from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
+from modelyard.gateway.scope import CLIENT_GONE, ClientWatch
 from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, Ticket
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
@@ -42,7 +43,7 @@ from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
 from modelyard.spec.schema import BaseModelSpec, YardSpec
-from modelyard.store.base import Store, UsageRecord
+from modelyard.store.base import KeyRecord, Store, UsageRecord
 
 log = logging.getLogger("modelyard.gateway")
 access = logging.getLogger("modelyard.access")  # gateway.access_log: one JSON line per request
@@ -91,11 +92,12 @@ class Call:
     payload: dict[str, Any]
     model: BaseModelSpec
     stream: bool
-    ticket: Ticket
+    ticket: Ticket | None  # once admitted
     route: RouteRequest
     keep_usage: bool = True
     arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
     request_id: bytes = b""
+    recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written
 
 
 class Gateway:
@@ -237,9 +239,28 @@ class Gateway:
         if wrong is not None:
             return openai_error(400, wrong[1], "invalid_type", wrong[0])
         stream = payload.get("stream") is True and path in STREAMED_PATHS
-        options = payload.get("stream_options")
+        call = Call(path, body, payload, model, stream, None,
+                    RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
+                    arrived=time.perf_counter(), request_id=request_id)
+        watch = ClientWatch(scope, receive)  # from here on, the request holds (or waits for) something
+        try:
+            return await self._serve(call, key, len(body))
+        except asyncio.CancelledError:
+            if not watch.absorb():
+                raise
+            self._abandoned(call, key.name, CLIENT_GONE, "client_disconnected")
+            return openai_error(CLIENT_GONE, "the client closed the connection", "client_disconnected")
+        except Exception:
+            self._abandoned(call, key.name, 500, "internal_error")
+            raise
+        finally:
+            watch.stop()
+
+    async def _serve(self, call: Call, key: KeyRecord, body_size: int) -> Response:
+        """A checked request: a ready replica (held for one while the control plane starts or wakes it), its key's
+        limits and its model's admission slot, then the relay."""
+        model, model_name, payload = call.model, call.model.name, call.payload
         self.arrivals[model_name] += 1
-        arrived = time.perf_counter()
         ready = len(self.table.ready(model_name)) or await self._hold(model_name)
         if not ready:
             self.metrics.requests.labels(model_name, key.name, "503").inc()
@@ -249,20 +270,27 @@ class Gateway:
                                 headers={"Retry-After": "2"})
         if model.admission.max_concurrency is None:
             self.queues[model_name].set_capacity(self._capacity(model, ready))
-        ticket = await self.tenancy.admit(key, model_name, payload, len(body), generates=path in STREAMED_PATHS)
+        ticket = await self.tenancy.admit(key, model_name, payload, body_size, generates=call.path in STREAMED_PATHS)
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             self.recent.reject(model_name, rejection_kind(ticket.status_code))
             return ticket
-        call = Call(path, body, payload, model, stream, ticket,
-                    RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
-                    arrived=arrived, request_id=request_id)
+        call.ticket = ticket
         if call.stream:
+            options = payload.get("stream_options")
             call.keep_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
                 call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
                 call.body = orjson.dumps(call.payload)
         return await self._relay(call)
+
+    def _abandoned(self, call: Call, key: str, status: int, error: str) -> None:
+        """A request that ended before its answer did (its client left, or the gateway failed): recorded, and what
+        it held given back, unless the relay has done so already."""
+        if call.ticket is None:  # it held nothing yet
+            self.metrics.requests.labels(call.model.name, key, str(status)).inc()
+        elif not call.recorded:
+            self._record(call, Outcome(status=status, error=error, started=call.arrived))
 
     async def _hold(self, model: str) -> int:
         """A model scaled to zero or asleep: the request waits while the control plane starts or wakes a replica
@@ -401,6 +429,11 @@ class Gateway:
             finish(outcome)
             return openai_error(502, f"replica {endpoint.id} failed while answering ({type(exc).__name__})",
                                 "upstream_error")
+        except asyncio.CancelledError:  # the client left (scope.py): closing the connection aborts the engine's work
+            upstream.close()
+            outcome.status, outcome.error = CLIENT_GONE, "client_disconnected"
+            finish(outcome)
+            raise
         upstream.release()
         status, engine = upstream.status, self.engines[model]
         if status == 200:
@@ -427,7 +460,10 @@ class Gateway:
         self._child(self.metrics.in_flight, model).dec()
 
     def _record(self, call: Call, outcome: Outcome) -> None:
-        """Metrics now; the key's limits and the usage store off the request's path."""
+        """Metrics now; the key's limits and the usage store off the request's path. Once per request."""
+        if call.recorded or call.ticket is None:
+            return
+        call.recorded = True
         now = time.perf_counter()
         model, key = call.model.name, call.ticket.key.name
         status = "error" if outcome.error and outcome.error != "client_disconnected" else str(outcome.status)

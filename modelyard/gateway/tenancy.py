@@ -21,6 +21,7 @@ from modelyard.gateway.admission import AdmissionQueue, QueueRejection, Slot
 from modelyard.gateway.auth import KeyRing, bearer, hash_key
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.limits import Admission, Limiter, Rejection
+from modelyard.gateway.scope import admit_shielded
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.store.base import KeyRecord, Store, check_key
 
@@ -182,7 +183,10 @@ class Tenancy:
             self.metrics.rejections.labels(model, key.name, denial.code).inc()
             return openai_error(denial.status, denial.message, denial.code)
         try:
-            result = await self.limiter.admit(key, reserve_tokens(payload, body_size, generates))
+            asking = self.limiter.admit(key, reserve_tokens(payload, body_size, generates))
+            # a limiter that waits (Redis) is not abandoned half-way by a client that leaves; one that never waits
+            # (LocalLimiter) cannot be, and costs no task
+            result = await (asking if hasattr(self.limiter, "settle_now") else admit_shielded(asking, self._given_back))
         except Exception as exc:  # the shared limiter (Redis) is down: fail closed, clearly
             log.error("limiter unavailable: %s: %s", type(exc).__name__, exc)
             self.metrics.rejections.labels(model, key.name, "limiter_unavailable").inc()
@@ -191,10 +195,19 @@ class Tenancy:
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(model, key.name, result.reason).inc()
             return openai_error(429, result.message, result.code, headers={"Retry-After": str(result.retry_after_s)})
-        slot = await self.queues[model].acquire(key.priority)
+        try:
+            slot = await self.queues[model].acquire(key.priority)
+        except asyncio.CancelledError:  # the client left while queued: its key's admission goes back too
+            await self._given_back(result)
+            raise
         if isinstance(slot, QueueRejection):
             await self.limiter.settle(result, 0)
             self.metrics.rejections.labels(model, key.name, slot.code).inc()
             return openai_error(slot.status, slot.message, slot.code,
                                 headers={"Retry-After": str(slot.retry_after_s)})
         return Ticket(key, result, slot, self.limiter)
+
+    async def _given_back(self, result: Admission | Rejection) -> None:
+        """What the limiter granted to a request whose client left while it was asked."""
+        if isinstance(result, Admission):
+            await self.limiter.settle(result, 0)
