@@ -19,7 +19,19 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.store.base import PRIORITIES, GroupBy, KeyLimits, KeyRecord, Priority, Store, StoreError, UsageRow
+from modelyard.store.base import (
+    MAX_LIMIT,
+    PRIORITIES,
+    GroupBy,
+    KeyLimits,
+    KeyRecord,
+    Priority,
+    Store,
+    StoreError,
+    UsageRow,
+    limits_problem,
+    name_problem,
+)
 from modelyard.store.factory import open_store
 
 T = TypeVar("T")
@@ -64,7 +76,12 @@ def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):  # a row written before expiries were bounded (1e308)
+        return "never" if ts > 0 else "-"
 
 
 def _console() -> Console:
@@ -94,10 +111,11 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="the key's name (shown in usage and metrics)")
 @click.option("--models", default="", help="comma-separated models the key may use (default: all)")
-@click.option("--rpm", type=click.IntRange(min=0), default=0, help="requests per minute (0: no limit)")
-@click.option("--tpm", type=click.IntRange(min=0), default=0, help="tokens per minute (0: no limit)")
-@click.option("--max-concurrency", type=click.IntRange(min=0), default=0, help="requests in flight (0: no limit)")
-@click.option("--budget-tokens", type=click.IntRange(min=0), default=0, help="total tokens (0: no limit)")
+@click.option("--rpm", type=click.IntRange(0, MAX_LIMIT), default=0, help="requests per minute (0: no limit)")
+@click.option("--tpm", type=click.IntRange(0, MAX_LIMIT), default=0, help="tokens per minute (0: no limit)")
+@click.option("--max-concurrency", type=click.IntRange(0, MAX_LIMIT), default=0,
+              help="requests in flight (0: no limit)")
+@click.option("--budget-tokens", type=click.IntRange(0, MAX_LIMIT), default=0, help="total tokens (0: no limit)")
 @click.option("--priority", type=click.Choice(PRIORITIES), default="interactive", show_default=True)
 @click.option("--expires", default=None, help="lifetime, e.g. 30d, 12h")
 @_store_options
@@ -106,10 +124,15 @@ def create(ctx: click.Context, name: str, models: str, rpm: int, tpm: int, max_c
            budget_tokens: int, priority: Priority, expires: str | None, store_url: str | None,
            state_dir: str | None) -> None:
     """Create a key; its secret is printed once and cannot be shown again."""
-    expires_at = time.time() + parse_duration(expires) if expires else None
+    if (wrong := name_problem(name)) is not None:
+        raise click.BadParameter(wrong, param_hint="--name")
+    now = time.time()
+    expires_at = now + parse_duration(expires) if expires else None
     limits = KeyLimits(models=tuple(m.strip() for m in models.split(",") if m.strip()), rpm=rpm, tpm=tpm,
                        max_concurrency=max_concurrency, budget_tokens=budget_tokens, priority=priority,
                        expires_at=expires_at)
+    if (wrong := limits_problem(limits, now)) is not None:
+        raise click.BadParameter(wrong)
     record, secret = _with_store(ctx, store_url, state_dir, lambda s: s.create_key(name, limits))
     click.echo(f"created key {record.name!r}; its secret, shown only now:", err=True)
     click.echo(secret)
