@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 KEY_PREFIX = "my-"
+API_KEY_ENV = "MODELYARD_API_KEY"  # a static key for `modelyard up`, beside yard.yaml's
 CACHE_SALT_CONTEXT = b"modelyard-cache-salt-v1:"
 
 

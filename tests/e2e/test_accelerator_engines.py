@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def stand_in(tmp: Path, engine: str) -> str:
     path = tmp / f"fake-{engine}"
-    path.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m tests.engine_clis {engine} \"$@\"\n")
+    # the log's path is the script's own: a replica's environment is not up's (fleet/child_env.py)
+    path.write_text(f"#!/bin/sh\nENGINE_CLI_LOG={tmp / 'engines.jsonl'} PYTHONPATH={ROOT} "
+                    f"exec {sys.executable} -m tests.engine_clis {engine} \"$@\"\n")
     path.chmod(0o755)
     return str(path)
 
@@ -48,7 +50,7 @@ def models(tmp: Path) -> list[dict[str, object]]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("accelerators")
-    running = Cluster(tmp, models(tmp), env={"ENGINE_CLI_LOG": str(tmp / "engines.jsonl")}).start(timeout_s=60)
+    running = Cluster(tmp, models(tmp)).start(timeout_s=60)
     yield running
     running.stop()
 
