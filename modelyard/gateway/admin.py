@@ -9,7 +9,6 @@ POST /admin/keys/{name}/rotate   a new secret, shown once
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import asdict
 from typing import Any
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelyard.gateway.auth import bearer, hash_key
+from modelyard.gateway.auth import Credentials
 from modelyard.gateway.errors import openai_error
 from modelyard.store.base import (
     PRIORITIES,
@@ -84,7 +83,7 @@ async def read_bounded(request: Request, limit: int = MAX_BODY_BYTES) -> bytes |
 class AdminApi:
     def __init__(self, store: Store | None, admin_key: str | None) -> None:
         self.store = store
-        self._admin_hash = hash_key(admin_key) if admin_key else None
+        self.credentials = Credentials([admin_key])
 
     def routes(self) -> list[Route]:
         return [
@@ -95,11 +94,10 @@ class AdminApi:
         ]
 
     def _deny(self, request: Request) -> Response | None:
-        if self._admin_hash is None:
+        if not self.credentials.enabled:
             return openai_error(403, "the admin API is off: start the gateway with $MODELYARD_ADMIN_KEY set",
                                 "admin_disabled")
-        token = bearer(request.headers.get("authorization"))
-        if token is None or not hmac.compare_digest(hash_key(token), self._admin_hash):
+        if not self.credentials.bearer_ok(request.headers.get("authorization")):
             return openai_error(401, "this needs the admin key", "invalid_admin_key")
         if self.store is None:
             return openai_error(503, "no key store is configured", "no_store")

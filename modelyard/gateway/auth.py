@@ -55,6 +55,31 @@ def bearer(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+class Credentials:
+    """The operator's keys that open one kind of route (/admin: the admin key; /metrics: it or the metrics key; /ui:
+    it or the ui key): kept as their sha256, a secret compared in constant time against each. API keys are not
+    these: they are the store's and the ring's (gateway/tenancy.py)."""
+
+    def __init__(self, keys: Iterable[str | None]) -> None:
+        self.hashes = tuple(sorted({hash_key(k) for k in keys if k}))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hashes)
+
+    def key_ok(self, secret: str | None) -> bool:
+        if not secret or not self.hashes:
+            return False
+        digest = hash_key(secret)
+        matched = False
+        for known in self.hashes:
+            matched |= hmac.compare_digest(known, digest)
+        return matched
+
+    def bearer_ok(self, authorization: str | None) -> bool:
+        return self.key_ok(bearer(authorization))
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who made a request: the key's name, never its secret."""

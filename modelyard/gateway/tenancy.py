@@ -199,7 +199,10 @@ class Tenancy:
                                 headers={"Retry-After": "5"})
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(model, key.name, result.reason).inc()
-            return openai_error(429, result.message, result.code, headers={"Retry-After": str(result.retry_after_s)})
+            headers = {"Retry-After": str(result.retry_after_s)}
+            if result.reason == "budget":  # not back in the seconds an SDK waits before its own retries
+                headers["x-should-retry"] = "false"
+            return openai_error(429, result.message, result.code, headers=headers)
         slot = await self.queues[model].acquire(key.priority)
         if isinstance(slot, QueueRejection):
             await self.limiter.settle(result, 0)
