@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape  # a name is text, never markup: "[/]" would stop the table for every name
 from rich.table import Table
 
 from modelyard.store.base import (
@@ -148,7 +149,7 @@ def list_(ctx: click.Context, store_url: str | None, state_dir: str | None) -> N
     table = Table("name", "status", "models", "rpm", "tpm", "concurrency", "budget", "used", "priority",
                   "expires", "created")
     for k in records:
-        table.add_row(k.name, _status(k, now), ",".join(k.models) or "*", _limit(k.rpm), _limit(k.tpm),
+        table.add_row(escape(k.name), _status(k, now), escape(",".join(k.models)) or "*", _limit(k.rpm), _limit(k.tpm),
                       _limit(k.max_concurrency), _limit(k.budget_tokens), f"{k.used_tokens:,}", k.priority,
                       _when(k.expires_at), _when(k.created_at))
     _console().print(table)
@@ -179,7 +180,7 @@ def usage_table(rows: list[UsageRow], by: str) -> Table:
     table = Table(by, "requests", "errors", "prompt tokens", "completion tokens", "cached tokens",
                   "avg TTFT (s)", "avg latency (s)")
     for r in rows:
-        table.add_row(r.group, f"{r.requests:,}", f"{r.errors:,}", f"{r.prompt_tokens:,}",
+        table.add_row(escape(r.group), f"{r.requests:,}", f"{r.errors:,}", f"{r.prompt_tokens:,}",
                       f"{r.completion_tokens:,}", f"{r.cached_tokens:,}",
                       "-" if r.avg_ttft_s is None else f"{r.avg_ttft_s:.3f}",
                       "-" if r.avg_e2e_s is None else f"{r.avg_e2e_s:.3f}")
