@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from modelyard.engines import EngineError, LaunchPlan, get_engine
-from modelyard.fleet.child_env import secret_names
+from modelyard.fleet.child_env import replica_env, secret_names
 from modelyard.fleet.control import ControlServer
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
@@ -286,14 +286,16 @@ SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # an environment variable
 
 
 def dry_run(spec: YardSpec, console: Console) -> int:
-    """`up --dry-run`: every replica's command line and environment (secrets masked); starts nothing."""
+    """`up --dry-run`: every replica's command line and whole environment, as `fleet/child_env.replica_env` makes it
+    at start (secrets masked); starts nothing."""
+    withheld = secret_names(spec)
     for replica_id, model, plan in Supervisor(spec, EndpointTable(), Path(".")).plans():
         engine = get_engine(model.engine)
         console.print(f"[bold]{replica_id}[/]  engine {model.engine}, task {engine.task(model).value}", highlight=False)
         if not isinstance(plan, LaunchPlan):
             console.print(f"  {plan}", highlight=False, markup=False, soft_wrap=True)
             continue
-        for name, value in sorted(plan.env.items()):
+        for name, value in sorted(replica_env(engine, model, plan, withheld).items()):
             secret = any(word in name.upper() for word in SECRET_WORDS)
             console.print(f"  env  {name}={'***' if secret else value}", highlight=False, markup=False,
                           soft_wrap=True)

@@ -102,6 +102,7 @@ def test_dry_run_prints_the_same_command_lines_and_masks_secrets(cluster: Cluste
                          capture_output=True, text=True, timeout=60, env={**cluster.env, "COLUMNS": "400"})
     assert out.returncode == 0, out.stderr
     assert "HF_TOKEN=***" in out.stdout and "hf_secret_value" not in out.stdout
+    assert "PATH=" in out.stdout and "MODELYARD_API_KEY" not in out.stdout  # the whole environment, less up's secrets
     assert out.stdout.count("--hf-overrides") == 2 and "--json-model-override-args" in out.stdout
     assert "CUDA_VISIBLE_DEVICES=2,3" in out.stdout and "CUDA_VISIBLE_DEVICES=4,5" in out.stdout
     assert len(started(cluster)) == 3  # it started nothing
