@@ -30,7 +30,7 @@ from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unw
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.slo import RecentLatency
-from modelyard.gateway.tenancy import Tenancy, Ticket
+from modelyard.gateway.tenancy import Tenancy, Ticket, refuse_twice
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.exposition import MetricsEndpoint
@@ -559,8 +559,7 @@ class GatewayApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
             twice = scope["type"] == "http" and isinstance(authorization(scope["headers"]), Twice)
-            await (openai_error(400, "send one Authorization header, not several", "duplicate_header",
-                                "authorization") if twice else super().__call__)(scope, receive, send)
+            await (refuse_twice() if twice else super().__call__)(scope, receive, send)
             return
         scope["app"] = self
         try:

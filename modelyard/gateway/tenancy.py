@@ -77,6 +77,11 @@ def reserve_tokens(payload: dict[str, object], body_size: int, generates: bool =
     return completion + body_size // BYTES_PER_PROMPT_TOKEN
 
 
+def refuse_twice() -> Response:
+    """The answer to a request with several Authorization headers, on every route."""
+    return openai_error(400, "send one Authorization header, not several", "duplicate_header", "authorization")
+
+
 class KeyCache:
     """The store's keys by hash, exact: emptied whenever the store's version changes (a write by anyone).
 
@@ -165,8 +170,7 @@ class Tenancy:
         says why not: every route that takes an API key (`/v1/*`) asks this, so a revocation holds everywhere from
         the next request; which model it may use is `admit`'s (`check_key`)."""
         if isinstance(authorization, Twice):
-            return openai_error(400, "send one Authorization header, not several", "duplicate_header",
-                                "authorization")
+            return refuse_twice()
         token = bearer(authorization)
         if token is None:
             message = ("Missing API key: send 'Authorization: Bearer <key>'" if not authorization
