@@ -22,6 +22,7 @@ MAX_TOKENS_BOUND = 2**31 - 1
 INT64 = 2**63
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 KEY = re.compile(rb'"([A-Za-z_][A-Za-z0-9_]{0,63})"\s*:')  # a key at any depth (a match starts at an opening quote)
+MAX_DEPTH = 255  # what orjson writes: the gateway writes a body again (stream_options, cache_salt, upstream_model)
 MAX_STOP = 64  # OpenAI takes 4 stop sequences, vLLM any number: a bound that lets both through
 
 Check = Callable[[Any, str], str | None]  # (value, its param name) -> what is wrong, or None
@@ -182,7 +183,7 @@ def problem(path: str, payload: dict[str, Any], body: bytes = b"") -> Problem | 
     field that is not as the API says, a field it needs and lacks, a field given twice; else None."""
     checks, required = SCHEMAS[path]
     for name in required:
-        if name not in payload:
+        if payload.get(name) is None:
             return Problem(name, f"you must provide {name}", "missing_required_parameter")
     for name, value in payload.items():
         check = checks.get(name)
@@ -193,8 +194,8 @@ def problem(path: str, payload: dict[str, Any], body: bytes = b"") -> Problem | 
     if body:
         try:
             twice = duplicate_key(body, payload)
-        except RecursionError:  # deeper than the standard library's parser goes (orjson's limit is 1024)
-            return Problem(None, "the request body is nested too deeply", "invalid_json")
+        except (orjson.JSONEncodeError, RecursionError):  # deeper than the gateway could write it again
+            return Problem(None, f"the request body is nested deeper than {MAX_DEPTH} levels", "invalid_json")
         if twice is not None:
             return Problem(twice, f"the body gives {twice} more than once", "duplicate_key")
     return None
@@ -208,7 +209,7 @@ def duplicate_key(body: bytes, payload: dict[str, Any]) -> str | None:
     key of `payload` is an ASCII identifier, no string in the body is written with `\\u` (the only escape that could
     spell such a key otherwise), and each key occurs once as a key (`"k":`, at any depth). Else the top level is
     read again with the standard library's parser, which keeps every pair."""
-    if orjson.dumps(payload) == body:
+    if orjson.dumps(payload) == body:  # JSONEncodeError past 255 levels
         return None
     if b"\\u" not in body and all(IDENTIFIER.fullmatch(key) for key in payload):
         counts = Counter(KEY.findall(body))

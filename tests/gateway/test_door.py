@@ -84,6 +84,13 @@ def run(body: Callable[[Client, Recorder, str], Awaitable[None]], tmp_path: Path
     asyncio.run(go())
 
 
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
@@ -128,6 +135,9 @@ def test_what_the_schema_refuses_never_reaches_the_engine(tmp_path: Path) -> Non
                                                                    "Content-Type": "application/json"}, content=raw)
         assert twice.status_code == 400 and error(twice) | {"message": ""} == {
             "message": "", "type": "invalid_request_error", "param": "model", "code": "duplicate_key"}
+        deep = await client.post("/v1/chat/completions", headers=bearer(secret),
+                                 json={"model": "m", **HELLO, "stream": True, "x": nested(300)})
+        assert deep.status_code == 400 and error(deep)["code"] == "invalid_json"  # main: 500 (written again)
         assert recorder.bodies == []
         assert (await client.post("/v1/chat/completions", headers=bearer(secret),
                                   json={"model": "m", **HELLO})).status_code == 200

@@ -26,7 +26,8 @@ def chat(**fields: object) -> dict[str, object]:
     (chat(stop=["x"] * 65), "stop"), (chat(logprobs=3), "logprobs"), (chat(top_logprobs=21), "top_logprobs"),
     (chat(logit_bias={"1": 500}), "logit_bias"), (chat(tools={}), "tools"), (chat(tools=[1]), "tools[0]"),
     (chat(response_format="json"), "response_format"),
-    ({"model": "m"}, "messages"), (chat(messages=[]), "messages"), (chat(messages={}), "messages"),
+    ({"model": "m"}, "messages"), (chat(messages=None), "messages"), (chat(messages=[]), "messages"),
+    (chat(messages={}), "messages"),
     (chat(messages=[{}]), "messages[0].role"), (chat(messages=["hi"]), "messages[0]"),
     (chat(messages=[{"role": 1, "content": "x"}]), "messages[0].role"),
     (chat(messages=[{"role": "user", "content": 123}]), "messages[0].content"),
@@ -97,3 +98,13 @@ def test_a_key_given_twice_is_refused(body: bytes) -> None:
 def test_a_key_that_also_occurs_elsewhere_is_not_a_duplicate(body: bytes) -> None:
     assert duplicate_key(body, orjson.loads(body)) is None
     assert problem(CHAT, orjson.loads(body), body) is None
+
+
+def test_a_body_deeper_than_the_gateway_could_write_again_is_refused_not_a_500() -> None:
+    start = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"x":'
+    for depth in (300, 1020):  # orjson reads 1024 levels, writes 255: a stream's body is written again (main: 500)
+        deep = start + b"[" * depth + b"]" * depth + b"}"
+        found = problem(CHAT, orjson.loads(deep), deep)
+        assert found is not None and found.code == "invalid_json"
+    ok = start + b"[" * 200 + b"]" * 200 + b"}"
+    assert problem(CHAT, orjson.loads(ok), ok) is None
