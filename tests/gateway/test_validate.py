@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
@@ -108,3 +110,26 @@ def test_a_body_deeper_than_the_gateway_could_write_again_is_refused_not_a_500()
         assert found is not None and found.code == "invalid_json"
     ok = start + b"[" * 200 + b"]" * 200 + b"}"
     assert problem(CHAT, orjson.loads(ok), ok) is None
+
+
+def random_json(rng: random.Random, depth: int = 0) -> object:
+    kinds = ["null", "bool", "int", "float", "str"] + (["list", "dict"] if depth < 4 else [])
+    kind = rng.choice(kinds)
+    if kind == "list":
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == "dict":
+        keys = ["role", "content", "type", "text", "include_usage", "x"]
+        return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return {"null": None, "bool": rng.random() < 0.5, "int": rng.choice([0, 1, -1, 2**31, 2**63 - 1, -(2**63)]),
+            "float": rng.choice([0.0, 0.5, 2.5, -3.0, 1e308]), "str": rng.choice(["", "x", "user", "\n", "é"])}[kind]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"])
+def test_any_json_object_gets_an_answer_never_an_exception(path: str) -> None:
+    rng = random.Random(path)
+    fields = ["model", "messages", "prompt", "input", "query", "documents", "stream", "stream_options", "max_tokens",
+              "temperature", "n", "stop", "seed", "logprobs", "user", "logit_bias", "tools", "top_n", "dimensions"]
+    for _ in range(2000):
+        payload = {name: random_json(rng) for name in rng.sample(fields, rng.randrange(1, 8))}
+        found = problem(path, payload, orjson.dumps(payload))
+        assert found is None or (found.message and found.code)
