@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from modelyard.engines import EngineError, LaunchPlan, get_engine
+from modelyard.fleet.child_env import replica_env, secret_names
 from modelyard.fleet.control import ControlServer
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
@@ -27,13 +28,13 @@ from modelyard.fleet.reconciler import Reconciler
 from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
 from modelyard.fleet.rollout import Rollout
 from modelyard.fleet.supervisor import Supervisor
-from modelyard.gateway.auth import KeyRing, hash_key, new_key
+from modelyard.gateway.auth import API_KEY_ENV, KeyRing, hash_key, new_key
 from modelyard.observability.status import ChangePrinter, banner, status_table
 from modelyard.routing.endpoints import EndpointTable
 from modelyard.spec.schema import YardSpec
 from modelyard.store.factory import open_store
 
-ENV_KEY = "MODELYARD_API_KEY"
+ENV_KEY = API_KEY_ENV
 log = logging.getLogger("modelyard")
 
 
@@ -163,10 +164,7 @@ def worker_settings(spec: YardSpec, ring: KeyRing, state_dir: Path, redis_url: s
 
 def worker_env(spec: YardSpec, metrics_dir: Path) -> dict[str, str]:
     """The workers' environment: ours without the secrets they are given otherwise (hashes, over their stdin)."""
-    secrets = {ENV_KEY, spec.gateway.admin_key_env, *([spec.gateway.ui_key_env] if spec.gateway.ui_key_env else []),
-               *([spec.gateway.metrics_key_env] if spec.gateway.metrics_key_env else []),
-               *(k.key_env for k in spec.gateway.keys if k.key_env),
-               *(name for m in spec.models for name in get_engine(m.engine).secret_env(m))}
+    secrets = secret_names(spec)
     env = {k: v for k, v in os.environ.items() if k not in secrets}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env
@@ -288,14 +286,16 @@ SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # an environment variable
 
 
 def dry_run(spec: YardSpec, console: Console) -> int:
-    """`up --dry-run`: every replica's command line and environment (secrets masked); starts nothing."""
+    """`up --dry-run`: every replica's command line and whole environment, as `fleet/child_env.replica_env` makes it
+    at start (secrets masked); starts nothing."""
+    withheld = secret_names(spec)
     for replica_id, model, plan in Supervisor(spec, EndpointTable(), Path(".")).plans():
         engine = get_engine(model.engine)
         console.print(f"[bold]{replica_id}[/]  engine {model.engine}, task {engine.task(model).value}", highlight=False)
         if not isinstance(plan, LaunchPlan):
             console.print(f"  {plan}", highlight=False, markup=False, soft_wrap=True)
             continue
-        for name, value in sorted(plan.env.items()):
+        for name, value in sorted(replica_env(engine, model, plan, withheld).items()):
             secret = any(word in name.upper() for word in SECRET_WORDS)
             console.print(f"  env  {name}={'***' if secret else value}", highlight=False, markup=False,
                           soft_wrap=True)

@@ -121,6 +121,8 @@ class AcceleratorEngine(EngineAdapter):
     command: ClassVar[str]  # the engine's command when the spec gives no `binary`
     tasks = frozenset(Task)
     default_slots = 256
+    inherited_env: ClassVar[tuple[str, ...]] = (
+        "HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "TORCH_", "TRITON_", "OMP_NUM_THREADS")
 
     def _model(self, model: BaseModelSpec) -> AcceleratorModel:
         assert isinstance(model, AcceleratorModel)

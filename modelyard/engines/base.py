@@ -89,6 +89,12 @@ class EngineAdapter:
     runs_here: ClassVar[bool] = True  # modelyard launches its replicas (False: a server that runs elsewhere)
     image: ClassVar[str | None] = None  # its server's container image (None: modelyard's own, which runs it)
     probe_tool: ClassVar[str] = "python3"  # what that image has to run an exec probe with: python3 or curl
+    # the gateway paths whose requests the engine salts its prefix cache by (`cache_salt` in the body): the gateway
+    # sets one per key there (gateway/auth.cache_salt), so a tenant cannot time another's cached prompts
+    cache_salt_paths: ClassVar[frozenset[str]] = frozenset()
+    # what a replica takes from modelyard's environment besides the basics (fleet/child_env.py): names, or prefixes
+    # ending in "_"; nothing else of it, a secret least of all, reaches the engine
+    inherited_env: ClassVar[tuple[str, ...]] = ()
 
     def task(self, model: BaseModelSpec) -> Task:
         return Task(model.task) if model.task else Task.CHAT

@@ -122,6 +122,7 @@ class LlamaCppEngine(EngineAdapter):
     """llama.cpp's llama-server, built once per machine (scripts/build-llama-server.sh), one process a replica."""
 
     name = "llamacpp"
+    inherited_env = ("LLAMA_", "GGML_", "OMP_NUM_THREADS")
     image = "ghcr.io/ggml-org/llama.cpp:server"  # pin the build you tested
     probe_tool = "curl"  # the server image has no Python
     tasks = frozenset(Task)

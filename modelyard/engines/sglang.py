@@ -52,6 +52,7 @@ class SGLangEngine(AcceleratorEngine):
     name = "sglang"
     image = "lmsysorg/sglang:v0.5.23"  # the flags were recorded from this version
     command = "python3"  # -m sglang.launch_server
+    inherited_env = (*AcceleratorEngine.inherited_env, "SGLANG_", "SGL_")
     metrics = METRICS
     sleep_levels = (1,)
 

@@ -71,6 +71,8 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
     command = "vllm"
     metrics = METRICS
     default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)
+    inherited_env = (*AcceleratorEngine.inherited_env, "VLLM_")
+    cache_salt_paths = frozenset({"/v1/chat/completions", "/v1/completions"})  # vLLM >= 0.9: `cache_salt`
 
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
         assert isinstance(model, VLLMModel)

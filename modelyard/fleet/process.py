@@ -34,9 +34,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 async def spawn(argv: list[str], env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
-    full_env = {**os.environ, **env}
+    """A child with exactly `env` as its environment (fleet/child_env.py makes it), nothing of ours added."""
     return await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, env=full_env,
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True, preexec_fn=_die_with_parent(),
     )
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from modelyard.fleet.child_env import child_env
 from modelyard.fleet.process import open_log, spawn, terminate
 
 START_TIMEOUT_S = 20.0
@@ -60,7 +61,7 @@ class PrivateRedis:
                 "--save", "", "--appendonly", "no", "--dir", str(folder), "--daemonize", "no",
                 "--loglevel", "warning"]
         with open_log(log_path) as log:
-            server = cls(await spawn(argv, {}, log), folder, temporary)
+            server = cls(await spawn(argv, child_env(), log), folder, temporary)  # no secret of ours in its memory
         try:
             await server._wait_ready()
         except BaseException:

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from modelyard.engines import EngineAdapter, EngineError
+from modelyard.fleet.child_env import replica_env
 from modelyard.fleet.process import free_port, open_log, spawn, terminate
 from modelyard.routing.endpoints import Endpoint, ReplicaState
 from modelyard.spec.schema import BaseModelSpec
@@ -42,8 +43,9 @@ class ReplicaRunner:
 
     def __init__(self, endpoint: Endpoint, model: BaseModelSpec, engine: EngineAdapter, host: str,
                  log_dir: Path, session: aiohttp.ClientSession, health_interval_s: float = 2.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, withheld: frozenset[str] = frozenset()) -> None:
         self.endpoint, self.model, self.engine, self.host = endpoint, model, engine, host
+        self.withheld = withheld  # the spec's secrets: never in the replica's environment
         self.log_path = log_dir / f"{model.name.replace('/', '_')}-{endpoint.replica}.log"
         self.session = session
         self.health_interval_s = health_interval_s
@@ -83,7 +85,7 @@ class ReplicaRunner:
         with open_log(self.log_path) as logfile:
             logfile.write(f"\n=== modelyard: starting {self.endpoint.id} on port {port}: "
                           f"{' '.join(plan.argv)}\n".encode())
-            self.process = await spawn(plan.argv, plan.env, logfile)
+            self.process = await spawn(plan.argv, replica_env(self.engine, self.model, plan, self.withheld), logfile)
         self.endpoint.pid = self.process.pid
         self._set(ReplicaState.STARTING, f"pid {self.process.pid}, port {port}")
         try:

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from modelyard.engines import EngineError, LaunchPlan, get_engine
+from modelyard.fleet.child_env import secret_names
 from modelyard.fleet.process import free_port
 from modelyard.fleet.replica import ReplicaRunner
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
@@ -116,7 +117,7 @@ class Supervisor:
                             headers=engine.headers(model))
         self.table.add(endpoint)
         runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
-                               self.health_interval_s)
+                               self.health_interval_s, withheld=secret_names(self.spec))
         self.runners[(model.name, index)] = runner
         self._tasks[(model.name, index)] = asyncio.create_task(runner.run(), name=f"replica {endpoint.id}")
 

@@ -9,7 +9,6 @@ POST /admin/keys/{name}/rotate   a new secret, shown once
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import asdict
 from typing import Any
@@ -19,11 +18,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelyard.gateway.auth import bearer, hash_key
+from modelyard.gateway.auth import Credentials
 from modelyard.gateway.errors import openai_error
-from modelyard.store.base import PRIORITIES, KeyLimits, KeyRecord, Store, StoreError
+from modelyard.store.base import (
+    PRIORITIES,
+    KeyLimits,
+    KeyRecord,
+    Store,
+    StoreError,
+    limits_problem,
+    name_problem,
+)
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency", "budget_tokens")
+MAX_BODY_BYTES = 64 * 1024  # a key's settings; read no further
 
 
 def public(record: KeyRecord) -> dict[str, Any]:
@@ -37,7 +45,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def parse_limits(body: Any) -> KeyLimits | str:
-    """KeyLimits from a request body, or what is wrong with it."""
+    """KeyLimits from a request body, or what is wrong with it (every number bounded: store/base.limits_problem)."""
     if not isinstance(body, dict):
         return "the body must be a JSON object"
     values: dict[str, Any] = {}
@@ -53,16 +61,29 @@ def parse_limits(body: Any) -> KeyLimits | str:
     if priority not in PRIORITIES:
         return f"priority must be one of {', '.join(PRIORITIES)}"
     expires_in = body.get("expires_in_s")
-    if expires_in is not None and (not isinstance(expires_in, int | float) or expires_in <= 0):
+    if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, int | float)
+                                   or expires_in <= 0):
         return "expires_in_s must be a positive number of seconds"
-    expires_at = time.time() + expires_in if expires_in else None
-    return KeyLimits(models=tuple(models), priority=priority, expires_at=expires_at, **values)
+    now = time.time()
+    limits = KeyLimits(models=tuple(models), priority=priority,
+                       expires_at=now + expires_in if expires_in else None, **values)
+    return limits_problem(limits, now) or limits
+
+
+async def read_bounded(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The body, or None once it passes `limit` (read no further)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
 
 
 class AdminApi:
     def __init__(self, store: Store | None, admin_key: str | None) -> None:
         self.store = store
-        self._admin_hash = hash_key(admin_key) if admin_key else None
+        self.credentials = Credentials([admin_key])
 
     def routes(self) -> list[Route]:
         return [
@@ -73,11 +94,10 @@ class AdminApi:
         ]
 
     def _deny(self, request: Request) -> Response | None:
-        if self._admin_hash is None:
+        if not self.credentials.enabled:
             return openai_error(403, "the admin API is off: start the gateway with $MODELYARD_ADMIN_KEY set",
                                 "admin_disabled")
-        token = bearer(request.headers.get("authorization"))
-        if token is None or not hmac.compare_digest(hash_key(token), self._admin_hash):
+        if not self.credentials.bearer_ok(request.headers.get("authorization")):
             return openai_error(401, "this needs the admin key", "invalid_admin_key")
         if self.store is None:
             return openai_error(503, "no key store is configured", "no_store")
@@ -93,13 +113,16 @@ class AdminApi:
         if denied := self._deny(request):
             return denied
         assert self.store is not None
+        raw = await read_bounded(request)
+        if raw is None:
+            return openai_error(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return openai_error(400, "the request body is not valid JSON", "invalid_json")
         name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name.strip() or len(name) > 128:
-            return openai_error(400, "name must be a non-empty string of at most 128 characters", "invalid_name")
+        if (wrong := name_problem(name)) is not None or not isinstance(name, str):
+            return openai_error(400, wrong or "name must be a string", "invalid_name", "name")
         limits = parse_limits(body)
         if isinstance(limits, str):
             return openai_error(400, limits, "invalid_limits")

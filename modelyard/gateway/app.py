@@ -24,14 +24,14 @@ from modelyard.engines import EngineAdapter, get_engine
 from modelyard.gateway import validate
 from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
-from modelyard.gateway.auth import KeyRing
-from modelyard.gateway.errors import openai_error
+from modelyard.gateway.auth import TWICE, KeyRing, Twice, authorization, cache_salt
+from modelyard.gateway.errors import openai_error, openai_shaped
 from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.scope import CLIENT_GONE, ClientWatch
 from modelyard.gateway.slo import RecentLatency
-from modelyard.gateway.tenancy import Tenancy, Ticket
+from modelyard.gateway.tenancy import Tenancy, Ticket, refuse_twice
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter
 from modelyard.observability.exposition import MetricsEndpoint
@@ -188,7 +188,7 @@ class Gateway:
             self.upstream.close()
 
     async def models(self, request: Request) -> Response:
-        key = await self.tenancy.identify(request.headers.get("authorization"))
+        key = await self.tenancy.identify(authorization(request.scope["headers"]))
         if isinstance(key, Response):
             return key
         data = [{"id": m.name, "object": "model", "created": self.created, "owned_by": "modelyard",
@@ -226,18 +226,18 @@ class Gateway:
             return openai_error(400, "the request body is not valid JSON", "invalid_json")
         if not isinstance(payload, dict):
             return openai_error(400, "the request body must be a JSON object", "invalid_json")
+        path = GENERATION_PATHS[scope["path"]]
+        wrong = validate.problem(path, payload, body)
+        if wrong is not None:
+            return openai_error(400, wrong.message, wrong.code, wrong.param)
         model_name = payload.get("model")
         if not isinstance(model_name, str) or not model_name:
             return openai_error(400, "you must provide a model parameter", "missing_model", "model")
         model = self.spec.model(model_name)
         if model is None:
             return openai_error(404, f"The model '{model_name}' does not exist", "model_not_found", "model")
-        path = GENERATION_PATHS[scope["path"]]
         if path not in self.serves[model_name]:
             return self._unsupported(model, path)
-        wrong = validate.problem(payload)
-        if wrong is not None:
-            return openai_error(400, wrong[1], "invalid_type", wrong[0])
         stream = payload.get("stream") is True and path in STREAMED_PATHS
         call = Call(path, body, payload, model, stream, None,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
@@ -275,6 +275,9 @@ class Gateway:
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             self.recent.reject(model_name, rejection_kind(ticket.status_code))
             return ticket
+        if call.path in self.engines[model_name].cache_salt_paths:  # per key: no probing another's prefix cache
+            payload = call.payload = {**payload, "cache_salt": cache_salt(key.name)}
+            call.body = orjson.dumps(payload)
         call.ticket = ticket
         if call.stream:
             options = payload.get("stream_options")
@@ -440,11 +443,13 @@ class Gateway:
             content = engine.answer_body(call.path, content)  # the API's shape, where the engine's differs
         else:  # an engine that says 500 for the client's mistake: its adapter knows
             status = outcome.status = engine.answer_status(status, content)
+            content = openai_shaped(status, content)  # the SDKs read {"error": ...}, not an engine's own shape
         outcome.usage = content if status == 200 else b""
         if call.model.store_text:
             outcome.body = content
         finish(outcome)
-        media = (upstream.header(b"content-type") or b"application/json").decode("latin-1")
+        media = (upstream.header(b"content-type") or b"application/json").decode("latin-1") if status == 200 \
+            else "application/json"
         return Response(content, status_code=status, media_type=media,
                         headers={"x-modelyard-replica": endpoint.id})
 
@@ -502,14 +507,15 @@ class Gateway:
                 **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
 
 
-def read_headers(scope: Scope) -> tuple[str | None, str | None, bytes]:
+def read_headers(scope: Scope) -> tuple[str | Twice | None, str | None, bytes]:
     """The headers a generation request needs: its key, its session id, its request id (the client's, when it is
     one, else a new one; kept in the scope for the response's header)."""
-    authorization = session = None
+    authorization: str | Twice | None = None
+    session = None
     request_id = b""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            authorization = value.decode("latin-1")
+            authorization = value.decode("latin-1") if authorization is None else TWICE
         elif name == SESSION_HEADER_BYTES:
             session = value.decode("latin-1")
         elif name == REQUEST_ID_HEADER and REQUEST_ID.fullmatch(value):
@@ -588,7 +594,8 @@ class GatewayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
-            await super().__call__(scope, receive, send)
+            twice = scope["type"] == "http" and isinstance(authorization(scope["headers"]), Twice)
+            await (refuse_twice() if twice else super().__call__)(scope, receive, send)
             return
         scope["app"] = self
         try:
@@ -616,6 +623,7 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
     ]
     app = GatewayApp(gateway, routes=routes, lifespan=gateway.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app.router.redirect_slashes = False  # a 404, never a redirect whose Location is built from the client's Host
     app.state.gateway = gateway
     app.state.version = __version__
     return app

@@ -23,6 +23,24 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
                                    "param": param, "code": code}})
 
 
+def openai_shaped(status: int, body: bytes) -> bytes:
+    """An engine's error answer in the API's shape (`{"error": {...}}`), for the SDKs: as it is when it has that
+    shape, else its `detail` (FastAPI's, aiohttp's), `message`, `error` string or text as the message."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return body
+    found = next((data[k] for k in ("detail", "message", "error") if k in data), None) if isinstance(data, dict) \
+        else None
+    if found is None:
+        message = body[:1000].decode("utf-8", "replace").strip() or f"the engine answered {status}"
+    else:
+        message = found if isinstance(found, str) else orjson.dumps(found).decode()
+    return error_body(status, message, "upstream_" + str(status))
+
+
 def openai_error(status: int, message: str, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None) -> Response:
     """An error in the shape the OpenAI API uses, which its SDK turns into the matching exception."""

@@ -18,12 +18,12 @@ from typing import Any, Literal
 from starlette.responses import Response
 
 from modelyard.gateway.admission import AdmissionQueue, QueueRejection, Slot
-from modelyard.gateway.auth import KeyRing, bearer, hash_key
+from modelyard.gateway.auth import KeyRing, Twice, bearer, hash_key
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.limits import Admission, Limiter, Rejection
 from modelyard.gateway.scope import admit_shielded
 from modelyard.observability.metrics import GatewayMetrics
-from modelyard.store.base import KeyRecord, Store, check_key
+from modelyard.store.base import KeyRecord, Store, check_key, check_live
 
 log = logging.getLogger("modelyard.gateway")
 DEFAULT_RESERVE_TOKENS = 256
@@ -76,6 +76,11 @@ def reserve_tokens(payload: dict[str, object], body_size: int, generates: bool =
     bound = payload.get("max_completion_tokens") or payload.get("max_tokens")
     completion = bound if isinstance(bound, int) and bound > 0 else DEFAULT_RESERVE_TOKENS
     return completion + body_size // BYTES_PER_PROMPT_TOKEN
+
+
+def refuse_twice() -> Response:
+    """The answer to a request with several Authorization headers, on every route."""
+    return openai_error(400, "send one Authorization header, not several", "duplicate_header", "authorization")
 
 
 class KeyCache:
@@ -161,7 +166,12 @@ class Tenancy:
         self.ring, self.store, self.limiter, self.queues, self.metrics = ring, store, limiter, queues, metrics
         self.keys = KeyCache(store) if store is not None else None
 
-    async def identify(self, authorization: str | None) -> KeyRecord | Response:
+    async def identify(self, authorization: str | Twice | None) -> KeyRecord | Response:
+        """The key of a request that may make requests now (known, not revoked, not expired), or the answer that
+        says why not: every route that takes an API key (`/v1/*`) asks this, so a revocation holds everywhere from
+        the next request; which model it may use is `admit`'s (`check_key`)."""
+        if isinstance(authorization, Twice):
+            return refuse_twice()
         token = bearer(authorization)
         if token is None:
             message = ("Missing API key: send 'Authorization: Bearer <key>'" if not authorization
@@ -172,8 +182,10 @@ class Tenancy:
         if principal is not None:
             return KeyRecord(name=principal.name, key_hash=digest)
         key = await self.keys.lookup(digest) if self.keys is not None else None
-        if key is None:
-            return openai_error(401, "Incorrect API key provided", "invalid_api_key")
+        denial = check_live(key)
+        if denial is not None:
+            return openai_error(denial.status, denial.message, denial.code)
+        assert key is not None
         return key
 
     async def admit(self, key: KeyRecord, model: str, payload: dict[str, object],
@@ -181,7 +193,8 @@ class Tenancy:
         denial = check_key(key, model)
         if denial is not None:
             self.metrics.rejections.labels(model, key.name, denial.code).inc()
-            return openai_error(denial.status, denial.message, denial.code)
+            return openai_error(denial.status, denial.message, denial.code,
+                                headers=dict(denial.headers) if denial.headers else None)
         try:
             asking = self.limiter.admit(key, reserve_tokens(payload, body_size, generates))
             # a limiter that waits (Redis) is not abandoned half-way by a client that leaves; one that never waits
@@ -194,7 +207,10 @@ class Tenancy:
                                 headers={"Retry-After": "5"})
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(model, key.name, result.reason).inc()
-            return openai_error(429, result.message, result.code, headers={"Retry-After": str(result.retry_after_s)})
+            headers = {"Retry-After": str(result.retry_after_s)}
+            if result.reason == "budget":  # not back in the seconds an SDK waits before its own retries
+                headers["x-should-retry"] = "false"
+            return openai_error(429, result.message, result.code, headers=headers)
         try:
             slot = await self.queues[model].acquire(key.priority)
         except asyncio.CancelledError:  # the client left while queued: its key's admission goes back too

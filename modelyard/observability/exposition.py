@@ -5,13 +5,12 @@ name every key and its usage: not for every API client)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelyard.gateway.auth import bearer
+from modelyard.gateway.auth import Credentials
 from modelyard.gateway.errors import openai_error
 from modelyard.observability.metrics import CONTENT_TYPE
 from modelyard.routing.endpoints import ReplicaState
@@ -23,17 +22,16 @@ if TYPE_CHECKING:
 class MetricsEndpoint:
     def __init__(self, gateway: Gateway, admin_key: str | None, metrics_key: str | None) -> None:
         self.gateway = gateway
-        self.keys = tuple(k for k in (admin_key, metrics_key) if k)
+        self.credentials = Credentials([admin_key, metrics_key])
 
     def refused(self, request: Request) -> Response | None:
         if self.gateway.spec.gateway.metrics_public:
             return None
-        if not self.keys:
+        if not self.credentials.enabled:
             return openai_error(404, "/metrics is off: set MODELYARD_ADMIN_KEY (or gateway.metrics_key_env) and scrape "
                                 "with that key as a bearer token, or set gateway.metrics_public: true",
                                 "metrics_disabled")
-        token = bearer(request.headers.get("authorization"))
-        if token is None or not any(hmac.compare_digest(token.encode(), k.encode()) for k in self.keys):
+        if not self.credentials.bearer_ok(request.headers.get("authorization")):
             return openai_error(401, "/metrics needs the admin key or the metrics key as a bearer token",
                                 "invalid_metrics_key")
         return None

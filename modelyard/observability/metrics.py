@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -135,6 +136,28 @@ class RoutingTimings(Collector):
             decisions.add_metric([model], histogram.buckets(), histogram.sum)
         yield plugins
         yield decisions
+
+
+def printable(value: Any) -> str:
+    """A label value as it is safe to write into the exposition: a key's name (the client's side of it came from
+    `modelyard keys create` or /admin/keys, which refuse control characters now; older rows may have them) with
+    its NUL, newline or escape sequences written as escapes, never raw."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+class Counter(prometheus_client.Counter):
+    """A counter whose label values are `printable`."""
+
+    def labels(self, *values: Any, **named: Any) -> Counter:
+        return super().labels(*map(printable, values), **{k: printable(v) for k, v in named.items()})
+
+
+class Histogram(prometheus_client.Histogram):
+    """A histogram whose label values are `printable`."""
+
+    def labels(self, *values: Any, **named: Any) -> Histogram:
+        return super().labels(*map(printable, values), **{k: printable(v) for k, v in named.items()})
 
 
 class GatewayMetrics:

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from modelyard.gateway.auth import bearer, hash_key
+from modelyard.gateway.auth import Credentials
 
 COOKIE = "modelyard_ui"
 SESSION_S = 12 * 3600
@@ -26,29 +26,12 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class UiAuth:
+class UiAuth(Credentials):
     def __init__(self, keys: Sequence[str | None], session_s: float = SESSION_S) -> None:
-        self._hashes = sorted({hash_key(k) for k in keys if k})
+        super().__init__(keys)
         self.session_s = session_s
-        material = "".join(self._hashes).encode()
-        self._signing = hmac.new(material, SIGNING_CONTEXT, hashlib.sha256).digest() if self._hashes else b""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._hashes)
-
-    def key_ok(self, secret: str | None) -> bool:
-        """Whether `secret` is a configured key, compared in constant time against each."""
-        if not secret or not self._hashes:
-            return False
-        digest = hash_key(secret)
-        matched = False
-        for known in self._hashes:
-            matched |= hmac.compare_digest(known, digest)
-        return matched
-
-    def bearer_ok(self, authorization: str | None) -> bool:
-        return self.key_ok(bearer(authorization))
+        material = "".join(self.hashes).encode()
+        self._signing = hmac.new(material, SIGNING_CONTEXT, hashlib.sha256).digest() if self.hashes else b""
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._signing, payload.encode(), hashlib.sha256).digest())

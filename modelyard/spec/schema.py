@@ -186,7 +186,7 @@ class OpenAIModel(BaseModelSpec):
     urls: Annotated[tuple[str, ...], Field(min_length=1)]
     upstream_model: str | None = None
     api_key_env: str | None = None
-    replicas: Annotated[int, Field(ge=1, le=64)] = 1  # one per url (an external server is not scaled here)
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1  # one per url, the default (an external server is not scaled here)
     slots: Annotated[int, Field(ge=1, le=4096)] = 64  # requests one server takes at once
 
     @field_validator("urls")
@@ -197,10 +197,19 @@ class OpenAIModel(BaseModelSpec):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return tuple(u.rstrip("/") for u in urls)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replicas_are_the_urls(cls, data: Any) -> Any:
+        """Without `replicas:`, every url is a replica (main used the first alone)."""
+        if isinstance(data, dict) and "replicas" not in data and isinstance(data.get("urls"), list | tuple):
+            return {**data, "replicas": max(1, len(data["urls"]))}
+        return data
+
     @model_validator(mode="after")
     def _one_replica_per_url(self) -> OpenAIModel:
-        if self.replicas != 1 and self.replicas != len(self.urls):
-            raise ValueError(f"replicas: an openai engine has one replica per url ({len(self.urls)})")
+        if self.replicas != len(self.urls):
+            raise ValueError(f"replicas: an openai engine has one replica per url: {len(self.urls)} url(s), "
+                             f"replicas {self.replicas} (leave replicas out)")
         return self
 
 

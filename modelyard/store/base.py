@@ -13,7 +13,7 @@ Every query is parameterized; no value ever becomes part of an SQL string.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -65,17 +65,59 @@ class KeyLimits:
     expires_at: float | None = None
 
 
+MAX_KEY_NAME = 128
+MAX_LIMIT = 10**15  # rpm, tpm, concurrency, budget: exact in JSON, SQLite and Redis' Lua (doubles), beyond any use
+MAX_LIFETIME_S = 100 * 365 * 86400  # a key's expiry: at most a century away (a date every tool can print)
+MAX_KEY_MODELS = 1024
+
+
+def name_problem(name: object, what: str = "name") -> str | None:
+    """What is wrong with a key's (or a key's model's) name, else None: it goes into logs, usage rows, metric
+    labels and the terminal, so it is printable (no NUL, newline or other control character), not padded with
+    spaces, and at most MAX_KEY_NAME characters."""
+    if not isinstance(name, str) or not name or len(name) > MAX_KEY_NAME:
+        return f"{what} must be a non-empty string of at most {MAX_KEY_NAME} characters"
+    if not name.isprintable() or name != name.strip():
+        return f"{what} must be printable characters (no control characters), without leading or trailing spaces"
+    return None
+
+
+def limits_problem(limits: KeyLimits, now: float | None = None) -> str | None:
+    """What is out of bounds in a new key's limits, else None (`modelyard keys create` and /admin/keys)."""
+    for field_name in ("rpm", "tpm", "max_concurrency", "budget_tokens"):
+        if not 0 <= getattr(limits, field_name) <= MAX_LIMIT:
+            return f"{field_name} must be an integer from 0 to {MAX_LIMIT}"
+    if len(limits.models) > MAX_KEY_MODELS:
+        return f"models: at most {MAX_KEY_MODELS}"
+    for model in limits.models:
+        if (wrong := name_problem(model, "each of models")) is not None:
+            return wrong
+    now = time.time() if now is None else now
+    if limits.expires_at is not None and not now < limits.expires_at <= now + MAX_LIFETIME_S:
+        return f"a key expires at most {MAX_LIFETIME_S} seconds (a century) from now, and in the future"
+    return None
+
+
 @dataclass(frozen=True)
 class Denial:
-    """Why a known key may not make this request: the HTTP status and OpenAI error code to answer with."""
+    """Why a known key may not make this request: the HTTP status and OpenAI error code to answer with, and the
+    headers that go with it."""
 
     status: int
     code: str
     message: str
+    headers: Mapping[str, str] | None = None
 
 
-def check_key(key: KeyRecord | None, model: str, now: float | None = None) -> Denial | None:
-    """None when `key` may call `model` now; else why not. Pure: the gateway calls it after `lookup_key`."""
+# a spent budget does not refill by waiting: the OpenAI SDKs are told not to retry (they would at once, twice), and
+# Retry-After says when asking again makes sense at all (an operator may raise the budget; the same as the
+# limiter's budget answer, gateway/limits.py's BUDGET_RETRY_S)
+BUDGET_SPENT_HEADERS: Mapping[str, str] = {"Retry-After": "3600", "x-should-retry": "false"}
+
+
+def check_live(key: KeyRecord | None, now: float | None = None) -> Denial | None:
+    """None when `key` is a key that may make requests at all now (known, not revoked, not expired); else why not.
+    Every route that takes an API key asks this, so a revocation holds everywhere from the next request."""
     if key is None:
         return Denial(401, "invalid_api_key", "Incorrect API key provided")
     now = time.time() if now is None else now
@@ -83,10 +125,18 @@ def check_key(key: KeyRecord | None, model: str, now: float | None = None) -> De
         return Denial(401, "invalid_api_key", "This API key has been revoked")
     if key.expires_at is not None and key.expires_at <= now:
         return Denial(401, "invalid_api_key", "This API key has expired")
+    return None
+
+
+def check_key(key: KeyRecord | None, model: str, now: float | None = None) -> Denial | None:
+    """None when `key` may call `model` now; else why not. Pure: the gateway calls it after `lookup_key`."""
+    denial = check_live(key, now)
+    if denial is not None or key is None:
+        return denial
     if not key.allows(model):
         return Denial(403, "model_not_allowed", f"This API key may not use the model '{model}'")
     if key.budget_tokens and key.used_tokens >= key.budget_tokens:
-        return Denial(429, "budget_exceeded", "This API key has used its token budget")
+        return Denial(429, "budget_exceeded", "This API key has used its token budget", BUDGET_SPENT_HEADERS)
     return None
 
 

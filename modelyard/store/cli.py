@@ -17,9 +17,22 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape  # a name is text, never markup: "[/]" would stop the table for every name
 from rich.table import Table
 
-from modelyard.store.base import PRIORITIES, GroupBy, KeyLimits, KeyRecord, Priority, Store, StoreError, UsageRow
+from modelyard.store.base import (
+    MAX_LIMIT,
+    PRIORITIES,
+    GroupBy,
+    KeyLimits,
+    KeyRecord,
+    Priority,
+    Store,
+    StoreError,
+    UsageRow,
+    limits_problem,
+    name_problem,
+)
 from modelyard.store.factory import open_store
 
 T = TypeVar("T")
@@ -64,7 +77,12 @@ def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):  # a row written before expiries were bounded (1e308)
+        return "never" if ts > 0 else "-"
 
 
 def _console() -> Console:
@@ -94,10 +112,11 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="the key's name (shown in usage and metrics)")
 @click.option("--models", default="", help="comma-separated models the key may use (default: all)")
-@click.option("--rpm", type=click.IntRange(min=0), default=0, help="requests per minute (0: no limit)")
-@click.option("--tpm", type=click.IntRange(min=0), default=0, help="tokens per minute (0: no limit)")
-@click.option("--max-concurrency", type=click.IntRange(min=0), default=0, help="requests in flight (0: no limit)")
-@click.option("--budget-tokens", type=click.IntRange(min=0), default=0, help="total tokens (0: no limit)")
+@click.option("--rpm", type=click.IntRange(0, MAX_LIMIT), default=0, help="requests per minute (0: no limit)")
+@click.option("--tpm", type=click.IntRange(0, MAX_LIMIT), default=0, help="tokens per minute (0: no limit)")
+@click.option("--max-concurrency", type=click.IntRange(0, MAX_LIMIT), default=0,
+              help="requests in flight (0: no limit)")
+@click.option("--budget-tokens", type=click.IntRange(0, MAX_LIMIT), default=0, help="total tokens (0: no limit)")
 @click.option("--priority", type=click.Choice(PRIORITIES), default="interactive", show_default=True)
 @click.option("--expires", default=None, help="lifetime, e.g. 30d, 12h")
 @_store_options
@@ -106,10 +125,15 @@ def create(ctx: click.Context, name: str, models: str, rpm: int, tpm: int, max_c
            budget_tokens: int, priority: Priority, expires: str | None, store_url: str | None,
            state_dir: str | None) -> None:
     """Create a key; its secret is printed once and cannot be shown again."""
-    expires_at = time.time() + parse_duration(expires) if expires else None
+    if (wrong := name_problem(name)) is not None:
+        raise click.BadParameter(wrong, param_hint="--name")
+    now = time.time()
+    expires_at = now + parse_duration(expires) if expires else None
     limits = KeyLimits(models=tuple(m.strip() for m in models.split(",") if m.strip()), rpm=rpm, tpm=tpm,
                        max_concurrency=max_concurrency, budget_tokens=budget_tokens, priority=priority,
                        expires_at=expires_at)
+    if (wrong := limits_problem(limits, now)) is not None:
+        raise click.BadParameter(wrong)
     record, secret = _with_store(ctx, store_url, state_dir, lambda s: s.create_key(name, limits))
     click.echo(f"created key {record.name!r}; its secret, shown only now:", err=True)
     click.echo(secret)
@@ -125,7 +149,7 @@ def list_(ctx: click.Context, store_url: str | None, state_dir: str | None) -> N
     table = Table("name", "status", "models", "rpm", "tpm", "concurrency", "budget", "used", "priority",
                   "expires", "created")
     for k in records:
-        table.add_row(k.name, _status(k, now), ",".join(k.models) or "*", _limit(k.rpm), _limit(k.tpm),
+        table.add_row(escape(k.name), _status(k, now), escape(",".join(k.models)) or "*", _limit(k.rpm), _limit(k.tpm),
                       _limit(k.max_concurrency), _limit(k.budget_tokens), f"{k.used_tokens:,}", k.priority,
                       _when(k.expires_at), _when(k.created_at))
     _console().print(table)
@@ -156,7 +180,7 @@ def usage_table(rows: list[UsageRow], by: str) -> Table:
     table = Table(by, "requests", "errors", "prompt tokens", "completion tokens", "cached tokens",
                   "avg TTFT (s)", "avg latency (s)")
     for r in rows:
-        table.add_row(r.group, f"{r.requests:,}", f"{r.errors:,}", f"{r.prompt_tokens:,}",
+        table.add_row(escape(r.group), f"{r.requests:,}", f"{r.errors:,}", f"{r.prompt_tokens:,}",
                       f"{r.completion_tokens:,}", f"{r.cached_tokens:,}",
                       "-" if r.avg_ttft_s is None else f"{r.avg_ttft_s:.3f}",
                       "-" if r.avg_e2e_s is None else f"{r.avg_e2e_s:.3f}")

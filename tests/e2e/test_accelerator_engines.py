@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def stand_in(tmp: Path, engine: str) -> str:
     path = tmp / f"fake-{engine}"
-    path.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m tests.engine_clis {engine} \"$@\"\n")
+    # the log's path is the script's own: a replica's environment is not up's (fleet/child_env.py)
+    path.write_text(f"#!/bin/sh\nENGINE_CLI_LOG={tmp / 'engines.jsonl'} PYTHONPATH={ROOT} "
+                    f"exec {sys.executable} -m tests.engine_clis {engine} \"$@\"\n")
     path.chmod(0o755)
     return str(path)
 
@@ -48,7 +50,7 @@ def models(tmp: Path) -> list[dict[str, object]]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("accelerators")
-    running = Cluster(tmp, models(tmp), env={"ENGINE_CLI_LOG": str(tmp / "engines.jsonl")}).start(timeout_s=60)
+    running = Cluster(tmp, models(tmp)).start(timeout_s=60)
     yield running
     running.stop()
 
@@ -100,6 +102,7 @@ def test_dry_run_prints_the_same_command_lines_and_masks_secrets(cluster: Cluste
                          capture_output=True, text=True, timeout=60, env={**cluster.env, "COLUMNS": "400"})
     assert out.returncode == 0, out.stderr
     assert "HF_TOKEN=***" in out.stdout and "hf_secret_value" not in out.stdout
+    assert "PATH=" in out.stdout and "MODELYARD_API_KEY" not in out.stdout  # the whole environment, less up's secrets
     assert out.stdout.count("--hf-overrides") == 2 and "--json-model-override-args" in out.stdout
     assert "CUDA_VISIBLE_DEVICES=2,3" in out.stdout and "CUDA_VISIBLE_DEVICES=4,5" in out.stdout
     assert len(started(cluster)) == 3  # it started nothing

@@ -5,7 +5,7 @@ from pathlib import Path
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
-from modelyard.observability.metrics import ROUTING_FILE_PREFIX, RoutingTimings
+from modelyard.observability.metrics import ROUTING_FILE_PREFIX, GatewayMetrics, RoutingTimings, printable
 
 
 def _decision_count(registry: CollectorRegistry, model: str) -> float:
@@ -45,3 +45,13 @@ def test_a_damaged_published_file_is_skipped(tmp_path: Path) -> None:
     mine = RoutingTimings(registry, shared_dir=tmp_path)
     mine.decision("m").observe(3e-5)
     assert _decision_count(registry, "m") == 1
+
+
+def test_metric_labels_from_key_names_are_written_escaped() -> None:
+    metrics = GatewayMetrics()
+    metrics.requests.labels("m", "evil\x00\nname\x1b[2J", "200").inc()  # a key name that main wrote raw
+    text = metrics.render()
+    assert b"\x00" not in text and b"\x1b" not in text
+    lines = [line for line in text.split(b"\n") if b"evil" in line]
+    assert lines and all(line.startswith(b"modelyard_requests_") for line in lines)  # no line of its own
+    assert printable("team-a (\u00fc)") == "team-a (\u00fc)"

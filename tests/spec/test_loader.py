@@ -61,8 +61,20 @@ def test_a_task_that_is_not_known_names_the_choices() -> None:
 
 
 def test_an_openai_engine_has_one_replica_per_url() -> None:
-    text = "models:\n  - name: x\n    engine: openai\n    urls: [http://a, http://b]\n    replicas: 3\n"
-    assert problems(text) == ["models[0]: replicas: an openai engine has one replica per url (2) (yard.yaml:2)"]
+    text = "models:\n  - name: x\n    engine: openai\n    urls: [http://a, http://b]\n"
+    assert parse_spec(text).models[0].max_replicas == 2  # every url, not the first alone (main)
+    for replicas in (1, 3):
+        assert problems(text + f"    replicas: {replicas}\n") == [
+            f"models[0]: replicas: an openai engine has one replica per url: 2 url(s), replicas {replicas} "
+            "(leave replicas out) (yard.yaml:2)"]
+
+
+def test_every_yard_yaml_example_in_the_readme_validates() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    examples = [block for block in readme.split("```yaml\n")[1:] if "models:" in block.split("```")[0]]
+    assert len(examples) >= 5
+    for block in examples:
+        parse_spec(block.split("```")[0])  # raises SpecError naming the path
 
 
 def test_missing_required_field() -> None:

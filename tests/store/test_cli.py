@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from modelyard.gateway.auth import KEY_PREFIX, hash_key
-from modelyard.store.base import UsageRecord
+from modelyard.store.base import KeyLimits, UsageRecord
 from modelyard.store.cli import keys, parse_duration, usage
+from modelyard.store.sqlite import SQLiteStore
 from tests.store.helpers import opened
 
 
@@ -68,3 +69,28 @@ def test_usage_table(tmp_path: Path) -> None:
     assert "team-a" in by_key.output and "1,234" in by_key.output and "team-b" not in by_key.output
     by_model = runner.invoke(usage, ["--by", "model", "--since", "7d", "--state-dir", str(tmp_path)])
     assert "chat" in by_model.output and "coder" in by_model.output
+
+
+def test_the_cli_takes_the_same_bounds_and_lists_old_rows_it_cannot_date(tmp_path: Path) -> None:
+    runner = CliRunner()
+    state = ["--state-dir", str(tmp_path)]
+    for args in (["--name", "a\nb"], ["--name", "ok", "--rpm", str(2**63)], ["--name", "ok", "--expires", "1e9w"],
+                 ["--name", "ok", "--expires", "99999999999d"]):
+        assert runner.invoke(keys, ["create", *args, *state]).exit_code != 0, args
+
+    async def old_row() -> None:  # as main wrote it: expires_in_s 1e308 broke `keys list` for everyone
+        store = await SQLiteStore.open(tmp_path / "modelyard.db")
+        await store.create_key("forever", KeyLimits(expires_at=1e308))
+        await store.close()
+    asyncio.run(old_row())
+    listed = runner.invoke(keys, ["list", *state])
+    assert listed.exit_code == 0 and "forever" in listed.output and "never" in listed.output, listed.output
+
+
+def test_names_are_listed_as_text_never_as_markup(tmp_path: Path) -> None:
+    runner = CliRunner()
+    state = ["--state-dir", str(tmp_path)]
+    for name in ("[/]", "[red]team[/red]"):  # "[/]" stopped `keys list` for everyone on main (a MarkupError)
+        assert runner.invoke(keys, ["create", "--name", name, *state]).exit_code == 0
+    listed = runner.invoke(keys, ["list", *state])
+    assert listed.exit_code == 0 and "[/]" in listed.output and "[red]team[/red]" in listed.output, listed.output
