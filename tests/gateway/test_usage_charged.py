@@ -5,6 +5,7 @@ no usage at all, a long stream the client leaves), with a store key's budget and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sqlite3
@@ -23,7 +24,8 @@ from modelyard.spec.schema import YardSpec
 from modelyard.store.base import KeyLimits
 from modelyard.store.sqlite import SQLiteStore
 
-Script = Callable[[dict[str, Any]], list[bytes | float]]  # the pieces of a stream's body; a float: a pause first
+Piece = bytes | float | None  # a float: a pause; None: the connection is dropped (the replica dies)
+Script = Callable[[dict[str, Any]], list[Piece]]  # the pieces of a stream's body
 USAGE = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -43,8 +45,8 @@ def usage_event(spaced: bool) -> bytes:
 def stream(tokens: int, usage: bool = True, spaced: bool = False, split: bool = False) -> Script:
     """`tokens` content events, then (if the request asked and `usage`) the usage event, then [DONE]."""
 
-    def script(body: dict[str, Any]) -> list[bytes | float]:
-        pieces: list[bytes | float] = [content(f"t{i}", spaced) for i in range(tokens)]
+    def script(body: dict[str, Any]) -> list[Piece]:
+        pieces: list[Piece] = [content(f"t{i}", spaced) for i in range(tokens)]
         asked = (body.get("stream_options") or {}).get("include_usage") is True
         if usage and asked:
             event = usage_event(spaced)
@@ -64,6 +66,9 @@ async def serve_upstream(script: Script, seen: list[dict[str, Any]]) -> asyncio.
             seen.append(body)
             writer.write(STREAM_HEAD)
             for piece in script(body):
+                if piece is None:
+                    writer.transport.abort()
+                    return
                 if isinstance(piece, float):
                     await asyncio.sleep(piece)
                     continue
@@ -82,8 +87,9 @@ async def serve_upstream(script: Script, seen: list[dict[str, Any]]) -> asyncio.
 class Run:
     """One gateway with one store key (`secret`, with `limits`) in front of an upstream that runs `script`."""
 
-    def __init__(self, tmp: Path, script: Script, limits: KeyLimits) -> None:
-        self.tmp, self.script, self.limits = tmp, script, limits
+    def __init__(self, tmp: Path, script: Script, limits: KeyLimits, grace_s: float | None = None) -> None:
+        self.tmp, self.script, self.limits, self.grace_s = tmp, script, limits, grace_s
+        self.server: uvicorn.Server | None = None
         self.db = tmp / "usage.db"
         self.seen: list[dict[str, Any]] = []
         self.secret = ""
@@ -125,7 +131,8 @@ class Run:
             gateway_port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(create_gateway(spec, table, KeyRing(), store), host="127.0.0.1",
                                                port=gateway_port, http="httptools", access_log=False,
-                                               log_level="warning"))
+                                               log_level="warning", timeout_graceful_shutdown=self.grace_s))
+        self.server = server
         task = asyncio.create_task(server.serve())
         self.url = f"http://127.0.0.1:{gateway_port}"
         try:
@@ -184,11 +191,15 @@ def test_an_engine_that_ignores_stream_options_is_charged_by_count(tmp_path: Pat
     assert run.used() > 5
 
 
+def slow(tokens: int) -> list[Piece]:
+    pieces: list[Piece] = []
+    for i in range(tokens):
+        pieces += [content(f"t{i}"), 0.01]
+    return pieces
+
+
 def test_a_client_that_hangs_up_before_the_usage_is_charged_what_was_delivered(tmp_path: Path) -> None:
-    slow: list[bytes | float] = []
-    for i in range(200):
-        slow += [content(f"t{i}"), 0.01]
-    run = Run(tmp_path, lambda body: [*slow, usage_event(False), b"data: [DONE]\n\n"], KeyLimits(tpm=100_000))
+    run = Run(tmp_path, lambda body: [*slow(200), usage_event(False), b"data: [DONE]\n\n"], KeyLimits(tpm=100_000))
 
     async def body(run: Run, client: httpx.AsyncClient) -> None:
         received = b""
@@ -220,7 +231,7 @@ def test_the_token_fields_cannot_reserve_less_than_they_serve(tmp_path: Path) ->
     run.go(body)
 
 
-def templated(body: dict[str, Any]) -> list[bytes | float]:
+def templated(body: dict[str, Any]) -> list[Piece]:
     """An engine whose chat template adds 20 tokens to the prompt, and that writes max_tokens tokens."""
     tokens = body["max_tokens"]
     usage = {"prompt_tokens": 20 + len(body["prompt"]), "completion_tokens": tokens}
@@ -249,3 +260,44 @@ def test_honest_concurrent_requests_do_not_overshoot_the_budget(tmp_path: Path) 
 
     run.go(body)
     assert 160 <= run.used() <= 200  # used up to about one request's cost, never past it
+
+
+def test_a_stream_cut_by_a_dying_replica_is_charged_what_was_delivered(tmp_path: Path) -> None:
+    run = Run(tmp_path, lambda body: [*slow(30), None], KeyLimits(budget_tokens=10_000))
+
+    async def body(run: Run, client: httpx.AsyncClient) -> None:
+        reply = await client.post("/v1/completions", json=completion(max_tokens=500), headers=run.headers())
+        assert reply.status_code == 200 and '"error"' in reply.text.rsplit("data: ", 1)[1]
+        ((prompt, completion_tokens, estimated, error),) = await run.wait_rows(1)
+        assert (completion_tokens, estimated, error) == (30, 1, "upstream_error") and prompt > 0
+
+    run.go(body)
+    assert run.used() >= 30
+
+
+def test_streams_cut_by_shutdown_are_charged_what_they_delivered(tmp_path: Path) -> None:
+    run = Run(tmp_path, lambda body: slow(3000), KeyLimits(budget_tokens=100_000), grace_s=0.2)
+
+    async def body(run: Run, client: httpx.AsyncClient) -> None:
+        async def read() -> int:
+            received = b""
+            async with client.stream("POST", "/v1/completions", json=completion(max_tokens=5000),
+                                     headers=run.headers()) as reply:
+                async for piece in reply.aiter_raw():
+                    received += piece
+                    if received.count(b"data: ") == 20:
+                        delivered.set_result(None)
+            return received.count(b"data: ")
+
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reading = asyncio.create_task(read())
+        await delivered
+        assert run.server is not None
+        run.server.should_exit = True  # SIGTERM's path: the grace period ends, the stream is cut
+        with contextlib.suppress(httpx.HTTPError):
+            await reading
+
+    run.go(body)  # returns after the gateway's lifespan ended, which writes what is buffered
+    ((prompt, completion_tokens, estimated, _),) = run.rows()
+    assert completion_tokens >= 20 and estimated == 1 and prompt > 0
+    assert run.used() >= 20
