@@ -23,8 +23,9 @@ from typing import Any
 import orjson
 
 USAGE_KEY = b'"usage"'
-DONE = b"[DONE]"
-DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
+BOUNDARIES = (b"\n\n", b"\r\n\r\n")
+DONE_ENDS = tuple(b"data:" + space + b"[DONE]" + end for space in (b" ", b"") for end in (b"\n\n", b"\r\n\r\n", b"\n",
+                                                                                      b"\r\n", b""))
 SPACE = b" \t\r\n"
 
 
@@ -51,15 +52,16 @@ def data_of(event: bytes) -> bytes:
 
 
 def data_events(events: bytes) -> int:
-    """The `data:` lines in whole events (`events` starts at an event): a raw newline is never inside JSON."""
-    count = events.count(b"\ndata:") + events.startswith(b"data:")
-    if DONE in events and (events.startswith(DONE_EVENTS) or any(b"\n" + done in events for done in DONE_EVENTS)):
-        count -= 1
-    return count
+    """The `data:` lines in whole events (`events` starts at an event; a raw newline is never inside JSON), but
+    `[DONE]`, which ends a stream: nothing comes after it."""
+    return events.count(b"\ndata:") + events.startswith(b"data:") - events.endswith(DONE_ENDS)
 
 
 def is_object_value(data: bytes, key_end: int) -> bool:
     """Whether what follows a key that ends at `key_end` is `: {`, spaces allowed."""
+    compact = data[key_end:key_end + 2]
+    if compact == b":{" or compact == b":n":  # compact JSON, an object or null: no loop
+        return compact == b":{"
     at, size = key_end, len(data)
     while at < size and data[at] in SPACE:
         at += 1
@@ -87,13 +89,18 @@ class SseUsage:
     def feed(self, chunk: bytes) -> bytes:
         if self.tail:
             chunk, self.tail = self.tail + chunk, b""
-        if not chunk.endswith((b"\n\n", b"\r\n\r\n")):
+        if not chunk.endswith(BOUNDARIES):
             end = boundary_end(chunk)
             if end < 0:
                 self.tail = chunk
                 return b""
             chunk, self.tail = chunk[:end], chunk[end:]
-        return self._events(chunk)
+        # _events, inlined: this runs for every piece of every stream
+        self.events += chunk.count(b"\ndata:") + chunk.startswith(b"data:") - chunk.endswith(DONE_ENDS)
+        if USAGE_KEY in chunk:
+            chunk, dropped = self._usage(chunk)
+            self.events -= dropped
+        return chunk
 
     def end(self) -> bytes:
         """What is still held (a last event without its blank line), as the client gets it."""
