@@ -27,6 +27,7 @@ BOUNDARIES = (b"\n\n", b"\r\n\r\n")
 DONE_ENDS = tuple(b"data:" + space + b"[DONE]" + end for space in (b" ", b"") for end in (b"\n\n", b"\r\n\r\n", b"\n",
                                                                                       b"\r\n", b""))
 SPACE = b" \t\r\n"
+MAX_HELD = 1 << 20  # the most bytes of one unfinished event held back
 
 
 def boundary_end(data: bytes, start: int = 0, stop: int | None = None) -> int:
@@ -46,8 +47,11 @@ def next_boundary(data: bytes, start: int) -> int:
 
 
 def data_of(event: bytes) -> bytes:
-    """The data of one SSE event: its `data:` lines' values joined by newlines (the SSE rules)."""
+    """The data of one SSE event: its `data:` lines' values joined by newlines (the SSE rules); an answer that is
+    not SSE at all (an engine that ignored `stream: true`), whole."""
     lines = [line[5:] for line in event.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return event
     return b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
 
 
@@ -87,11 +91,14 @@ class SseUsage:
         self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        if self.tail:
+        held = len(self.tail)
+        if held:
             chunk, self.tail = self.tail + chunk, b""
         if not chunk.endswith(BOUNDARIES):
-            end = boundary_end(chunk)
+            end = boundary_end(chunk, max(0, held - 3))  # the held part has no boundary of its own
             if end < 0:
+                if len(chunk) > MAX_HELD:  # not SSE as it should be: relayed as it comes, not held without end
+                    return chunk
                 self.tail = chunk
                 return b""
             chunk, self.tail = chunk[:end], chunk[end:]

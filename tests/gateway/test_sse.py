@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelyard.gateway.sse import SseUsage
+from modelyard.gateway.sse import MAX_HELD, SseUsage
 from modelyard.gateway.usage import parse_usage
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
@@ -106,3 +106,20 @@ def test_any_split_into_reads_gives_the_same_usage_and_client_bytes(case: tuple[
     assert split.usage == single.usage
     assert parse_usage(split.usage) == (USAGE if b"total_tokens" in whole else {})
     assert split.events == single.events == events
+
+
+def test_an_answer_that_is_not_sse_is_relayed_whole_with_its_usage() -> None:
+    body = orjson.dumps({"choices": [{"index": 0, "text": "ok"}], "usage": USAGE})
+    scanner = SseUsage(keep=False)
+    assert scanner.feed(body[:30]) == b"" and scanner.feed(body[30:]) == b""
+    assert scanner.end() == body and parse_usage(scanner.usage) == USAGE
+
+
+def test_an_event_that_never_ends_is_not_held_without_bound() -> None:
+    scanner = SseUsage(keep=False)
+    piece = b"data: " + b"x" * 65536
+    relayed = b""
+    for _ in range(40):
+        relayed += scanner.feed(piece)
+        assert len(scanner.tail) <= MAX_HELD
+    assert relayed and relayed + scanner.end() == piece * 40
