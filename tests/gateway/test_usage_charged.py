@@ -301,3 +301,24 @@ def test_streams_cut_by_shutdown_are_charged_what_they_delivered(tmp_path: Path)
     ((prompt, completion_tokens, estimated, _),) = run.rows()
     assert completion_tokens >= 20 and estimated == 1 and prompt > 0
     assert run.used() >= 20
+
+
+def test_hanging_up_before_the_usage_does_not_dodge_tpm(tmp_path: Path) -> None:
+    """The issue's bypass: each stream left just before its usage event was charged 0, so a `tpm: 100` key could
+    draw 450 tokens a minute. Now the first one is charged what it delivered, and the next does not fit."""
+    run = Run(tmp_path, lambda body: [*slow(50), usage_event(False), b"data: [DONE]\n\n"], KeyLimits(tpm=100))
+
+    async def body(run: Run, client: httpx.AsyncClient) -> None:
+        received = b""
+        async with client.stream("POST", "/v1/completions", json=completion(max_tokens=50),
+                                 headers=run.headers()) as reply:
+            assert reply.status_code == 200
+            async for piece in reply.aiter_raw():
+                received += piece
+                if received.count(b"data: ") >= 45:
+                    break
+        await run.wait_rows(1)
+        again = await client.post("/v1/completions", json=completion(max_tokens=50), headers=run.headers())
+        assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded"
+
+    run.go(body)
