@@ -7,14 +7,15 @@ the client's body (an upstream such as OpenAI's reasoning models refuses `max_to
 a field the client did not send). Without either, `DEFAULT_COMPLETION_TOKENS`.
 
 The prompt is estimated from the request body's size (the client's bytes, known without a walk over the
-messages): before the model has answered anything, at `FIRST_RATIO` tokens per byte, above what a chat template
-makes of a short chat (SmolLM2's, with its default system prompt: 0.33 for "hi") and about twice what byte-level
-BPE makes of longer text, yet low enough that a long prompt is not refused by a TPM limit it fits; then at the
+messages). Before the model has answered anything: `FIRST_RATIO` tokens per byte, above what a chat template makes
+of a short chat (SmolLM2's, with its default system prompt: 0.33 for "hi") and about twice what byte-level BPE makes
+of longer text (one per byte, the safe bound, would refuse many long prompts that a TPM limit fits). Then: the
 largest ratio of real prompt tokens to body bytes among the model's last `WINDOW` answers (`PromptEstimates.learn`,
 from each usage that an engine reported), so that concurrent requests reserve at least what they will be charged
-and a budget is not overshot. Still an estimate: a request much smaller than those recently seen, for a model whose
-template adds many tokens, can be estimated below its real count (the key is then charged the real count, so only
-the requests admitted alongside it can pass the budget).
+and a budget is not overshot. The ratio is shared by every key of the model and capped at `MAX_RATIO`. Still an
+estimate: a request much smaller than those recently seen, for a model whose template adds many tokens, can be
+estimated below its real count (the key is then charged the real count, so only the requests admitted alongside
+it can pass the budget).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 DEFAULT_COMPLETION_TOKENS = 256
 WINDOW = 32
 FIRST_RATIO = 0.5
+MAX_RATIO = 1.0  # what one answer can teach at most: no key can make every other key's requests reserve more
 MIN_BASIS = 16  # below this many body bytes a ratio says more about the template than about the prompt
 
 
@@ -72,5 +74,5 @@ class PromptEstimates:
         ratios = self._ratios.get(model)
         if ratios is None:
             ratios = self._ratios[model] = deque(maxlen=WINDOW)
-        ratios.append(prompt_tokens / basis)
+        ratios.append(min(prompt_tokens / basis, MAX_RATIO))
         self._largest[model] = max(ratios)

@@ -23,3 +23,9 @@ def test_the_prompt_is_estimated_from_the_largest_ratio_the_engine_counted() -> 
     reservation = estimates.reserve("m", {"max_tokens": 10}, 100)
     assert (reservation.prompt, reservation.completion, reservation.total) == (30, 10, 40)
     assert estimates.reserve("m", {"max_tokens": 10}, 100, generates=False).total == 30
+
+
+def test_one_answer_cannot_raise_the_estimate_past_one_token_per_byte() -> None:
+    estimates = PromptEstimates()
+    estimates.learn("m", 100, 10_000)
+    assert estimates.estimate("m", 100) == 100
