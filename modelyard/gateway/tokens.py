@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 DEFAULT_COMPLETION_TOKENS = 256
+MAX_COMPLETION_BOUND = 2**31 - 1  # no context is longer; keeps n x max_tokens far from the limiter's 64-bit counters
 WINDOW = 32
 FIRST_RATIO = 0.5
 MAX_RATIO = 1.0  # what one answer can teach at most: no key can make every other key's requests reserve more
@@ -32,12 +33,13 @@ MIN_BASIS = 16  # below this many body bytes a ratio says more about the templat
 
 
 def completion_bound(payload: dict[str, object]) -> int:
-    """The most tokens the answer may have: the larger of the two token fields (times `n`), else the default."""
+    """The most tokens the answer may have: the larger of the two token fields (times `n`), else the default;
+    at most `MAX_COMPLETION_BOUND`."""
     bounds = [v for v in (payload.get("max_tokens"), payload.get("max_completion_tokens"))
               if isinstance(v, int) and not isinstance(v, bool) and v > 0]
     choices = payload.get("n")
     n = choices if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1 else 1
-    return (max(bounds) if bounds else DEFAULT_COMPLETION_TOKENS) * n
+    return min((max(bounds) if bounds else DEFAULT_COMPLETION_TOKENS) * n, MAX_COMPLETION_BOUND)
 
 
 @dataclass(frozen=True)

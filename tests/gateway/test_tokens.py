@@ -11,6 +11,8 @@ def test_the_completion_bound_is_the_larger_token_field_times_n() -> None:
     assert completion_bound({"max_tokens": 40, "n": 10}) == 400
     assert completion_bound({}) == completion_bound({"max_tokens": 0}) == DEFAULT_COMPLETION_TOKENS
     assert completion_bound({"max_tokens": True, "n": True}) == DEFAULT_COMPLETION_TOKENS
+    # two such reservations would overflow Redis's 64-bit INCRBY (a 503 instead of a 429)
+    assert completion_bound({"max_tokens": 2**31 - 1, "n": 2**31 - 1}) == 2**31 - 1
 
 
 def test_the_prompt_is_estimated_from_the_largest_ratio_the_engine_counted() -> None:
