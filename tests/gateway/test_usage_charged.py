@@ -87,8 +87,10 @@ async def serve_upstream(script: Script, seen: list[dict[str, Any]]) -> asyncio.
 class Run:
     """One gateway with one store key (`secret`, with `limits`) in front of an upstream that runs `script`."""
 
-    def __init__(self, tmp: Path, script: Script, limits: KeyLimits, grace_s: float | None = None) -> None:
+    def __init__(self, tmp: Path, script: Script, limits: KeyLimits, grace_s: float | None = None,
+                 access_log: bool = False) -> None:
         self.tmp, self.script, self.limits, self.grace_s = tmp, script, limits, grace_s
+        self.access_log = access_log  # True: uvicorn logs each request, and the relay awaits its `send`
         self.server: uvicorn.Server | None = None
         self.db = tmp / "usage.db"
         self.seen: list[dict[str, Any]] = []
@@ -130,7 +132,7 @@ class Run:
             sock.bind(("127.0.0.1", 0))
             gateway_port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(create_gateway(spec, table, KeyRing(), store), host="127.0.0.1",
-                                               port=gateway_port, http="httptools", access_log=False,
+                                               port=gateway_port, http="httptools", access_log=self.access_log,
                                                log_level="warning", timeout_graceful_shutdown=self.grace_s))
         self.server = server
         task = asyncio.create_task(server.serve())
@@ -320,5 +322,21 @@ def test_hanging_up_before_the_usage_does_not_dodge_tpm(tmp_path: Path) -> None:
         await run.wait_rows(1)
         again = await client.post("/v1/completions", json=completion(max_tokens=50), headers=run.headers())
         assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded"
+
+    run.go(body)
+
+
+@pytest.mark.parametrize("access_log", [False, True], ids=["direct-writes", "asgi-send"])
+def test_both_write_paths_relay_a_last_event_without_its_blank_line(tmp_path: Path, access_log: bool) -> None:
+    def script(body: dict[str, Any]) -> list[Piece]:
+        event = usage_event(spaced=True)
+        return [content("a"), event[:30], 0.05, event[30:], b"data: [DONE]"]
+
+    run = Run(tmp_path, script, KeyLimits(), access_log=access_log)
+
+    async def body(run: Run, client: httpx.AsyncClient) -> None:
+        reply = await client.post("/v1/completions", json=completion(), headers=run.headers())
+        assert reply.text == (content("a") + b"data: [DONE]").decode()
+        assert await run.wait_rows(1) == [(12, 4, 0, None)]
 
     run.go(body)
