@@ -80,12 +80,15 @@ def streams(draw: st.DrawFn) -> tuple[list[bytes], bytes, int, bool, bytes]:
     events = [event(chunk(text, usage_null=null), spaced=spaced, crlf=crlf) for text in texts]
     visible = list(events)
     with_usage = draw(st.booleans())
+    with_choices = False
     if with_usage:
-        usage_first = draw(st.booleans())
-        document = {"usage": USAGE, "choices": []} if usage_first else {"id": "x", "choices": [], "usage": USAGE}
+        usage_first, with_choices = draw(st.booleans()), draw(st.booleans())  # llama.cpp: usage on the last token
+        choices = [{"index": 0, "text": "", "finish_reason": "length"}] if with_choices else []
+        document = {"usage": USAGE, "choices": choices} if usage_first else {"id": "x", "choices": choices,
+                                                                             "usage": USAGE}
         usage_event = event(document, spaced=draw(st.booleans()), crlf=crlf)
         events.append(usage_event)
-        if keep:
+        if keep or with_choices:
             visible.append(usage_event)
     done = b"data: [DONE]\r\n\r\n" if crlf else b"data: [DONE]\n\n"
     events.append(done)
@@ -93,7 +96,7 @@ def streams(draw: st.DrawFn) -> tuple[list[bytes], bytes, int, bool, bytes]:
     whole = b"".join(events)
     cuts = sorted(draw(st.lists(st.integers(0, len(whole)), max_size=10)))
     reads = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
-    return reads, b"".join(visible), len(texts) + (1 if with_usage and keep else 0), keep, whole
+    return reads, b"".join(visible), len(texts) + (1 if with_usage and (keep or with_choices) else 0), keep, whole
 
 
 @settings(max_examples=300, deadline=None)
