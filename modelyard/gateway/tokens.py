@@ -1,10 +1,11 @@
 """What a request is reckoned at before the engine says: the tokens its key's limits reserve at admission.
 
-The completion's bound is the larger of `max_tokens` and `max_completion_tokens`, times `n`: OpenAI's chat
-endpoint obeys `max_completion_tokens` over `max_tokens`, its completions endpoint (and vLLM's) only `max_tokens`,
-other engines either; reserving the larger bounds the answer whichever one the engine obeys, without rewriting
-the client's body (an upstream such as OpenAI's reasoning models refuses `max_tokens`, so the gateway must not add
-a field the client did not send). Without either, `DEFAULT_COMPLETION_TOKENS`.
+The completion's bound is the larger of `max_tokens` and `max_completion_tokens`, times `n` (or `best_of`, the
+choices a legacy completion generates to return `n`): OpenAI's chat endpoint obeys `max_completion_tokens` over
+`max_tokens`, its completions endpoint (and vLLM's) only `max_tokens`, other engines either; reserving the larger
+bounds the answer whichever one the engine obeys, without rewriting the client's body (an upstream such as OpenAI's
+reasoning models refuses `max_tokens`, so the gateway must not add a field the client did not send). Without
+either, `DEFAULT_COMPLETION_TOKENS`.
 
 The prompt is estimated from the request body's size (the client's bytes, known without a walk over the
 messages). Before the model has answered anything: `FIRST_RATIO` tokens per byte, above what a chat template makes
@@ -33,13 +34,15 @@ MIN_BASIS = 16  # below this many body bytes a ratio says more about the templat
 
 
 def completion_bound(payload: dict[str, object]) -> int:
-    """The most tokens the answer may have: the larger of the two token fields (times `n`), else the default;
-    at most `MAX_COMPLETION_BOUND`."""
-    bounds = [v for v in (payload.get("max_tokens"), payload.get("max_completion_tokens"))
-              if isinstance(v, int) and not isinstance(v, bool) and v > 0]
-    choices = payload.get("n")
-    n = choices if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1 else 1
-    return min((max(bounds) if bounds else DEFAULT_COMPLETION_TOKENS) * n, MAX_COMPLETION_BOUND)
+    """The most tokens the answer may have: the larger of the two token fields (times `n` or `best_of`), else the
+    default; at most `MAX_COMPLETION_BOUND`."""
+    bound = max(_counts(payload, "max_tokens", "max_completion_tokens"), default=DEFAULT_COMPLETION_TOKENS)
+    return min(bound * max(_counts(payload, "n", "best_of"), default=1), MAX_COMPLETION_BOUND)
+
+
+def _counts(payload: dict[str, object], *names: str) -> list[int]:
+    """The fields that are positive integers (a bool is not one)."""
+    return [v for v in map(payload.get, names) if isinstance(v, int) and not isinstance(v, bool) and v > 0]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ def test_the_completion_bound_is_the_larger_token_field_times_n() -> None:
     assert completion_bound({"max_completion_tokens": 1, "max_tokens": 1000}) == 1000
     assert completion_bound({"max_tokens": 1, "max_completion_tokens": 1000}) == 1000
     assert completion_bound({"max_tokens": 40, "n": 10}) == 400
+    assert completion_bound({"max_tokens": 40, "n": 2, "best_of": 5}) == 200
     assert completion_bound({}) == completion_bound({"max_tokens": 0}) == DEFAULT_COMPLETION_TOKENS
     assert completion_bound({"max_tokens": True, "n": True}) == DEFAULT_COMPLETION_TOKENS
     # two such reservations would overflow Redis's 64-bit INCRBY (a 503 instead of a 429)
