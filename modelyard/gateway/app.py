@@ -33,7 +33,7 @@ from modelyard.gateway.scope import CLIENT_GONE, ClientWatch
 from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, Ticket, refuse_twice
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
-from modelyard.gateway.usage import UsageWriter
+from modelyard.gateway.usage import UsageWriter, charge, parse_usage, texts
 from modelyard.observability.exposition import MetricsEndpoint
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.observability.recent import RecentTraffic, rejection_kind
@@ -477,18 +477,20 @@ class Gateway:
         ttft = outcome.first_byte - outcome.started if outcome.first_byte is not None else None
         if ttft is not None:
             self._child(self.metrics.ttft, model, key).observe(ttft)
-        usage = parse_usage(outcome.usage)
-        completion = usage.get("completion_tokens", 0)
-        prompt = usage.get("prompt_tokens", usage.get("total_tokens", 0) - completion)  # rerank: total only
+        reservation = call.ticket.reservation
+        charged = charge(outcome.usage, outcome.status == 200, call.stream, outcome.events, reservation)
+        prompt, completion = charged.prompt, charged.completion
+        if reservation is not None and not charged.estimated and prompt:
+            self.tenancy.prompts.learn(model, reservation.basis, prompt)
         recent = self.latency.get(model)
         if recent is not None and outcome.first_byte is not None and outcome.status == 200:
             tpot = (now - outcome.first_byte) / (completion - 1) if call.stream and completion > 1 else None
             recent.add(now, outcome.first_byte - (call.arrived or outcome.started), tpot)
         self.recent.record(model, now, ttft, now - outcome.started, completion, outcome.status, outcome.error)
-        if usage:
+        if charged.total:
             self._child(self.metrics.tokens, model, key, "prompt").inc(prompt)
             self._child(self.metrics.tokens, model, key, "completion").inc(completion)
-        settling = call.ticket.finish(prompt + completion)
+        settling = call.ticket.finish(charged.total)
         if settling is not None:  # a limiter that waits (Redis): off the request's path
             task = asyncio.get_running_loop().create_task(settling)
             self._tasks.add(task)
@@ -497,13 +499,14 @@ class Gateway:
             access.info("%s", orjson.dumps({
                 "request_id": call.request_id.decode(), "key": key, "model": model, "replica": outcome.replica,
                 "status": outcome.status, "error": outcome.error, "prompt_tokens": prompt,
-                "completion_tokens": completion, "ttft_s": ttft, "latency_s": now - outcome.started}).decode())
+                "completion_tokens": completion, "estimated": charged.estimated, "ttft_s": ttft,
+                "latency_s": now - outcome.started}).decode())
         if self.writer is not None:
             self.writer.record(UsageRecord(
                 ts=time.time(), key_name=key, model=model, replica=outcome.replica, prompt_tokens=prompt,
-                completion_tokens=completion, cached_tokens=usage.get("cached_tokens", 0), ttft_s=ttft,
+                completion_tokens=completion, cached_tokens=charged.cached, ttft_s=ttft,
                 e2e_s=now - outcome.started, status=outcome.status, error=outcome.error,
-                request_id=call.request_id.decode(),
+                request_id=call.request_id.decode(), estimated=charged.estimated,
                 **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
 
 
@@ -534,40 +537,6 @@ async def read_body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def texts(payload: dict[str, Any], body: bytes, stream: bool) -> dict[str, str]:
-    """Prompt and completion text, for a model whose config opts in (store_text: true); off the hot path else."""
-    prompt = payload.get("messages", payload.get("prompt", payload.get("input")))
-    pieces: list[str] = []
-    documents = [line[5:].strip() for line in body.split(b"\n") if line.startswith(b"data:")] if stream else [body]
-    for document in documents:
-        with contextlib.suppress(orjson.JSONDecodeError, ValueError):
-            data = orjson.loads(document)
-            choices = (data.get("choices") or []) if isinstance(data, dict) else []
-            for choice in choices:
-                part = choice.get("text") or (choice.get("delta") or choice.get("message") or {}).get("content")
-                if isinstance(part, str):
-                    pieces.append(part)
-    return {"prompt_text": prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode(),
-            "completion_text": "".join(pieces)}
-
-
-def parse_usage(text: bytes) -> dict[str, int]:
-    """Token counts from a non-streamed body or from the stream's usage event."""
-    if not text:
-        return {}
-    start = text.find(b"{")
-    with contextlib.suppress(orjson.JSONDecodeError, ValueError):
-        data = orjson.loads(text[start:].strip())
-        usage = data.get("usage") if isinstance(data, dict) else None
-        if isinstance(usage, dict):
-            out = {k: v for k, v in usage.items() if isinstance(v, int)}
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                out["cached_tokens"] = details["cached_tokens"]
-            return out
-    return {}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

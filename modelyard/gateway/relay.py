@@ -13,13 +13,13 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from modelyard.gateway.errors import sse_error
+from modelyard.gateway.sse import SseUsage
 from modelyard.gateway.upstream import Connection
 from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
 log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
-USAGE_MARK = b'"usage":{'
 CLOCK_SLACK_S = 0.001
 
 
@@ -31,24 +31,10 @@ class Outcome:
     error: str | None = None
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
-    usage: bytes = b""
+    usage: bytes = b""  # the answer's usage: a non-streamed body, or the data of the stream's usage event
+    events: int = 0  # a stream's data events relayed (gateway/sse.py): its charge when the engine sent no usage
     replica: str = ""
     body: bytes = b""  # the whole answer, kept only for a model whose config opts in to storing text
-
-
-def split_usage_event(chunk: bytes, keep: bool) -> tuple[bytes, bytes]:
-    """The chunk without the usage-only SSE event (unless `keep`), and that event; a byte search, no JSON decode."""
-    index = chunk.find(USAGE_MARK)
-    if index < 0:
-        return chunk, b""
-    start = chunk.rfind(b"data:", 0, index)
-    end = chunk.find(b"\n\n", index)
-    start = 0 if start < 0 else start
-    end = len(chunk) if end < 0 else end + 2
-    event = chunk[start:end]
-    if keep or b'"choices":[]' not in event.replace(b" ", b""):
-        return chunk, event
-    return chunk[:start] + chunk[end:], event
 
 
 def _cancel_pending(task: asyncio.Task[None]) -> None:
@@ -168,12 +154,13 @@ class WriteBatch:
 class _Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
 
-    __slots__ = ("loop", "conn", "outcome", "keep_usage", "captured", "cycle", "head", "batch", "out", "queued",
+    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "cycle", "head", "batch", "out", "queued",
                  "wake", "pending", "finished", "error", "disconnected", "paused", "watchdog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
                  capture: bool, batch: WriteBatch) -> None:
-        self.loop, self.conn, self.outcome, self.keep_usage = loop, conn, outcome, keep_usage
+        self.loop, self.conn, self.outcome = loop, conn, outcome
+        self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.cycle: Any = None
         self.head = b""  # the response's head, written with the first chunk
@@ -193,12 +180,15 @@ class _Pipe:
     def feed(self, chunk: bytes) -> None:
         if self.captured is not None:
             self.captured.append(chunk)
-        if USAGE_MARK in chunk:
-            chunk, self.outcome.usage = split_usage_event(chunk, self.keep_usage)
+        sse = self.sse
+        chunk = sse.feed(chunk)
+        self.outcome.events, self.outcome.usage = sse.events, sse.usage
         if self.watchdog is not None and not self.paused:
             self.watchdog.waiting_since = self.loop.time()
-        if not chunk:
-            return
+        if chunk:
+            self._queue(chunk)
+
+    def _queue(self, chunk: bytes) -> None:
         if self.cycle is not None:
             self.out.append(chunk)
             if not self.queued:
@@ -257,6 +247,9 @@ class _Pipe:
 
     def ended(self, error: BaseException | None) -> None:
         if not self.finished:
+            if error is None and (rest := self.sse.end()):  # a last event without its blank line
+                self.outcome.events, self.outcome.usage = self.sse.events, self.sse.usage
+                self._queue(rest)
             self.finished, self.error = True, error
             self._wake()
 

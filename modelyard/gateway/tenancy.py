@@ -22,12 +22,11 @@ from modelyard.gateway.auth import KeyRing, Twice, bearer, hash_key
 from modelyard.gateway.errors import openai_error
 from modelyard.gateway.limits import Admission, Limiter, Rejection
 from modelyard.gateway.scope import admit_shielded
+from modelyard.gateway.tokens import PromptEstimates, Reservation
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.store.base import KeyRecord, Store, check_key, check_live
 
 log = logging.getLogger("modelyard.gateway")
-DEFAULT_RESERVE_TOKENS = 256
-BYTES_PER_PROMPT_TOKEN = 4
 MAX_CACHED_KEYS = 10_000
 
 
@@ -39,6 +38,7 @@ class Ticket:
     admission: Admission
     slot: Slot
     limiter: Limiter
+    reservation: Reservation | None = None  # what was reserved: the charge of an answer without usage
     released: bool = False
 
     async def done(self, real_tokens: int) -> None:
@@ -66,16 +66,6 @@ class Ticket:
             await self.limiter.settle(self.admission, real_tokens)
         except Exception as exc:  # with Redis, its leases expire on their own
             log.error("limiter settle failed: %s: %s", type(exc).__name__, exc)
-
-
-def reserve_tokens(payload: dict[str, object], body_size: int, generates: bool = True) -> int:
-    """What TPM reserves at admission: the completion's bound (none for embeddings and rerank, which generate
-    nothing) plus a prompt estimate; reconciled later."""
-    if not generates:
-        return max(1, body_size // BYTES_PER_PROMPT_TOKEN)
-    bound = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    completion = bound if isinstance(bound, int) and bound > 0 else DEFAULT_RESERVE_TOKENS
-    return completion + body_size // BYTES_PER_PROMPT_TOKEN
 
 
 def refuse_twice() -> Response:
@@ -165,6 +155,7 @@ class Tenancy:
                  metrics: GatewayMetrics) -> None:
         self.ring, self.store, self.limiter, self.queues, self.metrics = ring, store, limiter, queues, metrics
         self.keys = KeyCache(store) if store is not None else None
+        self.prompts = PromptEstimates()  # learned from the engines' usage (Gateway._record)
 
     async def identify(self, authorization: str | Twice | None) -> KeyRecord | Response:
         """The key of a request that may make requests now (known, not revoked, not expired), or the answer that
@@ -195,8 +186,9 @@ class Tenancy:
             self.metrics.rejections.labels(model, key.name, denial.code).inc()
             return openai_error(denial.status, denial.message, denial.code,
                                 headers=dict(denial.headers) if denial.headers else None)
+        reservation = self.prompts.reserve(model, payload, body_size, generates)
         try:
-            asking = self.limiter.admit(key, reserve_tokens(payload, body_size, generates))
+            asking = self.limiter.admit(key, reservation.total)
             # a limiter that waits (Redis) is not abandoned half-way by a client that leaves; one that never waits
             # (LocalLimiter) cannot be, and costs no task
             result = await (asking if hasattr(self.limiter, "settle_now") else admit_shielded(asking, self._given_back))
@@ -221,7 +213,7 @@ class Tenancy:
             self.metrics.rejections.labels(model, key.name, slot.code).inc()
             return openai_error(slot.status, slot.message, slot.code,
                                 headers={"Retry-After": str(slot.retry_after_s)})
-        return Ticket(key, result, slot, self.limiter)
+        return Ticket(key, result, slot, self.limiter, reservation)
 
     async def _given_back(self, result: Admission | Rejection) -> None:
         """What the limiter granted to a request whose client left while it was asked."""

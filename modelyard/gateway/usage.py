@@ -22,6 +22,12 @@ those tokens are now in the store (so the limiter stops counting them as pending
 A store that fails keeps the batch in the buffer for the next try; the buffer is bounded by `max_buffer`
 (the oldest records are dropped beyond it, and counted in `dropped`). Records older than `retention_s` are
 purged every `purge_every_s`.
+
+What a request is charged (`charge`): the usage the engine reported (a non-streamed body's, or the stream's usage
+event, found by gateway/sse.py), else, for an answer that was served, an estimate marked as such in its row: the
+prompt at its reservation's estimate (gateway/tokens.py) and, for a stream, one completion token per data event
+relayed (a stream cut by the client, the replica or shutdown is charged what it delivered), for a body, its text's
+bytes / BYTES_PER_TOKEN.
 """
 
 from __future__ import annotations
@@ -32,10 +38,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import orjson
+
+from modelyard.gateway.tokens import Reservation
 from modelyard.store.base import Store, UsageRecord, tokens_by_key
 
 FlushCallback = Callable[[Mapping[str, int]], Awaitable[None]]
+BYTES_PER_TOKEN = 4
 
 
 class UsageWriter:
@@ -122,3 +134,77 @@ class UsageWriter:
         except Exception:
             self.log.exception("usage: %d records could not be written at close", len(self._buffer))
             raise
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The tokens one request is charged; `estimated` when the engine did not say (see the module's doc)."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+def charge(usage: bytes, served: bool, stream: bool, events: int, reservation: Reservation | None) -> Charge:
+    """`usage`: the non-streamed body or the stream's usage event; `served`: the engine answered 200 (a stream
+    started); `events`: the stream's data events relayed."""
+    counts = parse_usage(usage)
+    if counts:
+        completion = counts.get("completion_tokens", 0)
+        prompt = counts.get("prompt_tokens", counts.get("total_tokens", 0) - completion)  # rerank: total only
+        return Charge(prompt, completion, counts.get("cached_tokens", 0))
+    if not served:
+        return Charge()
+    prompt = reservation.prompt if reservation is not None else 0
+    if stream:
+        return Charge(prompt, events, estimated=True)
+    if reservation is not None and not reservation.completion:  # embeddings, rerank: nothing generated
+        return Charge(prompt, estimated=True)
+    text = completion_text(usage, stream=False).encode()
+    return Charge(prompt, -(-len(text) // BYTES_PER_TOKEN), estimated=True)
+
+
+def completion_text(body: bytes, stream: bool) -> str:
+    """The text of the choices of a body, or of a stream's data events."""
+    pieces: list[str] = []
+    documents = [line[5:].strip() for line in body.split(b"\n") if line.startswith(b"data:")] if stream else [body]
+    for document in documents:
+        with contextlib.suppress(orjson.JSONDecodeError, ValueError, AttributeError):
+            data = orjson.loads(document)
+            choices = (data.get("choices") or []) if isinstance(data, dict) else []
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                part = choice.get("text") or (choice.get("delta") or choice.get("message") or {}).get("content")
+                if isinstance(part, str):
+                    pieces.append(part)
+    return "".join(pieces)
+
+
+def texts(payload: dict[str, Any], body: bytes, stream: bool) -> dict[str, str]:
+    """Prompt and completion text, for a model whose config opts in (store_text: true); off the hot path else."""
+    prompt = payload.get("messages", payload.get("prompt", payload.get("input")))
+    return {"prompt_text": prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode(),
+            "completion_text": completion_text(body, stream)}
+
+
+def parse_usage(text: bytes) -> dict[str, int]:
+    """Token counts from a non-streamed body or from the stream's usage event."""
+    if not text:
+        return {}
+    start = text.find(b"{")
+    with contextlib.suppress(orjson.JSONDecodeError, ValueError):
+        data = orjson.loads(text[start:].strip())
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            out = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                out["cached_tokens"] = details["cached_tokens"]
+            return out
+    return {}

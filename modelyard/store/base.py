@@ -158,6 +158,7 @@ class UsageRecord:
     prompt_text: str | None = None  # only for a model whose config opts in (store_text: true)
     completion_text: str | None = None
     request_id: str | None = None  # x-request-id, as the client sent it or the gateway made it
+    estimated: bool = False  # the engine reported no usage: tokens counted by the gateway (gateway/usage.py charge)
 
     @property
     def tokens(self) -> int:
@@ -176,6 +177,7 @@ class UsageRow:
     cached_tokens: int
     avg_ttft_s: float | None
     avg_e2e_s: float | None
+    estimated: int = 0  # requests whose tokens the gateway counted (the engine reported no usage)
 
 
 class Store(Protocol):
@@ -253,11 +255,11 @@ def _opt_float(value: object) -> float | None:
 def usage_values(record: UsageRecord) -> tuple[object, ...]:
     return (record.ts, record.key_name, record.model, record.replica, record.prompt_tokens,
             record.completion_tokens, record.cached_tokens, record.ttft_s, record.e2e_s, record.status,
-            record.error, record.prompt_text, record.completion_text, record.request_id)
+            record.error, record.prompt_text, record.completion_text, record.request_id, int(record.estimated))
 
 
 USAGE_COLUMNS = ("ts, key_name, model, replica, prompt_tokens, completion_tokens, cached_tokens, ttft_s, e2e_s, "
-                 "status, error, prompt_text, completion_text, request_id")
+                 "status, error, prompt_text, completion_text, request_id, estimated")
 USAGE_WIDTH = USAGE_COLUMNS.count(",") + 1  # the values of one row (usage_values)
 
 
@@ -270,16 +272,17 @@ def tokens_by_key(batch: Sequence[UsageRecord]) -> dict[str, int]:
 
 
 def usage_row(row: Sequence[object]) -> UsageRow:
-    group, requests, errors, prompt, completion, cached, ttft, e2e = row
+    group, requests, errors, prompt, completion, cached, ttft, e2e, estimated = row
     return UsageRow(group=str(group), requests=int(requests), errors=int(errors or 0),  # type: ignore[call-overload]
                     prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0),  # type: ignore[call-overload]
                     cached_tokens=int(cached or 0), avg_ttft_s=_opt_float(ttft),  # type: ignore[call-overload]
-                    avg_e2e_s=_opt_float(e2e))
+                    avg_e2e_s=_opt_float(e2e), estimated=int(estimated or 0))  # type: ignore[call-overload]
 
 
 def report_sql(by: GroupBy, placeholder: str) -> str:
     """The report query; the grouping column comes from a fixed map, never from the caller's text."""
     column = {"key": "key_name", "model": "model"}[by]
     return (f"SELECT {column}, COUNT(*), SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END), "
-            f"SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), AVG(ttft_s), AVG(e2e_s) "
+            f"SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), AVG(ttft_s), AVG(e2e_s), "
+            f"SUM(estimated) "
             f"FROM usage WHERE ts >= {placeholder} GROUP BY {column} ORDER BY {column}")

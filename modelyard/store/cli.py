@@ -178,12 +178,12 @@ def rotate(ctx: click.Context, name: str, store_url: str | None, state_dir: str 
 
 def usage_table(rows: list[UsageRow], by: str) -> Table:
     table = Table(by, "requests", "errors", "prompt tokens", "completion tokens", "cached tokens",
-                  "avg TTFT (s)", "avg latency (s)")
+                  "avg TTFT (s)", "avg latency (s)", "estimated")
     for r in rows:
         table.add_row(escape(r.group), f"{r.requests:,}", f"{r.errors:,}", f"{r.prompt_tokens:,}",
                       f"{r.completion_tokens:,}", f"{r.cached_tokens:,}",
                       "-" if r.avg_ttft_s is None else f"{r.avg_ttft_s:.3f}",
-                      "-" if r.avg_e2e_s is None else f"{r.avg_e2e_s:.3f}")
+                      "-" if r.avg_e2e_s is None else f"{r.avg_e2e_s:.3f}", f"{r.estimated:,}")
     return table
 
 

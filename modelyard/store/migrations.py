@@ -64,6 +64,12 @@ STEPS += (
          postgres=("ALTER TABLE usage ADD COLUMN request_id TEXT",)),
 )
 
+STEPS += (
+    Step(5, "estimated usage rows: charged by the gateway's count, the engine having reported no usage",
+         sqlite=("ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",),
+         postgres=("ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",)),
+)
+
 LATEST = STEPS[-1].version
 
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelyard.gateway.usage import UsageWriter
+from modelyard.gateway.tokens import Reservation
+from modelyard.gateway.usage import Charge, UsageWriter, charge
 from modelyard.store.base import KeyLimits, UsageRecord
 from modelyard.store.sqlite import SQLiteStore
 
@@ -144,3 +145,14 @@ def test_sigterm_flushes_what_was_buffered(tmp_path: Path) -> None:
             child.kill()
             child.wait()
     assert asyncio.run(_count(path)) == 137
+
+
+def test_the_engines_usage_is_charged_else_an_estimate_for_what_was_served() -> None:
+    reservation = Reservation(prompt=30, completion=100, basis=120)
+    spaced = b'{"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}'
+    assert charge(spaced, True, True, 50, reservation) == Charge(7, 3)
+    assert charge(b"", True, True, 50, reservation) == Charge(30, 50, estimated=True)  # cut, or no usage sent
+    assert charge(b"", False, True, 0, reservation) == Charge()  # nothing served: nothing charged
+    body = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "twelve bytes"}}]}'
+    assert charge(body, True, False, 0, reservation) == Charge(30, 3, estimated=True)
+    assert charge(b'{"data": []}', True, False, 0, Reservation(9, 0, 36)) == Charge(9, 0, estimated=True)

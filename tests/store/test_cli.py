@@ -67,6 +67,7 @@ def test_usage_table(tmp_path: Path) -> None:
     by_key = runner.invoke(usage, ["--by", "key", "--since", "24h", "--state-dir", str(tmp_path)])
     assert by_key.exit_code == 0, by_key.output
     assert "team-a" in by_key.output and "1,234" in by_key.output and "team-b" not in by_key.output
+    assert "estimated" in by_key.output  # rows charged by the gateway's count (migration 5)
     by_model = runner.invoke(usage, ["--by", "model", "--since", "7d", "--state-dir", str(tmp_path)])
     assert "chat" in by_model.output and "coder" in by_model.output
 

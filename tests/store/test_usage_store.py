@@ -43,3 +43,19 @@ def test_empty_batch_is_a_no_op(store_url: str) -> None:
         await store.write_usage([])
         assert await store.usage_report("key", 0) == []
     with_store(store_url, body)
+
+
+def test_estimated_rows_are_kept_and_counted_in_the_report(store_url: str) -> None:
+    """Migration 5: a row the gateway charged by its own count says so."""
+    now = time.time()
+
+    async def body(store: Store) -> None:
+        await store.create_key("a", KeyLimits())
+        estimated = UsageRecord(ts=now, key_name="a", model="chat", prompt_tokens=9, completion_tokens=20,
+                                error="client_disconnected", estimated=True)
+        await store.write_usage([_record("a", "chat", now), estimated])
+        (row,) = await store.usage_report("key", now - 60)
+        assert (row.requests, row.estimated, row.completion_tokens) == (2, 1, 25)
+        key = await store.get_key("a")
+        assert key is not None and key.used_tokens == 44  # an estimate counts against the budget too
+    with_store(store_url, body)
