@@ -557,6 +557,8 @@ class GatewayApp(Starlette):
         scope["app"] = self
         try:
             response = await self.gateway.handle(scope, receive)
+        except ClientDisconnect:  # it left while sending its body: nobody to answer, nothing to log
+            return
         except Exception as exc:
             log.exception("%s %s failed", scope["method"], scope["path"])
             response = await _server_error(Request(scope, receive), exc)
