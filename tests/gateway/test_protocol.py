@@ -109,7 +109,8 @@ def test_a_chunked_request_body_and_expect_100_continue() -> None:
     async def main() -> None:
         async with serving(starlette()) as (port, _):
             reader, writer = await connect(port)
-            writer.write(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            writer.write(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
             assert (await response(reader))[2] == b"POST /a 5"
             writer.write(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
             assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -136,7 +137,8 @@ def test_a_client_asking_connection_close_gets_it_on_the_direct_path() -> None:
     async def main() -> None:
         async with serving(streamer) as (port, _):
             reader, writer = await connect(port)
-            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         b"Content-Length: 0\r\n\r\n")
             status, headers, body = await response(reader)
             assert headers[b"connection"] == b"close" and headers[b"transfer-encoding"] == b"chunked"
             assert body == b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
