@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +42,7 @@ class ServerState:
         self.connections: dict[HttpProtocol, None] = {}
         self.idle: dict[HttpProtocol, None] = {}  # waiting for a request's head, oldest first
         self.stopping = False
+        self.eager = sys.version_info >= (3, 12) and os.environ.get("MODELYARD_EAGER", "") != "0"
         self.throttled = Throttled(log)
         self.default_head = b""
         self.stamp()
