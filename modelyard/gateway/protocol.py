@@ -272,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = ("state", "limits", "loop", "parser", "transport", "current", "queue", "parsing", "url", "headers",
                  "length", "chunked", "expect_100", "head_bytes", "in_head", "deadline", "closing", "lingering",
-                 "write_paused", "read_paused", "drained", "client", "server")
+                 "write_paused", "read_paused", "start_pending", "drained", "client", "server")
 
     def __init__(self, state: ServerState) -> None:
         self.state, self.limits, self.loop = state, state.limits, state.loop
@@ -288,7 +288,7 @@ class HttpProtocol(asyncio.Protocol):
         self.head_bytes = 0
         self.in_head = False
         self.deadline = 0.0  # loop time after which the server's sweep closes it; 0: none (a request is served)
-        self.closing = self.lingering = self.write_paused = self.read_paused = False
+        self.closing = self.lingering = self.write_paused = self.read_paused = self.start_pending = False
         self.drained: asyncio.Future[None] | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -334,6 +334,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.start_pending and self.current is not None:
+                self.start_pending = False
+                self._run(self.current)
             if self.in_head:
                 self.head_bytes += len(data)
                 if self.head_bytes > self.limits.max_head_bytes:
@@ -387,8 +390,8 @@ class HttpProtocol(asyncio.Protocol):
         has_body = (length is not None and length != b"0") or self.chunked
         exchange.more_body = has_body  # (an eager app may answer before on_message_complete)
         self.deadline = self.loop.time() + self.limits.body_timeout_s if has_body else 0.0
-        if self.current is None:
-            self._run(exchange)
+        if self.current is None:  # its app starts once what this read brought of its body is in (data_received)
+            self.current, self.start_pending = exchange, True
         else:
             self.queue.append(exchange)
             self._pause_reading()  # one request ahead is enough
@@ -421,8 +424,7 @@ class HttpProtocol(asyncio.Protocol):
         exchange, self.parsing = self.parsing, None
         if exchange is not None:
             exchange.finish_body()
-        if exchange is self.current:
-            self.deadline = 0.0
+        self.deadline = 0.0  # until the response is complete, or the next request begins
 
     # --- serving ---
     def _run(self, exchange: Exchange) -> None:
