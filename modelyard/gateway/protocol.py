@@ -137,6 +137,10 @@ class Exchange:
         self.started, self.expect_100 = True, False  # no 100 Continue once the answer is on its way
         parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, self.proto.state.default_head]
         for name, value in headers:
+            if name == b"connection" or name == b"Connection":
+                if b"close" in value.lower():  # the app's own `connection: close` ends the connection too
+                    self.keep_alive = False
+                continue  # the server says what the connection does, once, below
             parts += (name, b": ", value, b"\r\n")
         if length is not None:
             self.length = length

@@ -29,7 +29,16 @@ def upstream() -> Iterator[Upstream]:
 def cluster(tmp_path: Path, upstream: Upstream, drain_s: float = 5.0) -> Cluster:
     model = {"name": "m", "engine": "openai", "urls": [upstream.url], "replicas": 1,
              "timeouts": {"first_byte_s": 5, "between_chunks_s": 10, "total_s": 120}}
-    return Cluster(tmp_path, [model], gateway={"workers": 1, "http": {"drain_s": drain_s}}).start()
+    http = {"drain_s": drain_s, "head_timeout_s": 1}
+    return Cluster(tmp_path, [model], gateway={"workers": 1, "http": http}).start()
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the gateway closes the connection (socket timeout: it did not)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
 
 
 def raw(port: int, data: bytes) -> bytes:
@@ -52,12 +61,32 @@ def test_bounds_hold_before_authentication_and_leaving_mid_body_logs_no_tracebac
         with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
                          + b"\r\nContent-Length: 1000\r\n\r\n{\"model\": ")
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:  # slowloris: closed
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            assert read_all(sock).startswith(b"HTTP/1.1 408")
         ok = httpx.post(running.url + "/v1/completions", headers=HEADERS, timeout=30,
                         json={"model": "m", "prompt": "hi", "max_tokens": 2})
         assert ok.status_code == 200
     finally:
         running.stop()
     assert "Traceback" not in running.output()
+
+
+def test_a_clients_connection_close_is_honored_on_a_stream(tmp_path: Path, upstream: Upstream) -> None:
+    """The relay writes the stream itself: the client's `Connection: close` must still end the connection (main
+    honored it too, through uvicorn's cycle; this keeps it so)."""
+    running = cluster(tmp_path, upstream)
+    try:
+        body = b'{"model": "m", "prompt": "hi", "max_tokens": 4, "stream": true}'
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body))
+            answer = read_all(sock)  # returns only because the gateway closed the connection
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+        assert answer.endswith(b"0\r\n\r\n") and b"[DONE]" in answer
+    finally:
+        running.stop()
 
 
 def test_sigterm_ends_open_streams_with_an_error_event_and_records_them(tmp_path: Path, upstream: Upstream) -> None:

@@ -148,6 +148,27 @@ def test_a_client_asking_connection_close_gets_it_on_the_direct_path() -> None:
     run(main)
 
 
+def test_an_apps_own_connection_close_header_ends_the_connection() -> None:
+    """uvicorn's `send` honors an app's `connection: close`; the relay's direct writes on main skipped that check."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        client: Exchange = scope["extensions"][CLIENT_EXTENSION]
+        client.start(200, [(b"content-type", b"text/event-stream"), (b"connection", b"close")])
+        client.end(b"data: [DONE]\n\n")
+
+    async def main() -> None:
+        async with serving(app) as (port, _):
+            reader, writer = await connect(port)
+            writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            status, headers, body = await response(reader)
+            assert headers[b"connection"] == b"close" and body == b"data: [DONE]\n\n"
+            assert await closed(reader)
+            writer.close()
+
+    run(main)
+
+
 def test_http_1_0_streams_until_close_without_chunks() -> None:
     async def main() -> None:
         async with serving(streamer) as (port, _):
