@@ -133,7 +133,7 @@ async def streamer(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def test_a_client_asking_connection_close_gets_it_on_the_direct_path() -> None:
-    """uvicorn's drift on main: the relay's direct writes ignored a client's `Connection: close`."""
+    """The client's `Connection: close` on a response written through the hot path's API: the header, then the close."""
     async def main() -> None:
         async with serving(streamer) as (port, _):
             reader, writer = await connect(port)
