@@ -209,6 +209,7 @@ class Server:
         state = self.state
         if self.acceptor is not None:
             self.acceptor.close()
+            self.acceptor.sock.close()  # the port's other listeners (SO_REUSEPORT) get the new connections now
         if state is not None:
             state.stopping = True
             for proto in list(state.connections):
