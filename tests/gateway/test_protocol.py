@@ -353,3 +353,20 @@ def test_shutdown_closes_idle_connections_and_ends_open_streams_through_their_ca
             assert ended == ["/stream"]
 
     run(main)
+
+
+UPGRADE = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+@pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n", UPGRADE], ids=["garbage", "upgrade"])
+def test_what_is_not_plain_http_is_400_and_closed(request_bytes: bytes) -> None:
+    async def main() -> None:
+        async with serving(starlette()) as (port, _):
+            reader, writer = await connect(port)
+            writer.write(request_bytes)
+            status, _, body = await response(reader)
+            assert status.startswith(b"HTTP/1.1 400") and b'"error"' in body
+            assert await closed(reader)
+            writer.close()
+
+    run(main)
