@@ -535,4 +535,5 @@ class Throttled:
         if now - self.last.get(kind, -self.interval_s) >= self.interval_s:
             count = self.counts.pop(kind)
             self.last[kind] = now
-            self.logger.info("%s (%d in the last %.0f s)", message, count, self.interval_s)
+            self.logger.info("%s (%d since the last such line; at most one every %.0f s)", message, count,
+                             self.interval_s)

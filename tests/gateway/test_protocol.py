@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from modelyard.gateway.protocol import CLIENT_EXTENSION, Exchange, Limits
+from modelyard.gateway.protocol import CLIENT_EXTENSION, Exchange, Limits, Throttled
 from modelyard.gateway.server import Server
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -370,3 +370,14 @@ def test_what_is_not_plain_http_is_400_and_closed(request_bytes: bytes) -> None:
             writer.close()
 
     run(main)
+
+
+def test_disconnects_are_logged_once_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    throttled = Throttled(logging.getLogger("modelyard.test"), interval_s=3600)
+    with caplog.at_level(logging.INFO, logger="modelyard.test"):
+        for _ in range(1000):
+            throttled.note("client_disconnected", "a client disconnected")
+        throttled.note("timeout", "a client too slow")
+    suffix = " (1 since the last such line; at most one every 3600 s)"
+    assert [r.getMessage() for r in caplog.records] == ["a client disconnected" + suffix, "a client too slow" + suffix]
+    assert throttled.counts == {"client_disconnected": 999}  # told with the next line, an interval later
