@@ -15,7 +15,10 @@ Each request is an `Exchange`: the ASGI `receive`/`send` for every route, and, i
   the response is complete, callbacks are dropped: the connection may serve another request.
 - `on_shutdown(callback)`: called once when the server's drain time is over and this response is still open;
   the callback must end the response soon (the relay writes an SSE error event and calls `end`), else the
-  request's task is cancelled and the connection closed.
+  request's task is cancelled and the connection closed. One callback per request, the last one set: a request's
+  scope may set one at admission (say, to end a queued request with its own error) and the relay replaces it when
+  its stream starts. Without one, the request's task is cancelled at once and, if nothing was answered yet, the
+  server answers 503 `shutdown`.
 - `start(status, headers)`: starts a streamed response (chunked on HTTP/1.1; on HTTP/1.0 the body runs to the
   connection's close); its head is held and written with the first `write` or `end`.
 - `write(data)`: one piece of the body, with the held head, as one socket write.
