@@ -9,10 +9,11 @@ has no bound on a request head's size, on headers, on slow clients or on open co
 Each request is an `Exchange`: the ASGI `receive`/`send` for every route, and, in
 `scope["extensions"]["modelyard.client"]`, the same object as the hot path's public API:
 
-- `disconnected` (bool) and `on_disconnect(callback)` / `remove_on_disconnect(callback)`: the callback (no
-  argument) is called once if the client goes away before this request's response is complete; from the moment
-  the request's head is read (a callback added after the client left is called on the next loop turn). After
-  the response is complete, callbacks are dropped: the connection may serve another request.
+- `disconnected` (bool) and `on_disconnect(callback)`, which returns a function that unsubscribes it (as does
+  `remove_on_disconnect(callback)`): the callback (no argument) is called once if the client goes away before
+  this request's response is complete; from the moment the request's head is read (a callback added after the
+  client left is called on the next loop turn). After the response is complete, callbacks are dropped: the
+  connection may serve another request.
 - `on_shutdown(callback)`: called once when the server's drain time is over and this response is still open;
   the callback must end the response soon (the relay writes an SSE error event and calls `end`), else the
   request's task is cancelled and the connection closed. One callback per request, the last one set: a request's
@@ -36,6 +37,7 @@ oldest one waiting for a request head is closed to make room; if none waits, a 5
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import time
@@ -117,7 +119,8 @@ class Exchange:
     def drain(self) -> asyncio.Future[None]:
         return self.proto.drain()
 
-    def on_disconnect(self, callback: Callback) -> None:
+    def on_disconnect(self, callback: Callback) -> Callback:
+        """Calls `callback` once if the client leaves before the response is complete; returns what unsubscribes."""
         if self.disconnected:
             self.proto.loop.call_soon(callback)
         elif not self.complete:
@@ -125,6 +128,7 @@ class Exchange:
                 self.callbacks = [callback]
             else:
                 self.callbacks.append(callback)
+        return functools.partial(self.remove_on_disconnect, callback)
 
     def remove_on_disconnect(self, callback: Callback) -> None:
         if self.callbacks is not None and callback in self.callbacks:

@@ -283,6 +283,7 @@ def test_disconnect_callback_from_the_request_head_on_and_none_after_the_respons
             return
         client: Exchange = scope["extensions"][CLIENT_EXTENSION]
         client.on_disconnect(lambda: seen.append(scope["path"]))
+        client.on_disconnect(lambda: seen.append("unsubscribed"))()  # what it returns takes it back
         registered.set()
         if scope["path"] == "/wait":
             while not client.disconnected:  # as a request waiting in the admission queue would
