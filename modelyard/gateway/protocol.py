@@ -461,6 +461,8 @@ class HttpProtocol(asyncio.Protocol):
         if exchange.more_body:  # answered before its body was read: the rest of it is not worth reading
             exchange.keep_alive = False
         if not exchange.keep_alive or self.state.stopping:
+            if self.queue and exchange.keep_alive:  # pipelined behind it: the next one is told (the rest just closed)
+                self.transport.write(error_response(503, "the gateway is shutting down; send it again", "shutdown"))
             self.close()
             return
         if self.queue:

@@ -346,10 +346,14 @@ def test_shutdown_closes_idle_connections_and_ends_open_streams_through_their_ca
             reader, writer = await connect(port)
             writer.write(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
             await asyncio.wait_for(reader.readuntil(b"data: 1\n\n\r\n"), WAIT_S)
+            writer.write(b"GET /pipelined HTTP/1.1\r\nHost: x\r\n\r\n")  # waits behind the stream
+            await asyncio.sleep(0.05)
             stopping = asyncio.create_task(server.shutdown())
             assert await closed(idle)  # at once, before the drain is over
             rest = await asyncio.wait_for(reader.read(), WAIT_S)
-            assert b'data: {"error": "shutdown"}' in rest and rest.endswith(b"0\r\n\r\n")
+            stream, _, after = rest.partition(b"0\r\n\r\n")
+            assert b'data: {"error": "shutdown"}' in stream
+            assert after.startswith(b"HTTP/1.1 503") and b'"code":"shutdown"' in after
             await stopping
             assert ended == ["/stream"]
 
