@@ -14,7 +14,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     aiohappyeyeballs==2.7.1 orjson==3.13.0 pydantic==2.14.3 pydantic_core==2.50.4 \
     typing-inspection==0.4.5 annotated-types==0.8.0 redis==8.1.0 starlette==1.10.0 uvicorn==0.54.0 httptools==0.9.0 \
     click==8.5.1 rich==15.0.0 psutil==7.2.2 \
-    setproctitle==1.3.8 fastapi==0.165.0 opentelemetry-api==1.45.2 py-spy==0.4.3
+    setproctitle==1.3.8 fastapi==0.165.0 opentelemetry-api==1.45.2 py-spy==0.4.3 \
+    "grafana-foundation-sdk==1769699379!11.6.0"  # deploy/grafana.py, imported by the CLI: not in the image
 # vllm-router's wheel (24 MB) re-packed with xz (17 MB): the carry must fit beside the working tree in 64 MiB
 if [ ! -f .whl/vllm_router.tar.xz ]; then
   tmp=$(mktemp -d)

@@ -1,4 +1,5 @@
-"""One gateway process on uvloop + httptools, built as a gateway worker builds it: store keys cached from the
+"""One gateway process on uvloop + httptools (the gateway's own server, gateway/server.py; uvicorn for a commit from
+before it), built as a gateway worker builds it: store keys cached from the
 SQLite store, LocalLimiter (RedisLimiter on $REDIS_URL when set), usage writer on. For
 benchmarks/gateway_hot_path.sh; with $SRC set, the modelyard of that checkout (another commit) is imported
 instead of this one.
@@ -7,7 +8,9 @@ usage: python benchmarks/hot_path_gateway.py yard.yaml
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
 
 if os.environ.get("SRC"):  # the modelyard of another checkout, not the editable install's
@@ -28,6 +31,29 @@ from modelyard.spec.loader import load_spec  # noqa: E402
 from modelyard.store.factory import open_store  # noqa: E402
 
 
+async def serve(app: object, host: str, port: int) -> None:
+    """Until SIGINT/SIGTERM: the workers' server where this checkout has it, else uvicorn (older commits)."""
+    try:
+        from modelyard.gateway.server import Server
+        from modelyard.gateway.workers import listen_socket
+    except ImportError:
+        config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
+                                http="httptools", loop="none")
+        await uvicorn.Server(config).serve()
+        return
+    server, stop = Server(app), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sock = listen_socket(host, port)
+    try:
+        if await server.start(sock):
+            await stop.wait()
+        await server.shutdown()
+    finally:
+        sock.close()
+
+
 async def main(path: Path) -> None:
     spec = load_spec(path)
     state = Path(spec.state_dir)
@@ -41,11 +67,9 @@ async def main(path: Path) -> None:
         pool = redis.asyncio.BlockingConnectionPool.from_url(os.environ["REDIS_URL"], max_connections=64, timeout=5)
         limiter = RedisLimiter(redis.asyncio.Redis.from_pool(pool))
     app = create_gateway(spec, table, KeyRing(), store, limiter)
-    config = uvicorn.Config(app, host=spec.gateway.host, port=spec.gateway.port, access_log=False,
-                            log_level="warning", lifespan="on", http="httptools", loop="none")
     await supervisor.start()
     try:
-        await uvicorn.Server(config).serve()
+        await serve(app, spec.gateway.host, spec.gateway.port)
     finally:
         await supervisor.stop()
         await store.close()

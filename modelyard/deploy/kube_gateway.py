@@ -6,6 +6,7 @@ gateway pod (a StatefulSet, unless store.redis names one)."""
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,6 +105,8 @@ def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> 
 def deployment(spec: YardSpec, source: YardSpec, options: RenderOptions) -> Manifest:
     workers = spec.gateway.workers if isinstance(spec.gateway.workers, int) else 1
     grace = max((grace_seconds(m) for m in source.models), default=60)
+    # the preStop sleep, the gateway's drain (gateway.http.drain_s), then the streams' ending and the usage flush
+    grace = max(grace, 5 + math.ceil(spec.gateway.http.drain_s) + 15)
     pod: Manifest = {
         "serviceAccountName": GATEWAY_NAME, "enableServiceLinks": False,
         "terminationGracePeriodSeconds": grace,

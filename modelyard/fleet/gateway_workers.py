@@ -33,7 +33,7 @@ WORKER_MODULE = "modelyard.gateway.workers"
 FEED_INTERVAL_S = 0.1
 FEED_REFRESH_S = 1.0
 START_TIMEOUT_S = 60.0
-STOP_GRACE_S = 15.0  # uvicorn's graceful 5 s, then the usage records are written
+STOP_GRACE_S = 15.0  # beyond the spec's drain (gateway.http.drain_s): streams ended, usage records written
 MAX_PENDING_FEED_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
@@ -221,7 +221,8 @@ class GatewayWorkers:
         """SIGTERM to every worker (each finishes its requests and writes its usage records), SIGKILL if late."""
         self.stopping = True
         processes = [w.process for w in self.workers if w.process is not None]
-        await asyncio.gather(*(terminate(p, STOP_GRACE_S) for p in processes), return_exceptions=True)
+        drain = float(self.settings.get("spec", {}).get("gateway", {}).get("http", {}).get("drain_s", 5.0))
+        await asyncio.gather(*(terminate(p, drain + STOP_GRACE_S) for p in processes), return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

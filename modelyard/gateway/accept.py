@@ -5,7 +5,7 @@ relays a thousand streams runs only some twenty iterations a second, so it accep
 second: measured on the 16-core device at 1,024 streams, 618 connections waited in the kernel's accept queue and
 their clients got no answer for the whole 20-second level (TTFT p99 19 s), while the connections already accepted
 were served. Here each wake-up of the listening socket accepts every waiting connection, up to a batch, and hands
-each to the loop as an accepted socket, served by uvicorn's protocol like any other.
+each to the loop as an accepted socket, served by the gateway's HTTP protocol (gateway/protocol.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from modelyard.gateway.errors import openai_error, openai_shaped
 from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
-from modelyard.gateway.scope import CLIENT_GONE, ClientWatch
+from modelyard.gateway.scope import ClientWatch, ended_by
 from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, Ticket, refuse_twice
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
@@ -98,6 +98,7 @@ class Call:
     arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
     request_id: bytes = b""
     recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written
+    watch: ClientWatch | None = None
 
 
 class Gateway:
@@ -242,14 +243,15 @@ class Gateway:
         call = Call(path, body, payload, model, stream, None,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
                     arrived=time.perf_counter(), request_id=request_id)
-        watch = ClientWatch(scope, receive)  # from here on, the request holds (or waits for) something
+        watch = call.watch = ClientWatch(scope, receive)  # from here on, the request holds (or waits for) something
         try:
             return await self._serve(call, key, len(body))
         except asyncio.CancelledError:
-            if not watch.absorb():
+            ended = watch.absorb()
+            if ended is None:
                 raise
-            self._abandoned(call, key.name, CLIENT_GONE, "client_disconnected")
-            return openai_error(CLIENT_GONE, "the client closed the connection", "client_disconnected")
+            self._abandoned(call, key.name, *ended)
+            return openai_error(ended[0], f"the request ended before its answer ({ended[1]})", ended[1])
         except Exception:
             self._abandoned(call, key.name, 500, "internal_error")
             raise
@@ -432,9 +434,9 @@ class Gateway:
             finish(outcome)
             return openai_error(502, f"replica {endpoint.id} failed while answering ({type(exc).__name__})",
                                 "upstream_error")
-        except asyncio.CancelledError:  # the client left (scope.py): closing the connection aborts the engine's work
+        except asyncio.CancelledError:  # the client left, or shutdown (scope.py): closing aborts the engine's work
             upstream.close()
-            outcome.status, outcome.error = CLIENT_GONE, "client_disconnected"
+            outcome.status, outcome.error = ended_by((call.watch.reason if call.watch else "") or "cancelled")
             finish(outcome)
             raise
         upstream.release()
@@ -569,6 +571,8 @@ class GatewayApp(Starlette):
         scope["app"] = self
         try:
             response = await self.gateway.handle(scope, receive)
+        except ClientDisconnect:  # it left while sending its body: nobody to answer, nothing to log
+            return
         except Exception as exc:
             log.exception("%s %s failed", scope["method"], scope["path"])
             response = await _server_error(Request(scope, receive), exc)

@@ -1,18 +1,15 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from modelyard.gateway.errors import sse_error
+from modelyard.gateway.protocol import CLIENT_EXTENSION, Exchange
 from modelyard.gateway.sse import SseUsage
 from modelyard.gateway.upstream import Connection
 from modelyard.routing.endpoints import Endpoint
@@ -21,6 +18,10 @@ from modelyard.spec.schema import Timeouts
 log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 CLOCK_SLACK_S = 0.001
+
+
+class Shutdown(Exception):
+    """The gateway stopped (SIGTERM) before the stream ended, after its drain time."""
 
 
 @dataclass
@@ -37,54 +38,6 @@ class Outcome:
     body: bytes = b""  # the whole answer, kept only for a model whose config opts in to storing text
 
 
-def _cancel_pending(task: asyncio.Task[None]) -> None:
-    if not task.done():
-        task.cancel()
-
-
-def start_direct(send: Send, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bytes] | None:
-    """Starts a chunked 200 response on uvicorn's httptools request cycle behind `send`, as its `send` would, but
-    returns the head instead of writing it: the relay writes it with the first chunk, then each chunk to the
-    cycle's transport itself (no `send` awaited per chunk), and ends the response with its last chunk (`_Pipe.
-    write_out`). None under any other server, or when uvicorn would do more than write (access log, a paused
-    client): the relay then awaits `send`. uvicorn is pinned; tests/gateway/test_upstream.py fails if this stops
-    finding the cycle."""
-    cycle = getattr(send, "__self__", None)
-    if (type(cycle) is not RequestResponseCycle or cycle.response_started or cycle.disconnected or cycle.access_log
-            or cycle.flow.write_paused or cycle.scope["method"] == "HEAD"):
-        return None
-    cycle.response_started = True
-    cycle.waiting_for_100_continue = False
-    cycle.chunked_encoding = True
-    parts = [STATUS_LINE[200]]
-    for name, value in (*cycle.default_headers, *headers):
-        parts += (name, b": ", value, b"\r\n")
-    if not cycle.keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"transfer-encoding: chunked\r\n\r\n")
-    return cycle, b"".join(parts)
-
-
-def watch_disconnect(cycle: Any, pipe: _Pipe) -> bool:
-    """Has the pipe told when uvicorn's connection is lost, by a callback on the event that uvicorn sets then (no
-    task per stream, as a `receive()` loop would need). False if that event is not as expected (the caller then
-    watches with `receive()`)."""
-    event = cycle.message_event
-    waiters = getattr(event, "_waiters", None)
-    if event.is_set() or not isinstance(waiters, collections.deque):
-        return False
-    loop = asyncio.get_running_loop()
-
-    def woken(_: asyncio.Future[None]) -> None:
-        if cycle.disconnected:
-            pipe.disconnect()
-        elif not cycle.response_complete and not event.is_set():  # woken for something else: watch again
-            watch_disconnect(cycle, pipe)
-
-    waiter: asyncio.Future[None] = loop.create_future()
-    waiter.add_done_callback(woken)
-    waiters.append(waiter)
-    return True
 
 
 class Watchdog:
@@ -152,23 +105,22 @@ class WriteBatch:
 
 
 class _Pipe:
-    """One stream's state between the engine's connection (which calls `feed` and `ended`) and the relay's task."""
+    """One stream's state between the engine's connection (which calls `feed` and `ended`), the client's exchange
+    (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task."""
 
-    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "cycle", "head", "batch", "out", "queued",
-                 "wake", "pending", "finished", "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "batch", "out", "queued", "wake",
+                 "finished", "error", "disconnected", "paused", "watchdog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
-                 capture: bool, batch: WriteBatch) -> None:
+                 capture: bool, batch: WriteBatch, client: Exchange) -> None:
         self.loop, self.conn, self.outcome = loop, conn, outcome
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
-        self.cycle: Any = None
-        self.head = b""  # the response's head, written with the first chunk
+        self.client = client
         self.batch = batch
-        self.out: list[bytes] = []  # with a direct cycle: chunks for the batch to write
+        self.out: list[bytes] = []  # chunks for the batch to write
         self.queued = False  # in the batch's list
         self.wake: asyncio.Future[None] = loop.create_future()
-        self.pending: list[bytes] = []  # without a direct cycle: chunks for the task to send
         self.finished = self.disconnected = self.paused = False
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
@@ -189,45 +141,32 @@ class _Pipe:
             self._queue(chunk)
 
     def _queue(self, chunk: bytes) -> None:
-        if self.cycle is not None:
-            self.out.append(chunk)
-            if not self.queued:
-                self.queued = True
-                self.batch.add(self)
-        else:
-            self.pending.append(chunk)
-            self.pause()  # until the task has sent it
+        self.out.append(chunk)
+        if not self.queued:
+            self.queued = True
+            self.batch.add(self)
 
     def write_out(self, final: bool = False) -> None:
-        """Writes what `feed` queued (the response's head first), straight to the client's transport, as one HTTP
-        chunk; `final`: with the end of the response, which it completes as uvicorn's `send` does."""
+        """Writes what `feed` queued (after the response's head, the first time) to the client as one HTTP chunk;
+        `final`: with the end of the response."""
         self.queued = False
-        cycle = self.cycle
-        if self.disconnected or cycle.disconnected or cycle.transport.is_closing():
+        client = self.client
+        if self.disconnected or client.disconnected:
             self.out.clear()
-            if not final:
+            if final:
+                client.end()
+            else:
                 self.disconnect()
             return
+        body = b""
         if self.out:
             body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out.clear()
-            data = b"%x\r\n%b\r\n" % (len(body), body)
-        elif not final and not self.head:
-            return
-        else:
-            data = b""
-        if self.head:
-            data, self.head = self.head + data, b""
         if final:
-            cycle.transport.write(data + b"0\r\n\r\n")
-            cycle.response_complete = True
-            cycle.message_event.set()
-            if not cycle.keep_alive:
-                cycle.transport.close()
-            cycle.on_response()
+            client.end(body)
             return
-        cycle.transport.write(data)
-        if cycle.flow.write_paused:  # the client reads slower than the engine writes: stop reading the engine
+        client.write(body)
+        if client.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
 
     def pause(self) -> None:
@@ -255,8 +194,15 @@ class _Pipe:
 
     def expire(self) -> None:
         """The watchdog's verdict: the engine went silent (or the stream ran out of time)."""
+        self._stop(TimeoutError())
+
+    def shutdown(self) -> None:
+        """The gateway's drain time is over: the stream ends now, with an error event."""
+        self._stop(Shutdown())
+
+    def _stop(self, error: BaseException) -> None:
         if not self.finished:
-            self.finished, self.error = True, TimeoutError()
+            self.finished, self.error = True, error
             self.conn.close()
             self._wake()
 
@@ -272,8 +218,9 @@ class UpstreamStream:
     """An ASGI response that relays an engine's SSE stream chunk by chunk, as it arrives, without parsing it.
 
     The first chunk was already read (before it, a failure is retried on another replica). After it, each piece
-    the engine sends goes from its connection's callback straight to the client's transport (under uvicorn; under
-    another server through `send`), and the client's back-pressure pauses reading from the engine. A client that
+    the engine sends goes from its connection's callback straight to the client's socket (through the
+    request's `protocol.Exchange`, our server's public per-request API: `scope["extensions"]["modelyard.client"]`),
+    and the client's back-pressure pauses reading from the engine. A client that
     disconnects closes the upstream connection at once, which aborts the engine's work. An upstream that fails
     mid-stream ends the stream with an SSE error event: no retry once tokens went out. The usage event that the
     gateway asked for on the client's behalf is recorded and not passed on unless the client asked for it too.
@@ -289,80 +236,51 @@ class UpstreamStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         conn, outcome = self.conn, self.outcome
-        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture, self.batch)
-        responded = False
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not responded:  # uvicorn also answers "disconnect" once the response is complete
-                pipe.disconnect()
-
-        watcher: asyncio.Task[None] | None = None
+        client: Exchange = scope["extensions"][CLIENT_EXTENSION]
+        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture, self.batch, client)
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
-            headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                       (b"x-modelyard-replica", self.endpoint.id.encode()), *self.headers]
-            direct = start_direct(send, headers)
-            if direct is None:
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-            else:
-                pipe.cycle, pipe.head = direct
-            if pipe.cycle is None or not watch_disconnect(pipe.cycle, pipe):
-                watcher = asyncio.create_task(watch())
+            client.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                               (b"x-modelyard-replica", self.endpoint.id.encode()), *self.headers])
+            client.on_disconnect(pipe.disconnect)
+            client.on_shutdown(pipe.shutdown)
             pipe.feed(self.first)
-            if pipe.cycle is not None:
-                pipe.write_out()  # the head and the first chunk at once, not in the next turn
+            pipe.write_out()  # the head and the first chunk at once, not in the next turn
             if not pipe.finished:
                 conn.attach(pipe.feed, pipe.ended)
-            while True:
-                if pipe.pending:
-                    body, pipe.pending = b"".join(pipe.pending), []
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    pipe.resume()
-                elif pipe.paused and not pipe.finished:
+            while not pipe.finished:
+                if pipe.paused:
                     # the client's socket is full: wait until it drains, or the watchdog's total deadline ends it
-                    drained = asyncio.ensure_future(pipe.cycle.flow.drain())
+                    drained = client.drain()
                     await asyncio.wait((drained, pipe.wake), return_when=asyncio.FIRST_COMPLETED)
-                    if pipe.wake.done():
-                        pipe.wake = loop.create_future()
                     if drained.done():
                         pipe.resume()
-                    else:
-                        drained.cancel()
-                elif pipe.finished:
-                    break
                 else:
                     await pipe.wake
+                if pipe.wake.done():
                     pipe.wake = loop.create_future()
             if pipe.error is not None and not pipe.disconnected:
-                outcome.error = "timeout" if isinstance(pipe.error, TimeoutError) else "upstream_error"
-                message = ("the engine stopped sending" if isinstance(pipe.error, TimeoutError)
-                           else f"the engine failed mid-stream ({type(pipe.error).__name__})")
-                if pipe.cycle is not None:
-                    pipe.out.append(sse_error(message, outcome.error))
+                if isinstance(pipe.error, Shutdown):
+                    outcome.error, message = "shutdown", "the gateway is shutting down"
+                elif isinstance(pipe.error, TimeoutError):
+                    outcome.error, message = "timeout", "the engine stopped sending"
                 else:
-                    await send({"type": "http.response.body", "body": sse_error(message, outcome.error),
-                                "more_body": True})
+                    outcome.error = "upstream_error"
+                    message = f"the engine failed mid-stream ({type(pipe.error).__name__})"
+                pipe.out.append(sse_error(message, outcome.error))
         finally:
             watchdog.cancel()
             if pipe.captured:
                 outcome.body = b"".join(pipe.captured)
-            responded = True
             if pipe.disconnected:
                 outcome.error = outcome.error or "client_disconnected"
             if pipe.finished and pipe.error is None and not pipe.disconnected:
                 conn.release()
             else:
                 conn.close()
-            with contextlib.suppress(Exception):
-                if pipe.cycle is not None:  # what the last callback queued, with the end of the response
-                    pipe.write_out(final=True)
-                else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-            if watcher is not None:
-                # a server that woke the watcher at the end (uvicorn) lets it finish on its own, which costs less
-                # than cancelling it; with any other, it is cancelled on the next turn
-                loop.call_soon(_cancel_pending, watcher)
+            try:
+                pipe.write_out(final=True)  # what the last callback queued, with the end of the response
+            except Exception:  # a client's socket that fails must not keep the request from being recorded
+                log.exception("ending a stream failed")
             self.finish(outcome)

@@ -7,8 +7,9 @@ The watch costs no task where the server tells of a lost client by a callback (t
 `receive()`. When the client leaves before the answer starts (held for a replica, queued, waiting for the first
 token, generating a non-streamed answer), the request's task is cancelled: each wait gives back what it holds on
 the way out (the queue its place, the relay the replica and the engine connection, which aborts the engine's
-work), and `Gateway.handle` records the request as `client_disconnected` (status 499). Once a stream's first
-chunk is relayed, the stream watches the client itself (relay.py).
+work), and `Gateway.handle` records the request as `client_disconnected` (status 499). The same happens to a
+request still waiting for its answer when the gateway's drain time ends (`shutdown`, 503). Once a stream's first
+chunk is relayed, the stream watches the client and the shutdown itself (relay.py).
 """
 
 from __future__ import annotations
@@ -19,22 +20,25 @@ from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope
 
-CLIENT_EXTENSION = "modelyard.client"
+from modelyard.gateway.protocol import CLIENT_EXTENSION
+
 CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection before the answer
 T = TypeVar("T")
 
 
 class ClientWatch:
-    """Cancels the request's task when its client goes away, until `stop()` (idempotent)."""
+    """Cancels the request's task when its client goes away, or when the gateway's drain time ends before the
+    answer has started (the server's `on_shutdown`), until `stop()`; `reason` says which."""
 
-    __slots__ = ("gone", "_task", "_stop")
+    __slots__ = ("reason", "_task", "_stop", "_client")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.gone = False
+        self.reason = ""  # "client_disconnected" | "shutdown", once the watch cancelled the task
         self._task = asyncio.current_task()
-        client = scope.get("extensions", {}).get(CLIENT_EXTENSION)
+        self._client = client = scope.get("extensions", {}).get(CLIENT_EXTENSION)
         if client is not None:
             self._stop: Callable[[], object] = client.on_disconnect(self._left)
+            client.on_shutdown(self._shut_down)
         else:
             waiter = asyncio.ensure_future(self._receive(receive))
             self._stop = waiter.cancel
@@ -45,20 +49,33 @@ class ClientWatch:
         self._left()
 
     def _left(self) -> None:
-        if not self.gone and self._task is not None:
-            self.gone = True
+        self._cancel("client_disconnected")
+
+    def _shut_down(self) -> None:
+        self._cancel("shutdown")
+
+    def _cancel(self, reason: str) -> None:
+        if not self.reason and self._task is not None:
+            self.reason = reason
             self._task.cancel()
 
     def stop(self) -> None:
         self._stop()
+        if self._client is not None:
+            self._client.on_shutdown(None)
 
-    def absorb(self) -> bool:
-        """In an `except CancelledError`: True if the cancellation was this watch's (the client left), which is
-        then taken back so the task can record the request; False if the task was cancelled for another reason."""
-        if not self.gone or self._task is None:
-            return False
+    def absorb(self) -> tuple[int, str] | None:
+        """In an `except CancelledError`: the status and error kind to record if the cancellation was this
+        watch's (which is then taken back, so the task can record the request); None if it was not."""
+        if not self.reason or self._task is None:
+            return None
         self._task.uncancel()
-        return True
+        return ended_by(self.reason)
+
+
+def ended_by(reason: str) -> tuple[int, str]:
+    """The status and error kind of a request the watch cancelled."""
+    return (CLIENT_GONE, reason) if reason == "client_disconnected" else (503, reason)
 
 
 async def admit_shielded(admit: Awaitable[T], undo: Callable[[T], Awaitable[Any]]) -> T:
@@ -77,4 +94,4 @@ async def admit_shielded(admit: Awaitable[T], undo: Callable[[T], Awaitable[Any]
         raise
 
 
-__all__ = ["CLIENT_EXTENSION", "CLIENT_GONE", "ClientWatch", "admit_shielded"]
+__all__ = ["CLIENT_GONE", "ClientWatch", "admit_shielded", "ended_by"]

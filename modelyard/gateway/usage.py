@@ -8,7 +8,7 @@ In the gateway's lifespan::
     try:
         yield
     finally:
-        await writer.close()        # uvicorn runs this on SIGTERM/SIGINT: everything buffered is written
+        await writer.close()        # the lifespan's end runs this on SIGTERM/SIGINT: everything buffered is written
 
 and per finished request (from the relay's `finish` callback; it never awaits, never blocks)::
 

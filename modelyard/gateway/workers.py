@@ -7,8 +7,10 @@ whenever the supervisor's table changes (routing/feed.py). Its stdout carries JS
 `{"listening": pid}`, `{"ejected": {...}}` (a passive ejection decided here), `{"in_flight": {...}}`; anything
 else the process prints goes to stderr, the log. It listens on the gateway's host:port with SO_REUSEPORT, like
 its siblings, so the kernel spreads new connections over them. It runs uvloop: it starts no child process.
-SIGTERM (or the parent closing stdin) stops it the way uvicorn stops: in-flight requests finish (5 s at
-most), then the buffered usage records are written.
+It serves with the gateway's own HTTP server (gateway/server.py, gateway/protocol.py). SIGTERM (or the parent
+closing stdin) stops it: no new connections, in-flight requests get `gateway.http.drain_s` to finish, then each
+open stream ends with an SSE error event and is recorded with the error `shutdown`, then the buffered usage records
+are written.
 """
 
 from __future__ import annotations
@@ -22,18 +24,18 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-import uvicorn
 
-from modelyard.gateway.accept import BatchAcceptor
-from modelyard.gateway.app import Gateway, create_gateway
+from modelyard.gateway.app import MAX_BODY_BYTES, Gateway, create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.failover import OutlierDetector
 from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter
+from modelyard.gateway.protocol import Limits
+from modelyard.gateway.server import Server
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.feed import Held, apply, ejection
@@ -78,35 +80,13 @@ class ReportingOutliers(OutlierDetector):
             self.send({"ejected": ejection(endpoint)})
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with the worker's own signals (below: it exits 0 after a graceful stop) and its own accept
-    loop on `listen` (gateway/accept.py: uvloop alone accepts one connection per loop iteration)."""
-
-    def __init__(self, config: uvicorn.Config, listen: socket.socket) -> None:
-        super().__init__(config)
-        self.listen = listen
-        self.acceptor: BatchAcceptor | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=[])  # the lifespan and the connection state; no listener of uvicorn's
-        if self.should_exit:
-            return
-        config, loop = self.config, asyncio.get_running_loop()
-
-        def protocol() -> asyncio.Protocol:
-            return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop)
-
-        self.acceptor = BatchAcceptor(self.listen, protocol, loop)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.acceptor is not None:
-            self.acceptor.close()  # no new connections; those open finish as uvicorn stops them
-        await super().shutdown(sockets)
+def server_for(app: Any, spec: YardSpec) -> Server:
+    """The worker's HTTP server with the spec's bounds (`gateway.http`); every answer names the worker's pid."""
+    http = spec.gateway.http
+    limits = Limits(max_head_bytes=http.max_head_bytes, max_headers=http.max_headers, max_body_bytes=MAX_BODY_BYTES,
+                    head_timeout_s=http.head_timeout_s, body_timeout_s=http.body_timeout_s,
+                    idle_timeout_s=http.idle_timeout_s, max_connections=http.max_connections)
+    return Server(app, limits, [(WORKER_HEADER.encode(), str(os.getpid()).encode())], drain_s=http.drain_s)
 
 
 class Worker:
@@ -144,16 +124,16 @@ class Worker:
         gateway.fleet = fleet or {}
         self.gateway = gateway
         sock = listen_socket(self.spec.gateway.host, self.spec.gateway.port)
-        server = _Server(uvicorn.Config(app, access_log=False, log_level="warning", lifespan="on",
-                                        timeout_graceful_shutdown=5, http="httptools",
-                                        proxy_headers=False,  # the gateway never reads the client's address
-                                        headers=[(WORKER_HEADER, str(os.getpid()))]), sock)
+        server = server_for(app, self.spec)
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-        tasks = [asyncio.create_task(self._follow(feed, server)), asyncio.create_task(self._refresh(gateway, server))]
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(self._follow(feed, stop)), asyncio.create_task(self._refresh(gateway, server))]
         try:
-            await server.serve()
+            if await server.start(sock):
+                await stop.wait()
+            await server.shutdown()
         finally:
             for task in tasks:
                 task.cancel()
@@ -164,7 +144,7 @@ class Worker:
                 await redis_client.aclose()
         return 0 if server.started else 1
 
-    async def _follow(self, feed: asyncio.StreamReader, server: uvicorn.Server) -> None:
+    async def _follow(self, feed: asyncio.StreamReader, stop: asyncio.Event) -> None:
         """Applies the parent's endpoint tables; the parent gone (stdin closed): stop."""
         while line := await feed.readline():
             try:
@@ -178,9 +158,9 @@ class Worker:
                     self.gateway.reconfigure(self.spec, KeyRing(message["revision"]["keys"]))
             except (ValueError, KeyError, TypeError) as exc:  # keep serving with the last good table
                 log.error("bad endpoint table from the parent: %s: %s", type(exc).__name__, exc)
-        server.should_exit = True
+        stop.set()
 
-    async def _refresh(self, gateway: Gateway, server: uvicorn.Server) -> None:
+    async def _refresh(self, gateway: Gateway, server: Server) -> None:
         """Says when it listens, then keeps its share of the gauges and of the in-flight counts current."""
         while not server.started:
             await asyncio.sleep(0.02)

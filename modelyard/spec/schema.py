@@ -23,6 +23,20 @@ class KeySpec(Strict):
         return self
 
 
+class HttpSpec(Strict):
+    """The gateway's own HTTP/1.1 server (gateway/protocol.py): bounds on what a client holds before it is
+    authenticated, and the drain at shutdown (docs/reliability.md)."""
+
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024  # request line + headers, else 431
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100  # else 431
+    head_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # a request's head sent within (408 / closed)
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0  # its whole body within this of its head (408)
+    idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 5.0  # a keep-alive connection without a request: closed
+    max_connections: Annotated[int, Field(ge=16, le=1_000_000)] = 8192  # per worker process; beyond: 503
+    # SIGTERM: requests in flight get this long to finish; then each open stream ends with an SSE error event
+    drain_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+
+
 class GatewaySpec(Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
@@ -37,6 +51,7 @@ class GatewaySpec(Strict):
     # /metrics: for a bearer of the admin key or of this variable's key (Prometheus' own); or for anyone when public
     metrics_key_env: str | None = None
     metrics_public: bool = False
+    http: HttpSpec = HttpSpec()
 
     @field_validator("workers", mode="before")
     @classmethod

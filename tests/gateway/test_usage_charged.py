@@ -1,5 +1,5 @@
-"""What a request is charged, end to end: the gateway in this process (uvicorn, as in its workers) in front of raw
-upstreams that write exactly the bytes each test needs (compact or spaced JSON, a usage event split across reads,
+"""What a request is charged, end to end: the gateway in this process (its own server, as in its workers) in front
+of raw upstreams that write exactly the bytes each test needs (compact or spaced JSON, a usage event split across reads,
 no usage at all, a long stream the client leaves), with a store key's budget and the usage rows in SQLite."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from modelyard.gateway.app import create_gateway
 from modelyard.gateway.auth import KeyRing
+from modelyard.gateway.server import Server
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import YardSpec
 from modelyard.store.base import KeyLimits
@@ -87,11 +87,10 @@ async def serve_upstream(script: Script, seen: list[dict[str, Any]]) -> asyncio.
 class Run:
     """One gateway with one store key (`secret`, with `limits`) in front of an upstream that runs `script`."""
 
-    def __init__(self, tmp: Path, script: Script, limits: KeyLimits, grace_s: float | None = None,
-                 access_log: bool = False) -> None:
-        self.tmp, self.script, self.limits, self.grace_s = tmp, script, limits, grace_s
-        self.access_log = access_log  # True: uvicorn logs each request, and the relay awaits its `send`
-        self.server: uvicorn.Server | None = None
+    def __init__(self, tmp: Path, script: Script, limits: KeyLimits, drain_s: float = 5.0) -> None:
+        self.tmp, self.script, self.limits, self.drain_s = tmp, script, limits, drain_s
+        self.server: Server | None = None
+        self.stopping: asyncio.Task[None] | None = None
         self.db = tmp / "usage.db"
         self.seen: list[dict[str, Any]] = []
         self.secret = ""
@@ -128,23 +127,18 @@ class Run:
         table = EndpointTable()
         port = upstream.sockets[0].getsockname()[1]
         table.add(Endpoint("m", 0, f"http://127.0.0.1:{port}", state=ReplicaState.READY))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            gateway_port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_gateway(spec, table, KeyRing(), store), host="127.0.0.1",
-                                               port=gateway_port, http="httptools", access_log=self.access_log,
-                                               log_level="warning", timeout_graceful_shutdown=self.grace_s))
-        self.server = server
-        task = asyncio.create_task(server.serve())
-        self.url = f"http://127.0.0.1:{gateway_port}"
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        server = self.server = Server(create_gateway(spec, table, KeyRing(), store), drain_s=self.drain_s)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         try:
-            while not server.started:
-                await asyncio.sleep(0.01)
+            assert await server.start(sock)
             async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
                 await asyncio.wait_for(body(self, client), 60)
         finally:
-            server.should_exit = True
-            await task
+            await (self.stopping or server.shutdown())
+            sock.close()
             await store.close()
             upstream.close()
             await upstream.wait_closed()
@@ -278,7 +272,7 @@ def test_a_stream_cut_by_a_dying_replica_is_charged_what_was_delivered(tmp_path:
 
 
 def test_streams_cut_by_shutdown_are_charged_what_they_delivered(tmp_path: Path) -> None:
-    run = Run(tmp_path, lambda body: slow(3000), KeyLimits(budget_tokens=100_000), grace_s=0.2)
+    run = Run(tmp_path, lambda body: slow(3000), KeyLimits(budget_tokens=100_000), drain_s=0.2)
 
     async def body(run: Run, client: httpx.AsyncClient) -> None:
         async def read() -> int:
@@ -295,7 +289,7 @@ def test_streams_cut_by_shutdown_are_charged_what_they_delivered(tmp_path: Path)
         reading = asyncio.create_task(read())
         await delivered
         assert run.server is not None
-        run.server.should_exit = True  # SIGTERM's path: the grace period ends, the stream is cut
+        run.stopping = asyncio.create_task(run.server.shutdown())  # SIGTERM's path: the drain time ends
         with contextlib.suppress(httpx.HTTPError):
             await reading
 
@@ -326,13 +320,12 @@ def test_hanging_up_before_the_usage_does_not_dodge_tpm(tmp_path: Path) -> None:
     run.go(body)
 
 
-@pytest.mark.parametrize("access_log", [False, True], ids=["direct-writes", "asgi-send"])
-def test_both_write_paths_relay_a_last_event_without_its_blank_line(tmp_path: Path, access_log: bool) -> None:
+def test_a_last_event_without_its_blank_line_is_relayed(tmp_path: Path) -> None:
     def script(body: dict[str, Any]) -> list[Piece]:
         event = usage_event(spaced=True)
         return [content("a"), event[:30], 0.05, event[30:], b"data: [DONE]"]
 
-    run = Run(tmp_path, script, KeyLimits(), access_log=access_log)
+    run = Run(tmp_path, script, KeyLimits())
 
     async def body(run: Run, client: httpx.AsyncClient) -> None:
         reply = await client.post("/v1/completions", json=completion(), headers=run.headers())
@@ -340,3 +333,23 @@ def test_both_write_paths_relay_a_last_event_without_its_blank_line(tmp_path: Pa
         assert await run.wait_rows(1) == [(12, 4, 0, None)]
 
     run.go(body)
+
+
+def test_a_request_still_waiting_for_its_answer_when_the_drain_ends_is_answered_and_recorded(tmp_path: Path) -> None:
+    """A non-streamed request whose engine is still generating when the drain time ends: on the branch that added
+    the server, a 503 with no usage row; now the request's scope (gateway/scope.py) ends it and records it."""
+    run = Run(tmp_path, lambda body: slow(3000), KeyLimits(budget_tokens=100_000), drain_s=0.2)
+
+    async def body(run: Run, client: httpx.AsyncClient) -> None:
+        asking = asyncio.create_task(client.post("/v1/completions", json=completion(False, max_tokens=5000),
+                                                 headers=run.headers()))
+        while not run.seen:
+            await asyncio.sleep(0.01)
+        assert run.server is not None
+        run.stopping = asyncio.create_task(run.server.shutdown())
+        reply = await asking
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "shutdown"
+
+    run.go(body)
+    ((_, _, _, error),) = run.rows()
+    assert error == "shutdown"
