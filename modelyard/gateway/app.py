@@ -332,7 +332,7 @@ class Gateway:
                     last_error = f"replica {endpoint.id} answered {upstream.status}"
                     continue
             else:
-                self.outliers.success(endpoint)  # an answer about the request itself (4xx, 501, ...) included
+                self.outliers.success(endpoint, self.table.of(model))  # an answer about the request too
             return await self._respond(upstream, first, endpoint, call, outcome)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
             outcome.status, outcome.error = 504, "timeout"

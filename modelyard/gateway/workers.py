@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,9 @@ class ReportingOutliers(OutlierDetector):
         super().__init__()
         self.send, self.held = send, held
 
-    def failure(self, endpoint: Endpoint, hung: bool = False, peers: Sequence[Endpoint] | None = None) -> None:
-        before = endpoint.ejected_until
-        super().failure(endpoint, hung, peers)
-        if endpoint.ejected_until != before:
-            self.held[(endpoint.model, endpoint.replica)] = endpoint.ejected_until
-            self.send({"ejected": ejection(endpoint)})
+    def ejected(self, endpoint: Endpoint) -> None:
+        self.held[(endpoint.model, endpoint.replica)] = endpoint.ejected_until
+        self.send({"ejected": ejection(endpoint)})
 
 
 class _Server(uvicorn.Server):

@@ -60,3 +60,54 @@ def test_at_most_half_the_ready_replicas_are_ejected_and_one_always_stays() -> N
     for _ in range(5):
         detector.failure(alone, hung=True, peers=[alone])
     assert alone.routable(clock.now)  # the last replica is never taken out: degraded, not blackholed
+
+
+def _serve(detector: OutlierDetector, peers: list[Endpoint], rounds: int, fails: dict[int, int]) -> None:
+    """`rounds` requests to each replica; replica i fails one request in `fails[i]` (never two in a row)."""
+    for n in range(rounds):
+        for endpoint in peers:
+            every = fails.get(endpoint.replica)
+            if every and n % every == 0:
+                detector.failure(endpoint, peers=peers)
+            else:
+                detector.success(endpoint, peers=peers)
+
+
+def test_a_replica_whose_success_rate_is_well_below_its_peers_is_ejected() -> None:
+    clock = Clock()
+    detector = OutlierDetector(clock=clock, interval_s=10, min_requests=50)
+    peers = replicas(3)
+    _serve(detector, peers, 60, {0: 3})  # replica 0 fails 1 in 3: never 3 in a row, a third of its answers wrong
+    assert all(e.routable(clock.now) for e in peers)  # consecutive failures alone never eject it
+    clock.now += 10
+    detector.success(peers[1], peers=peers)  # the interval is judged on the next answer after it ends
+    assert not peers[0].routable(clock.now) and peers[1].routable(clock.now) and peers[2].routable(clock.now)
+
+
+def test_success_rates_eject_nothing_when_every_replica_fails_alike_or_volume_is_low() -> None:
+    clock = Clock()
+    detector = OutlierDetector(clock=clock, interval_s=10, min_requests=50)
+    peers = replicas(2)
+    _serve(detector, peers, 100, {0: 5, 1: 5})  # 20% on every replica
+    clock.now += 10
+    _serve(detector, peers, 30, {0: 2})  # half of replica 0's fail, but under the minimum volume
+    clock.now += 10
+    detector.success(peers[1], peers=peers)
+    assert all(e.routable(clock.now) for e in peers)
+
+
+def test_success_rate_ejection_keeps_the_cap() -> None:
+    clock = Clock()
+    ejected: list[int] = []
+
+    class Reporting(OutlierDetector):
+        def ejected(self, endpoint: Endpoint) -> None:
+            ejected.append(endpoint.replica)
+
+    detector = Reporting(clock=clock, interval_s=10, min_requests=50)
+    peers = replicas(5)
+    _serve(detector, peers, 60, {0: 2, 1: 2, 2: 3})  # three of five replicas well below the other two
+    clock.now += 10
+    detector.success(peers[3], peers=peers)
+    assert sorted(ejected) == [0, 1]  # half of 5, the worst first; each ejection reported
+    assert sum(1 for e in peers if e.routable(clock.now)) == 3
