@@ -26,7 +26,8 @@ from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.errors import openai_error
-from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
+from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudget, replica_unwell
+from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.slo import RecentLatency
@@ -38,7 +39,7 @@ from modelyard.observability.metrics import GatewayMetrics
 from modelyard.observability.recent import RecentTraffic, rejection_kind
 from modelyard.observability.ui_routes import StatusPage
 from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
-from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
+from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
 from modelyard.spec.schema import BaseModelSpec, YardSpec
@@ -194,16 +195,9 @@ class Gateway:
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
-        models: dict[str, dict[str, Any]] = {}
-        for m in self.spec.models:
-            view = self.fleet.get(m.name, {})
-            models[m.name] = {"ready": len(self.table.ready(m.name)), "replicas": view.get("desired", m.min_replicas),
-                              "strategy": view.get("strategy", "fixed")}
-            for state in (ReplicaState.STARTING, ReplicaState.DRAINING, ReplicaState.ASLEEP, ReplicaState.WAKING):
-                if count := sum(1 for e in self.table.of(m.name) if e.state is state):
-                    models[m.name][state.value] = count
-        ok = all(v["ready"] > 0 or v["replicas"] == 0 for v in models.values())
-        body = {"status": "ok" if ok else "degraded", "models": models}
+        now = time.monotonic()
+        body, ok = health_body({m.name: model_health(self.table, m.name, self.fleet.get(m.name, {}), m.min_replicas,
+                                                     now) for m in self.spec.models})
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     async def generate(self, request: Request) -> Response:
@@ -331,7 +325,7 @@ class Gateway:
                     self._release(endpoint, model)
                     last_error = f"replica {endpoint.id} answered {upstream.status}"
                     continue
-            else:
+            elif not call.stream or upstream.status != 200:  # a stream is judged at its end (`_respond`)
                 self.outliers.success(endpoint, self.table.of(model))  # an answer about the request too
             return await self._respond(upstream, first, endpoint, call, outcome)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
@@ -382,6 +376,8 @@ class Gateway:
         model = call.model.name
 
         def finish(done: Outcome) -> None:
+            if call.stream and upstream.status == 200 and (done.error is None or done.error in BROKEN_STREAM):
+                self._failed(endpoint) if done.error else self.outliers.success(endpoint, self.table.of(model))
             self._release(endpoint, model)
             self.router.finished(call.route, endpoint)
             self._record(call, done)

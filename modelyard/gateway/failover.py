@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from modelyard.routing.endpoints import Endpoint
 
 UNWELL_STATUSES = frozenset({502, 503, 504})
+# how a stream that had started ends when its replica broke off or went silent (gateway/relay.py's outcome errors):
+# counted as failures too, never retried (tokens went out already)
+BROKEN_STREAM = frozenset({"timeout", "upstream_error"})
 
 
 def replica_unwell(status: int) -> bool:

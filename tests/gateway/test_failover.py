@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
+
 from modelyard.gateway.failover import OutlierDetector, RetryBudget
 from modelyard.routing.endpoints import Endpoint, ReplicaState
+from tests.cluster import API_KEY, Cluster
 from tests.replicas import replicas
+from tests.upstream import Upstream
 
 
 class Clock:
@@ -111,3 +117,26 @@ def test_success_rate_ejection_keeps_the_cap() -> None:
     detector.success(peers[3], peers=peers)
     assert sorted(ejected) == [0, 1]  # half of 5, the worst first; each ejection reported
     assert sum(1 for e in peers if e.routable(clock.now)) == 3
+
+
+def test_streams_broken_by_a_replica_eject_it_and_health_says_so(tmp_path: Path) -> None:
+    """Streams that a replica breaks off mid-way count against it (they were not counted at all): it is ejected,
+    and /health tells it apart from the replica that serves (it said ready: 2)."""
+    with Upstream() as broken, Upstream() as fine:
+        broken.mode = "die_mid_stream"
+        model = {"name": "m", "engine": "openai", "urls": [broken.url, fine.url], "replicas": 2,
+                 "timeouts": {"first_byte_s": 5, "between_chunks_s": 5, "total_s": 10}}
+        cluster = Cluster(tmp_path, [model]).start()
+        try:
+            body = {"model": "m", "prompt": "hi", "max_tokens": 8, "stream": True}
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            health: dict[str, int] = {}
+            for _ in range(40):
+                reply = httpx.post(cluster.url + "/v1/completions", json=body, headers=headers, timeout=30)
+                assert reply.status_code == 200
+                health = httpx.get(cluster.url + "/health", timeout=10).json()["models"]["m"]
+                if health.get("ejected"):
+                    break
+            assert health["ready"] == 1 and health["ejected"] == 1, health
+        finally:
+            cluster.stop()
