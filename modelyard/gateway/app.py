@@ -29,6 +29,7 @@ from modelyard.gateway.errors import openai_error
 from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
+from modelyard.gateway.openapi import OpenApiEndpoint
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, Ticket
@@ -570,6 +571,7 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
         *(Route(path, gateway.generate, methods=["POST"]) for path in GENERATION_PATHS),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
+        Route("/openapi.json", OpenApiEndpoint(gateway).serve, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(gateway, admin_key, metrics_key).serve, methods=["GET"]),
         *gateway.admin.routes(),
         *StatusPage(gateway, admin_key, ui_key).routes(),
