@@ -157,6 +157,20 @@ def redis_killed(three: tuple[Cluster, str], slow: Outcome) -> Outcome:
                   outage_answers=sorted(set(answers)))
 
 
+@pytest.fixture(scope="module")
+def limited(three: tuple[Cluster, str], redis_killed: Outcome) -> Outcome:
+    """A key's rpm across the two workers, after the redis-server's restart: exactly that many get through."""
+    cluster, _ = three
+    rpm = 20 * scale()
+    reply = httpx.post(cluster.url + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10,
+                       json={"name": "chaos-rpm", "rpm": rpm})
+    assert reply.status_code == 201, reply.text
+    load = asyncio.run(run_load(cluster, reply.json()["secret"], "rpm", 3 * rpm, 30, 4))
+    admitted = sum(1 for s in load.seen if s.status == 200)
+    return settle(cluster, "limits", load, rpm=rpm, admitted=admitted, limited=sum(1 for s in load.seen
+                                                                                  if s.status == 429))
+
+
 def _clean(outcome: Outcome) -> None:
     assert outcome.load.hangs == []
     assert [s.transport_error for s in outcome.load.seen if s.transport_error] == []
@@ -197,7 +211,13 @@ def test_a_killed_redis_is_restarted_and_limits_work_again(redis_killed: Outcome
     assert all(s.done for s in redis_killed.load.seen) and redis_killed.zeroed == []
 
 
-def test_no_traceback_in_the_logs(three: tuple[Cluster, str], redis_killed: Outcome) -> None:
+def test_limits_stay_exact_across_workers_after_the_restart(limited: Outcome) -> None:
+    assert limited.extra["admitted"] == limited.extra["rpm"]
+    assert limited.extra["limited"] == len(limited.load.seen) - limited.extra["rpm"]  # the rest: 429, nothing else
+    assert limited.load.hangs == [] and limited.lost == []
+
+
+def test_no_traceback_in_the_logs(three: tuple[Cluster, str], limited: Outcome) -> None:
     cluster, _ = three
     assert tracebacks(cluster.log_path, cluster.tmp / "state" / "logs") == []
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelyard.spec.loader import SpecError, parse_spec
+from tests.campaign import record, scale
 
 # "<path>: <what> (yard.yaml:<line>)"; a path is "(top level)" or starts with a name or a quoted key, never blank
 PROBLEM = re.compile(r"^(not valid YAML: |\(top level\): |[^\s:]).*: .+ \(yard\.yaml(:\d+)?\)$", re.DOTALL)
@@ -29,7 +30,8 @@ VALID: dict[str, Any] = {
         {"name": "big", "engine": "vllm", "model": {"path": "/w"}},
     ],
 }
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = 300  # per property (x MODELYARD_CAMPAIGN_SCALE in benchmarks/chaos.sh)
+SETTINGS = settings(max_examples=EXAMPLES * scale(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
 trees = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -94,3 +96,5 @@ def test_nesting_deeper_than_the_parser_goes_is_a_spec_error() -> None:
     check("[" * 5000 + "]" * 5000)  # was a RecursionError out of PyYAML
     check("models: " + "[" * 3000 + "]" * 3000)
     check("models: [{name: m, engine: simulator, params: " + "{a: " * 2000 + "1" + "}" * 2000 + "}]")
+    # the three properties above ran (at most: hypothesis stops where it has tried every input) this many documents
+    record("loader_fuzz", {"cases": 4 * EXAMPLES * scale() + 3, "other_exceptions": 0})
