@@ -19,6 +19,7 @@ from modelyard.spec.schema import BaseModelSpec
 log = logging.getLogger("modelyard.fleet")
 EJECTED_PROBE_TIMEOUT_S = 10.0
 HUNG_AFTER_S = 10.0  # a ready replica that passes no check for this long (or its first_byte_s, if shorter) is unhealthy
+MIN_HUNG_AFTER_S = 3.0  # however short first_byte_s: each check may take half of it (a loaded engine answers late)
 DRAIN_GRACE_S = 0.5  # the gateway workers see a draining replica within this (feed 0.1 s, in-flight reports 0.25 s)
 PAUSED = frozenset({ReplicaState.DRAINING, ReplicaState.ASLEEP})  # not probed: the actuator owns them now
 
@@ -133,7 +134,7 @@ class ReplicaRunner:
     def hung_after_s(self) -> float:
         """How long a ready replica may fail its checks (a frozen one: each waits out its timeout) before it is
         unhealthy, three failures or not: within the model's own first-byte timeout."""
-        return min(HUNG_AFTER_S, self.model.timeouts.first_byte_s)
+        return max(MIN_HUNG_AFTER_S, min(HUNG_AFTER_S, self.model.timeouts.first_byte_s))
 
     def _silent_s(self) -> float:
         return time.monotonic() - self._passed_at

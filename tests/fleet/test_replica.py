@@ -82,7 +82,7 @@ async def _frozen_until_unhealthy(tmp: Path, ejected: bool, bound_s: float) -> f
 
 
 def test_a_frozen_replica_is_unhealthy_within_its_timeouts(tmp_path: Path) -> None:
-    # first_byte_s 2: before, three failed /health of 5 s each (15 s and more); now two checks of 1 s
+    # first_byte_s 2: before, three failed /health of 5 s each (15 s and more); now two checks of 1.5 s (the floor)
     asyncio.run(_frozen_until_unhealthy(tmp_path, ejected=False, bound_s=3 * ENGINE_TIMEOUT_S - 1))
 
 
