@@ -377,8 +377,11 @@ class Gateway:
         model = call.model.name
 
         def finish(done: Outcome) -> None:
-            if call.stream and upstream.status == 200 and (done.error is None or done.error in BROKEN_STREAM):
-                self._failed(endpoint) if done.error else self.outliers.success(endpoint, self.table.of(model))
+            streamed = call.stream and upstream.status == 200
+            if streamed and done.error in BROKEN_STREAM:  # the replica broke it off or went silent
+                self._failed(endpoint)
+            elif streamed and done.error is None:
+                self.outliers.success(endpoint, self.table.of(model))
             self._release(endpoint, model)
             self.router.finished(call.route, endpoint)
             self._record(call, done)
