@@ -236,7 +236,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
 
         load = asyncio.run(run_load(cluster, key, "failing", 150 * scale(), 30, 40, watch))
         outcome = settle(cluster, "failures_20pct", load, min_ready=min(s.get("ready", 0) for s in states),
-                         codes=sorted({s.code or "" for s in load.before_first_byte}))
+                         codes=sorted({str(s.code or s.status) for s in load.before_first_byte}))
         outcome.extra["tracebacks"] = len(tracebacks(cluster.log_path, cluster.tmp / "state" / "logs"))
         return outcome
     finally:
