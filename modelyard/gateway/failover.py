@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from modelyard.routing.endpoints import Endpoint
+from modelyard.routing.endpoints import MAX_EJECTED_SHARE, Endpoint, may_eject
 
 UNWELL_STATUSES = frozenset({502, 503, 504})
 # how a stream that had started ends when its replica broke off or went silent (gateway/relay.py's outcome errors):
@@ -90,7 +90,8 @@ class OutlierDetector:
 
     `ejected(endpoint)` is called after each ejection, whichever way it was decided (a subclass reports it)."""
 
-    def __init__(self, threshold: int = 3, base_s: float = 5.0, max_s: float = 120.0, max_ejected: float = 0.5,
+    def __init__(self, threshold: int = 3, base_s: float = 5.0, max_s: float = 120.0,
+                 max_ejected: float = MAX_EJECTED_SHARE,
                  clock: Callable[[], float] = time.monotonic, interval_s: float = 10.0, min_requests: int = 50,
                  min_gap: float = 0.2) -> None:
         self.threshold, self.base_s, self.max_s, self.clock = threshold, base_s, max_s, clock
@@ -99,11 +100,7 @@ class OutlierDetector:
         self._intervals: dict[str, _Interval] = {}  # by model
 
     def may_eject(self, endpoint: Endpoint, peers: Sequence[Endpoint]) -> bool:
-        now = self.clock()
-        ready = [e for e in peers if e.ready]
-        ejected = sum(1 for e in ready if e.ejected_until > now and e is not endpoint)
-        allowed = min(len(ready) - 1, int(len(ready) * self.max_ejected))
-        return ejected < allowed
+        return may_eject(endpoint, peers, self.clock(), self.max_ejected)
 
     def failure(self, endpoint: Endpoint, hung: bool = False, peers: Sequence[Endpoint] | None = None) -> None:
         endpoint.consecutive_failures += 1
