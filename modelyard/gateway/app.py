@@ -117,7 +117,7 @@ class Gateway:
                                               m.admission.max_wait_s) for m in spec.models}
         self.tenancy = Tenancy(keys, store, self.limiter, self.queues, self.metrics)
         self.retry_budget = RetryBudget()
-        self.outliers = OutlierDetector()
+        self.outliers = OutlierDetector(on_eject=self._ejected)
         self.writer = (UsageWriter(store, flush_interval_s=spec.store.usage_flush_interval_s,
                                    batch_size=spec.store.usage_batch_size, on_flushed=self.limiter.commit_budget,
                                    retention_s=spec.store.usage_retention_days * 86400.0)
@@ -339,10 +339,10 @@ class Gateway:
                             "no_ready_replica", headers={"Retry-After": "1"})
 
     def _failed(self, endpoint: Endpoint, hung: bool = False) -> None:
-        before = endpoint.ejections
         self.outliers.failure(endpoint, hung=hung, peers=self.table.of(endpoint.model))
-        if endpoint.ejections > before:
-            self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
+
+    def _ejected(self, endpoint: Endpoint) -> None:
+        self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
     async def _send(self, endpoint: Endpoint, call: Call, data: bytes,
                     started: float) -> tuple[Connection, bytes]:

@@ -88,13 +88,15 @@ class OutlierDetector:
     """`max_ejected`: the share of a model's ready replicas that may be ejected at once (Envoy's
     max_ejection_percent); at least one always stays in, so a fault on every replica degrades, not blackholes.
 
-    `ejected(endpoint)` is called after each ejection, whichever way it was decided (a subclass reports it)."""
+    `ejected(endpoint)` is called after each ejection, whichever way it was decided (a subclass reports it; the
+    gateway counts it through `on_eject`)."""
 
     def __init__(self, threshold: int = 3, base_s: float = 5.0, max_s: float = 120.0,
                  max_ejected: float = MAX_EJECTED_SHARE,
                  clock: Callable[[], float] = time.monotonic, interval_s: float = 10.0, min_requests: int = 50,
-                 min_gap: float = 0.2) -> None:
+                 min_gap: float = 0.2, on_eject: Callable[[Endpoint], None] | None = None) -> None:
         self.threshold, self.base_s, self.max_s, self.clock = threshold, base_s, max_s, clock
+        self.on_eject = on_eject  # the gateway's metric
         self.max_ejected = max_ejected
         self.interval_s, self.min_requests, self.min_gap = interval_s, min_requests, min_gap
         self._intervals: dict[str, _Interval] = {}  # by model
@@ -118,7 +120,9 @@ class OutlierDetector:
             endpoint.ejected_until = 0.0
 
     def ejected(self, endpoint: Endpoint) -> None:
-        """Called after every ejection."""
+        """Called after every ejection, whichever way it was decided."""
+        if self.on_eject is not None:
+            self.on_eject(endpoint)
 
     def _eject(self, endpoint: Endpoint) -> None:
         endpoint.ejections += 1

@@ -81,13 +81,16 @@ def _serve(detector: OutlierDetector, peers: list[Endpoint], rounds: int, fails:
 
 def test_a_replica_whose_success_rate_is_well_below_its_peers_is_ejected() -> None:
     clock = Clock()
-    detector = OutlierDetector(clock=clock, interval_s=10, min_requests=50)
+    counted: list[int] = []  # the gateway's ejections metric
+    detector = OutlierDetector(clock=clock, interval_s=10, min_requests=50,
+                               on_eject=lambda e: counted.append(e.replica))
     peers = replicas(3)
     _serve(detector, peers, 60, {0: 3})  # replica 0 fails 1 in 3: never 3 in a row, a third of its answers wrong
     assert all(e.routable(clock.now) for e in peers)  # consecutive failures alone never eject it
     clock.now += 10
     detector.success(peers[1], peers=peers)  # the interval is judged on the next answer after it ends
     assert not peers[0].routable(clock.now) and peers[1].routable(clock.now) and peers[2].routable(clock.now)
+    assert counted == [0]
 
 
 def test_success_rates_eject_nothing_when_every_replica_fails_alike_or_volume_is_low() -> None:
