@@ -118,7 +118,39 @@ def _fuzz(operation: Any, mode: GenerationMode, base_url: str, cases: int, found
         assert mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET"
 
 
-def test_generated_requests_get_no_5xx_no_hang_and_no_traceback(cluster: Cluster) -> None:
+# what the generated requests found the gateway accept although the API says it is wrong (and the simulator took):
+# request validation, branch door's work (gateway/validate.py); each is refused with a 400 naming the field once done
+NEEDS_DOOR = pytest.mark.xfail(strict=True, reason="needs branch door: validated at the door (gateway/validate.py)")
+ACCEPTED_INVALID = {
+    "temperature above 2": ("/v1/chat/completions", {"temperature": 5}),
+    "top_p below 0": ("/v1/completions", {"top_p": -1.7976931348623157e308}),
+    "presence_penalty below -2": ("/v1/chat/completions", {"presence_penalty": -3}),
+    "frequency_penalty above 2": ("/v1/completions", {"frequency_penalty": 1e308}),
+    "stop false": ("/v1/chat/completions", {"stop": False}),
+    "stop a list of numbers": ("/v1/completions", {"stop": [1.5, {}]}),
+    "a message without a role": ("/v1/chat/completions", {"messages": [{"content": "hi"}]}),
+    "a message with role 0": ("/v1/chat/completions", {"messages": [{"role": 0.0, "content": "hi"}]}),
+    "a message name not a string": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi",
+                                                                            "name": 7}]}),
+    "seed an object": ("/v1/chat/completions", {"seed": {}}),
+    "stream_options.include_usage not a boolean": ("/v1/completions", {"stream_options": {"include_usage": []}}),
+}
+BASE = {"/v1/chat/completions": {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        "/v1/completions": {"model": "chat", "prompt": "hi", "max_tokens": 2}}
+
+
+@NEEDS_DOOR
+@pytest.mark.parametrize("what", sorted(ACCEPTED_INVALID))
+def test_what_the_api_says_is_wrong_is_refused_at_the_door(cluster: Cluster, what: str) -> None:
+    path, wrong = ACCEPTED_INVALID[what]
+    reply = httpx.post(cluster.url + path, json={**BASE[path], **wrong}, timeout=HANG_S,
+                       headers={"Authorization": f"Bearer {API_KEY}"})
+    assert reply.status_code == 400, reply.text
+
+
+@pytest.fixture(scope="module")
+def fuzzed(cluster: Cluster) -> tuple[Findings, list[str], int]:
+    """Every route, both modes; the cluster stopped afterwards, so that its logs are complete."""
     schema = schemathesis.openapi.from_url(cluster.url + "/openapi.json")
     document = httpx.get(cluster.url + "/openapi.json").json()
     found = Findings()
@@ -139,8 +171,18 @@ def test_generated_requests_get_no_5xx_no_hang_and_no_traceback(cluster: Cluster
                         "undocumented": len(found.undocumented), "not_openai_shaped": len(found.not_openai_shaped),
                         "accepted_invalid": dict(found.accepted_invalid), "accepted_samples":
                         found.accepted_samples, "server_error_samples": found.server_errors[:20]})
-    assert found.cases >= len(operations) * CASES
+    return found, logs, len(operations)
+
+
+def test_generated_requests_get_no_5xx_no_hang_and_no_traceback(fuzzed: tuple[Findings, list[str], int]) -> None:
+    found, logs, operations = fuzzed
+    assert found.cases >= operations * CASES
     assert found.server_errors == []
     assert found.hangs == []
     assert logs == []
     assert found.undocumented == [] and found.not_openai_shaped == []
+
+
+@NEEDS_DOOR
+def test_no_generated_request_that_the_api_says_is_wrong_is_accepted(fuzzed: tuple[Findings, list[str], int]) -> None:
+    assert dict(fuzzed[0].accepted_invalid) == {}
