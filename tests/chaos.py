@@ -50,6 +50,12 @@ class Seen:
 @dataclass
 class Load:
     seen: list[Seen] = field(default_factory=list)
+    flowing: int = 0  # content chunks received so far, by every stream (a fault can wait for streams to flow)
+
+    async def until_flowing(self, chunks: int, timeout_s: float = HANG_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.flowing < chunks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     @property
     def before_first_byte(self) -> list[Seen]:
@@ -69,7 +75,7 @@ class Load:
                 "hangs": len(self.hangs), "tokens_delivered": sum(s.tokens for s in self.seen)}
 
 
-async def _one(client: httpx.AsyncClient, key: str, request_id: str, max_tokens: int) -> Seen:
+async def _one(client: httpx.AsyncClient, key: str, request_id: str, max_tokens: int, load: Load) -> Seen:
     seen = Seen(request_id)
     body = {"model": "chat", "messages": [{"role": "user", "content": f"chaos {request_id}"}],
             "max_tokens": max_tokens, "stream": True}
@@ -95,6 +101,7 @@ async def _one(client: httpx.AsyncClient, key: str, request_id: str, max_tokens:
                         seen.error_event = True
                     elif '"content"' in data or '"text"' in data:
                         seen.tokens += 1
+                        load.flowing += 1
     except TimeoutError:
         seen.hung = True
     except httpx.HTTPError as exc:
@@ -103,7 +110,7 @@ async def _one(client: httpx.AsyncClient, key: str, request_id: str, max_tokens:
 
 
 async def run_load(cluster: Cluster, key: str, name: str, count: int, concurrency: int, max_tokens: int,
-                   fault: Callable[[], Awaitable[None]] | None = None) -> Load:
+                   fault: Callable[[Load], Awaitable[None]] | None = None) -> Load:
     """`count` streams, `concurrency` at a time; `fault` runs beside them (it starts with the load)."""
     load = Load()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -112,11 +119,11 @@ async def run_load(cluster: Cluster, key: str, name: str, count: int, concurrenc
 
         async def one(index: int) -> None:
             async with gate:
-                load.seen.append(await _one(client, key, f"{name}-{index}", max_tokens))
+                load.seen.append(await _one(client, key, f"{name}-{index}", max_tokens, load))
 
         tasks = [asyncio.create_task(one(i)) for i in range(count)]
         if fault is not None:
-            await fault()
+            await fault(load)
         await asyncio.gather(*tasks)
     return load
 
@@ -157,7 +164,7 @@ def lost_or_zeroed(load: Load, rows: dict[str, tuple[int, int, str]]) -> tuple[l
 
 
 async def freeze(process: psutil.Process, after_s: float, for_s: float) -> None:
-    await asyncio.sleep(after_s)
+    await asyncio.sleep(after_s)  # after_s: once the caller's streams flow
     signal_one(process, signal.SIGSTOP)
     try:
         await asyncio.sleep(for_s)
