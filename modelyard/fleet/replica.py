@@ -19,6 +19,8 @@ from modelyard.spec.schema import BaseModelSpec
 
 log = logging.getLogger("modelyard.fleet")
 EJECTED_PROBE_TIMEOUT_S = 10.0
+HUNG_AFTER_S = 10.0  # a ready replica that passes no check for this long (or its first_byte_s, if shorter) is unhealthy
+MIN_HUNG_AFTER_S = 3.0  # however short first_byte_s: each check may take half of it (a loaded engine answers late)
 DRAIN_GRACE_S = 0.5  # the gateway workers see a draining replica within this (feed 0.1 s, in-flight reports 0.25 s)
 PAUSED = frozenset({ReplicaState.DRAINING, ReplicaState.ASLEEP})  # not probed: the actuator owns them now
 
@@ -55,6 +57,7 @@ class ReplicaRunner:
         self.deadline = 0.0  # while starting or waking: when it must be ready by
         self.acting = False  # the engine is being put to sleep or woken: not probed meanwhile
         self._watched_at = time.monotonic()  # the last watchdog probe of a ready replica
+        self._passed_at = time.monotonic()  # the last check that a ready replica passed
         self._told = ""  # the last probe failure written to the logs, each new one once
 
     async def run(self) -> None:
@@ -109,6 +112,7 @@ class ReplicaRunner:
             problem = await self._check()
             if problem is None:
                 failures = 0
+                self._passed_at = time.monotonic()
                 if not self.endpoint.ready:
                     self._set(ReplicaState.READY, "")
                     self._told = ""
@@ -122,11 +126,20 @@ class ReplicaRunner:
                 self._starting(problem)
             else:
                 failures += 1
-                if failures >= 3 and self.endpoint.ready:
+                if self.endpoint.ready and (failures >= 3 or self._silent_s() >= self.hung_after_s):
                     self._set(ReplicaState.UNHEALTHY, problem)
                     log.warning("%s unhealthy: %s", self.endpoint.id, problem)
             interval = self.health_interval_s if self.endpoint.ready else 0.25
             await self._sleep_or_exit(process, interval)
+
+    @property
+    def hung_after_s(self) -> float:
+        """How long a ready replica may fail its checks (a frozen one: each waits out its timeout) before it is
+        unhealthy, three failures or not: within the model's own first-byte timeout."""
+        return max(MIN_HUNG_AFTER_S, min(HUNG_AFTER_S, self.model.timeouts.first_byte_s))
+
+    def _silent_s(self) -> float:
+        return time.monotonic() - self._passed_at
 
     def _starting(self, problem: str) -> None:
         """A replica that does not pass its probe yet says why, on its status line and in its logs."""
@@ -144,9 +157,15 @@ class ReplicaRunner:
 
     async def _check(self) -> str | None:
         if self.endpoint.ready and self.endpoint.ejected_until > time.monotonic():
-            await self._probe_ejected()
+            problem = await self._probe_ejected()
+            if problem is not None and self._silent_s() + self.health_interval_s >= self.hung_after_s:
+                return problem  # no answer since long enough: this round failed, without waiting for /health too
         if self.endpoint.ready:
-            problem = await self.engine.health(self.session, self.endpoint.url, self.model)
+            try:  # bounded here too: a frozen replica must fail two checks within `hung_after_s`
+                problem = await asyncio.wait_for(self.engine.health(self.session, self.endpoint.url, self.model),
+                                                 self.hung_after_s / 2)
+            except TimeoutError:
+                problem = "health check timed out"
             return problem if problem is not None else await self._watchdog()
         return await self.engine.probe(self.session, self.endpoint.url, self.model)
 
@@ -170,11 +189,11 @@ class ReplicaRunner:
         log.warning("%s: watchdog: %s", self.endpoint.id, problem)
         return problem
 
-    async def _probe_ejected(self) -> None:
+    async def _probe_ejected(self) -> str | None:
         """Active probing: a replica the gateway ejected comes back as soon as it generates again."""
         try:
             problem = await asyncio.wait_for(self.engine.probe(self.session, self.endpoint.url, self.model),
-                                             EJECTED_PROBE_TIMEOUT_S)
+                                             min(EJECTED_PROBE_TIMEOUT_S, self.hung_after_s / 2))
         except TimeoutError:
             problem = "probe timed out"
         if problem is None:
@@ -182,6 +201,7 @@ class ReplicaRunner:
             self.endpoint.ejections = 0
             self.endpoint.consecutive_failures = 0
             log.info("%s: generates again, back from ejection", self.endpoint.id)
+        return problem
 
     async def _sleep_or_exit(self, process: asyncio.subprocess.Process | None, seconds: float) -> None:
         if process is None:

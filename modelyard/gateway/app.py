@@ -26,8 +26,10 @@ from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import TWICE, KeyRing, Twice, authorization, cache_salt
 from modelyard.gateway.errors import openai_error, openai_shaped
-from modelyard.gateway.failover import OutlierDetector, RetryBudget, replica_unwell
+from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudget, replica_unwell
+from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
+from modelyard.gateway.openapi import OpenApiEndpoint
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.scope import ClientWatch, ended_by
 from modelyard.gateway.slo import RecentLatency
@@ -39,7 +41,7 @@ from modelyard.observability.metrics import GatewayMetrics
 from modelyard.observability.recent import RecentTraffic, rejection_kind
 from modelyard.observability.ui_routes import StatusPage
 from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
-from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
+from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
 from modelyard.spec.schema import BaseModelSpec, YardSpec
@@ -118,7 +120,7 @@ class Gateway:
                                               m.admission.max_wait_s) for m in spec.models}
         self.tenancy = Tenancy(keys, store, self.limiter, self.queues, self.metrics)
         self.retry_budget = RetryBudget()
-        self.outliers = OutlierDetector()
+        self.outliers = OutlierDetector(on_eject=self._ejected)
         self.writer = (UsageWriter(store, flush_interval_s=spec.store.usage_flush_interval_s,
                                    batch_size=spec.store.usage_batch_size, on_flushed=self.limiter.commit_budget,
                                    retention_s=spec.store.usage_retention_days * 86400.0)
@@ -197,16 +199,9 @@ class Gateway:
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     async def health(self, request: Request) -> Response:
-        models: dict[str, dict[str, Any]] = {}
-        for m in self.spec.models:
-            view = self.fleet.get(m.name, {})
-            models[m.name] = {"ready": len(self.table.ready(m.name)), "replicas": view.get("desired", m.min_replicas),
-                              "strategy": view.get("strategy", "fixed")}
-            for state in (ReplicaState.STARTING, ReplicaState.DRAINING, ReplicaState.ASLEEP, ReplicaState.WAKING):
-                if count := sum(1 for e in self.table.of(m.name) if e.state is state):
-                    models[m.name][state.value] = count
-        ok = all(v["ready"] > 0 or v["replicas"] == 0 for v in models.values())
-        body = {"status": "ok" if ok else "degraded", "models": models}
+        now = time.monotonic()
+        body, ok = health_body({m.name: model_health(self.table, m.name, self.fleet.get(m.name, {}), m.min_replicas,
+                                                     now) for m in self.spec.models})
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     async def generate(self, request: Request) -> Response:
@@ -364,8 +359,8 @@ class Gateway:
                     self._release(endpoint, model)
                     last_error = f"replica {endpoint.id} answered {upstream.status}"
                     continue
-            else:
-                self.outliers.success(endpoint)  # an answer about the request itself (4xx, 501, ...) included
+            elif not call.stream or upstream.status != 200:  # a stream is judged at its end (`_respond`)
+                self.outliers.success(endpoint, self.table.of(model))  # an answer about the request too
             return await self._respond(upstream, first, endpoint, call, outcome)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
             outcome.status, outcome.error = 504, "timeout"
@@ -377,10 +372,10 @@ class Gateway:
                             "no_ready_replica", headers={"Retry-After": "1"})
 
     def _failed(self, endpoint: Endpoint, hung: bool = False) -> None:
-        before = endpoint.ejections
         self.outliers.failure(endpoint, hung=hung, peers=self.table.of(endpoint.model))
-        if endpoint.ejections > before:
-            self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
+
+    def _ejected(self, endpoint: Endpoint) -> None:
+        self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
     async def _send(self, endpoint: Endpoint, call: Call, data: bytes,
                     started: float) -> tuple[Connection, bytes]:
@@ -415,6 +410,11 @@ class Gateway:
         model = call.model.name
 
         def finish(done: Outcome) -> None:
+            streamed = call.stream and upstream.status == 200
+            if streamed and done.error in BROKEN_STREAM:  # the replica broke it off or went silent
+                self._failed(endpoint)
+            elif streamed and done.error is None:
+                self.outliers.success(endpoint, self.table.of(model))
             self._release(endpoint, model)
             self.router.finished(call.route, endpoint)
             self._record(call, done)
@@ -590,6 +590,7 @@ def create_gateway(spec: YardSpec, table: EndpointTable, keys: KeyRing, store: S
         *(Route(path, gateway.generate, methods=["POST"]) for path in GENERATION_PATHS),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/health", gateway.health, methods=["GET"]),
+        Route("/openapi.json", OpenApiEndpoint(gateway).serve, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(gateway, admin_key, metrics_key).serve, methods=["GET"]),
         *gateway.admin.routes(),
         *StatusPage(gateway, admin_key, ui_key).routes(),

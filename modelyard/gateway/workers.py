@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +68,14 @@ def listen_socket(host: str, port: int) -> socket.socket:
 class ReportingOutliers(OutlierDetector):
     """Ejects as the gateway always does, and tells the parent, which shares it with every worker."""
 
-    def __init__(self, send: Send, held: Held) -> None:
-        super().__init__()
+    def __init__(self, send: Send, held: Held, on_eject: Callable[[Endpoint], None] | None = None) -> None:
+        super().__init__(on_eject=on_eject)
         self.send, self.held = send, held
 
-    def failure(self, endpoint: Endpoint, hung: bool = False, peers: Sequence[Endpoint] | None = None) -> None:
-        before = endpoint.ejected_until
-        super().failure(endpoint, hung, peers)
-        if endpoint.ejected_until != before:
-            self.held[(endpoint.model, endpoint.replica)] = endpoint.ejected_until
-            self.send({"ejected": ejection(endpoint)})
+    def ejected(self, endpoint: Endpoint) -> None:
+        super().ejected(endpoint)
+        self.held[(endpoint.model, endpoint.replica)] = endpoint.ejected_until
+        self.send({"ejected": ejection(endpoint)})
 
 
 def server_for(app: Any, spec: YardSpec) -> Server:
@@ -120,7 +118,7 @@ class Worker:
                              admin_key=self.config.get("admin_key"), workers=int(self.config["workers"]),
                              ui_key=self.config.get("ui_key"), metrics_key=self.config.get("metrics_key"))
         gateway: Gateway = app.state.gateway
-        gateway.outliers = ReportingOutliers(self.send, self.held)
+        gateway.outliers = ReportingOutliers(self.send, self.held, gateway.outliers.on_eject)
         gateway.fleet = fleet or {}
         self.gateway = gateway
         sock = listen_socket(self.spec.gateway.host, self.spec.gateway.port)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -15,6 +15,9 @@ class ReplicaState(StrEnum):
     RESTARTING = "restarting"
     FAILED = "failed"
     STOPPED = "stopped"
+
+
+MAX_EJECTED_SHARE = 0.5  # of a model's ready replicas, ejected at once (Envoy's max_ejection_percent); never the last
 
 
 @dataclass(slots=True)  # slots: routing reads a few fields of every replica for every request
@@ -93,3 +96,12 @@ class EndpointTable:
     def __iter__(self) -> Iterator[Endpoint]:
         for replicas in self._by_model.values():
             yield from replicas
+
+
+def may_eject(endpoint: Endpoint, peers: Sequence[Endpoint], now: float, share: float = MAX_EJECTED_SHARE) -> bool:
+    """Whether `endpoint` may be (or stay) ejected with the other ejections among its model's ready `peers`: the
+    gateway's detector asks before it ejects (gateway/failover.py), the parent before it adopts a worker's ejection
+    and a worker before it keeps its own (routing/feed.py), so that the cap holds across workers too."""
+    ready = [e for e in peers if e.ready]
+    ejected = sum(1 for e in ready if e.ejected_until > now and e is not endpoint)
+    return ejected < min(len(ready) - 1, int(len(ready) * share))

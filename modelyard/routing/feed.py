@@ -6,17 +6,21 @@ ejection decided in a worker is reported to the parent (`ejection(endpoint)`), w
 every worker; until the parent's table shows it, the worker keeps its own (`Held`), so a snapshot sent before
 the report arrived does not undo it. The parent's supervisor probes an ejected replica and clears the ejection,
 which reaches the workers with the next snapshot. time.monotonic() is one clock for every process on Linux.
+
+The cap on a model's ejected replicas (`may_eject`) holds across the workers: two workers that each eject one of a
+model's two replicas would otherwise take both out. The parent refuses an ejection past the cap, and a worker lets
+go of one of its own that the parent's table has no room for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
-from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
+from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState, may_eject
 
 PER_WORKER = frozenset({"in_flight", "in_flight_at_scrape", "consecutive_failures"})
-EJECTION_FIELDS = ("ejected_until", "ejections")
 # the engine's metrics, when a worker scrapes them itself: a parent that never scraped (0.0) does not overwrite
 SCRAPE_STAMP = "scraped_at"
 SCRAPE_FIELDS = ("waiting", "running", "kv_usage", "kv_blocks", "kv_block_size", "scraped_at")
@@ -45,10 +49,14 @@ def ejection(endpoint: Endpoint) -> dict[str, Any]:
             "ejections": endpoint.ejections}
 
 
-def adopt_ejection(table: EndpointTable, report: dict[str, Any]) -> bool:
-    """The parent's side: a worker ejected a replica; True if the table changed."""
-    for endpoint in table.of(str(report["model"])):
+def adopt_ejection(table: EndpointTable, report: dict[str, Any], now: float | None = None) -> bool:
+    """The parent's side: a worker ejected a replica; True if the table changed (False too past the cap)."""
+    now = time.monotonic() if now is None else now
+    peers = table.of(str(report["model"]))
+    for endpoint in peers:
         if endpoint.replica == report["replica"] and float(report["ejected_until"]) > endpoint.ejected_until:
+            if not may_eject(endpoint, peers, now):
+                return False
             endpoint.ejected_until = float(report["ejected_until"])
             endpoint.ejections = max(endpoint.ejections, int(report["ejections"]))
             return True
@@ -60,6 +68,7 @@ def apply(table: EndpointTable, items: list[dict[str, Any]], held: Held, now: fl
     known = {f.name for f in dataclasses.fields(Endpoint)}
     current = {(e.model, e.replica): e for e in table}
     seen: set[tuple[str, int]] = set()
+    kept: list[tuple[Endpoint, float, int]] = []  # own ejections the parent does not show yet, and what it shows
     for item in items:
         fields = {k: v for k, v in item.items() if k in known and k not in PER_WORKER}
         fields["state"] = ReplicaState(fields["state"])
@@ -77,8 +86,7 @@ def apply(table: EndpointTable, items: list[dict[str, Any]], held: Held, now: fl
             if fields["ejected_until"] >= mine or mine <= now:
                 del held[key]  # the parent has it (or it is over)
             else:
-                for name in EJECTION_FIELDS:
-                    fields.pop(name)
+                kept.append((endpoint, fields.pop("ejected_until"), fields.pop("ejections")))
         if endpoint.ejected_until > now and "ejected_until" in fields and fields["ejected_until"] <= now:
             endpoint.consecutive_failures = 0  # the supervisor's probe brought it back
         for name, value in fields.items():
@@ -86,3 +94,7 @@ def apply(table: EndpointTable, items: list[dict[str, Any]], held: Held, now: fl
     for endpoint in list(table):
         if (endpoint.model, endpoint.replica) not in seen:
             table.remove(endpoint)
+    for endpoint, until, ejections in kept:  # past the cap with the others' ejections: the parent will refuse it
+        if not may_eject(endpoint, table.of(endpoint.model), now):
+            endpoint.ejected_until, endpoint.ejections = until, ejections
+            del held[(endpoint.model, endpoint.replica)]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from modelyard.spec import common, scaling, schema, validation
 from modelyard.spec.schema import ENGINE_NAMES, REPLICAS_FORMS, YardSpec
 
 Loc = tuple[str | int, ...]
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
 
 
 class SpecError(Exception):
@@ -23,10 +25,14 @@ class SpecError(Exception):
 
 
 def format_path(loc: Iterable[str | int]) -> str:
+    """`models[2].replicas.max`; a key that is not a plain name is quoted (`params['a b']`), so that a path made of
+    blanks or control characters still reads as one."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not PLAIN_KEY.match(str(part)):
+            out += f"[{str(part)!r}]"
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
@@ -133,6 +139,13 @@ def _where(loc: Loc, lines: dict[Loc, int], source: str) -> str:
 
 
 def parse_spec(text: str, source: str = "yard.yaml") -> YardSpec:
+    try:
+        return _parse(text, source)
+    except RecursionError:  # PyYAML and pydantic recurse per level: a document nested thousands deep
+        raise SpecError([f"not valid YAML: nested too deeply ({source})"]) from None
+
+
+def _parse(text: str, source: str) -> YardSpec:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

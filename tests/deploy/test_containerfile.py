@@ -61,8 +61,13 @@ def test_pip_installs_are_pinned() -> None:
             for command in args.split("&&"):
                 if "pip install" not in command:
                     continue
-                packages = [p for p in command.split("pip install", 1)[1].split() if not p.startswith("-")]
+                words = command.split("pip install", 1)[1].split()
+                if "-r" in words:  # a lock file: every version pinned, with its hashes
+                    assert "--require-hashes" in words and words[words.index("-r") + 1].endswith(".lock"), command
+                    continue
+                packages = [p for p in words if not p.startswith("-")]
                 assert packages and all("==" in p or p.startswith("/") for p in packages), command
+                assert "--no-deps" in words or "/" not in "".join(packages), command  # the project: deps from the lock
 
 
 def test_no_secrets_and_the_version_matches() -> None:

@@ -45,7 +45,7 @@ def test_engine_metrics_a_worker_scraped_are_not_overwritten_by_a_parent_that_ne
 
 
 def test_an_ejection_in_a_worker_survives_a_stale_table_until_the_parent_has_it() -> None:
-    parent, worker, held = parent_table(0), EndpointTable(), Held()
+    parent, worker, held = parent_table(0, 1), EndpointTable(), Held()
     apply(worker, sent(parent), held, now=10.0)
     mine = worker.of("chat")[0]
     mine.ejected_until, mine.ejections = 15.0, 1
@@ -53,7 +53,7 @@ def test_an_ejection_in_a_worker_survives_a_stale_table_until_the_parent_has_it(
     report = ejection(mine)
     apply(worker, sent(parent), held, now=10.1)  # sent before the parent read the report
     assert mine.ejected_until == 15.0 and held
-    assert adopt_ejection(parent, report) and not adopt_ejection(parent, report)
+    assert adopt_ejection(parent, report, now=10.1) and not adopt_ejection(parent, report, now=10.1)
     assert parent.of("chat")[0].ejected_until == 15.0
     apply(worker, sent(parent), held, now=10.2)
     assert not held and mine.ejected_until == 15.0
@@ -71,3 +71,23 @@ def test_an_expired_held_ejection_is_let_go() -> None:
     held[("chat", 0)] = 12.0
     apply(worker, sent(parent), held, now=13.0)
     assert not held and worker.of("chat")[0].ejected_until == 0.0
+
+
+def test_the_ejection_cap_holds_across_workers() -> None:
+    """Two workers each eject one of a model's two replicas: the parent adopts the first report only, and the
+    worker whose own ejection has no room left in the parent's table lets it go (both were out in both workers)."""
+    parent, first, second = parent_table(0, 1), EndpointTable(), EndpointTable()
+    held_first, held_second = Held(), Held()
+    apply(first, sent(parent), held_first, now=10.0)
+    apply(second, sent(parent), held_second, now=10.0)
+    for worker, held, replica in ((first, held_first, 0), (second, held_second, 1)):
+        mine = worker.of("chat")[replica]
+        mine.ejected_until, mine.ejections = 15.0, 1
+        held[("chat", replica)] = 15.0
+    assert adopt_ejection(parent, ejection(first.of("chat")[0]), now=10.1)
+    assert not adopt_ejection(parent, ejection(second.of("chat")[1]), now=10.1)  # past the cap: refused
+    assert [e.routable(10.2) for e in parent.of("chat")] == [False, True]
+    for worker, held in ((first, held_first), (second, held_second)):
+        apply(worker, sent(parent), held, now=10.2)
+        assert [e.routable(10.2) for e in worker.of("chat")] == [False, True]
+        assert not held
