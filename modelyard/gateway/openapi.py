@@ -38,7 +38,8 @@ SAMPLING = {"max_tokens": TOKENS, "max_completion_tokens": TOKENS,
             "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
             "user": {"type": "string"}}
 MESSAGE = {"type": "object", "required": ["role", "content"],
-           "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+           "properties": {"role": {"type": "string", "minLength": 1,  # engines take custom roles too (vLLM)
+                                    "examples": ["system", "developer", "user", "assistant", "tool"]},
                           "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}},
                                                 {"type": "null"}]},
                           "name": {"type": "string"}}}

@@ -139,6 +139,8 @@ def messages(value: Any, name: str) -> str | None:
         role = message.get("role")
         if not isinstance(role, str) or not role:
             return f"{name}[{i}].role must be a non-empty string"
+        if "name" in message and not isinstance(message["name"], str):
+            return f"{name}[{i}].name must be a string"
         content = message.get("content")
         if isinstance(content, str):
             continue

@@ -6,8 +6,7 @@ under load. What must hold: no request fails before its first byte (the gateway 
 that is cut ends with an SSE error event (never a silent end), every request that reached a replica has its usage
 row, with the tokens it delivered, and nothing hangs or writes a traceback.
 
-Each scenario runs once (a module fixture) and its outcomes are asserted by several tests, so that what depends on
-another branch's work is marked there alone (`xfail(strict=True)`: it passes once that work is merged).
+Each scenario runs once (a module fixture) and its outcomes are asserted by several tests.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ from tests.cluster import Cluster
 ADMIN = "admin-" + "c" * 24
 TIMEOUTS = {"first_byte_s": 4, "between_chunks_s": 3, "total_s": 60}
 FAST = {"itl_base_s": 0.01, "itl_per_seq_s": 0.0, "prefill_overhead_s": 0.002, "prefill_s_per_token": 0.00001}
-NEEDS_USAGE = pytest.mark.xfail(strict=True, reason="needs branch usage: a cut stream charged the tokens it delivered")
-NEEDS_SERVER = pytest.mark.xfail(strict=True, reason="needs branch server: SIGTERM ends each stream left at the "
-                                                     "drain deadline with an SSE error event")
 
 
 @dataclass
@@ -187,7 +183,6 @@ def test_a_replica_killed_under_streams(killed: Outcome) -> None:
     assert any(s.cut for s in killed.load.seen)  # the fault did hit streams: each cut one ended with an SSE error
 
 
-@NEEDS_USAGE
 def test_streams_cut_by_a_killed_replica_are_charged_what_they_delivered(killed: Outcome) -> None:
     assert killed.zeroed == []
 
@@ -198,7 +193,6 @@ def test_a_frozen_replica_is_marked_unhealthy_and_no_request_fails(frozen: Outco
     assert any(s.cut for s in frozen.load.seen)  # its streams went silent: each ended with an SSE error
 
 
-@NEEDS_USAGE
 def test_streams_cut_by_a_frozen_replica_are_charged_what_they_delivered(frozen: Outcome) -> None:
     assert frozen.zeroed == []
 
@@ -280,13 +274,10 @@ def test_sigterm_under_load_fails_no_request_before_its_first_byte_and_loses_no_
     assert terminated.lost == []
 
 
-@NEEDS_SERVER
 def test_sigterm_ends_every_cut_stream_with_an_sse_error(terminated: Outcome) -> None:
     assert any(s.cut for s in terminated.load.seen) and terminated.load.silent_cuts == []
     assert terminated.extra["tracebacks"] == 0  # today: uvicorn cancels each stream at its 5 s, with a traceback
 
 
-@pytest.mark.xfail(strict=True, reason="needs branches server and usage: streams cut at the drain deadline "
-                                       "recorded with the tokens they delivered")
 def test_sigterm_records_what_each_cut_stream_delivered(terminated: Outcome) -> None:
     assert terminated.zeroed == []
