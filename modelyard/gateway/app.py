@@ -3,11 +3,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,16 +21,25 @@ from modelyard.engines import EngineAdapter, get_engine
 from modelyard.gateway import validate
 from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
-from modelyard.gateway.auth import TWICE, KeyRing, Twice, authorization, cache_salt
+from modelyard.gateway.auth import KeyRing, Twice, authorization, cache_salt
 from modelyard.gateway.errors import openai_error, openai_shaped
 from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
+from modelyard.gateway.request import (
+    GENERATION_PATHS,
+    MAX_BODY_BYTES,
+    REQUEST_ID_HEADER,
+    STREAMED_PATHS,
+    Call,
+    read_body,
+    read_headers,
+)
 from modelyard.gateway.scope import ClientWatch, ended_by
 from modelyard.gateway.slo import RecentLatency
-from modelyard.gateway.tenancy import Tenancy, Ticket, refuse_twice
+from modelyard.gateway.tenancy import Tenancy, refuse_twice
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter, charge, parse_usage, texts
 from modelyard.observability.exposition import MetricsEndpoint
@@ -49,16 +55,7 @@ from modelyard.store.base import KeyRecord, Store, UsageRecord
 
 log = logging.getLogger("modelyard.gateway")
 access = logging.getLogger("modelyard.access")  # gateway.access_log: one JSON line per request
-MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ATTEMPTS = 3
-SESSION_HEADER_BYTES = SESSION_HEADER.encode()
-REQUEST_ID_HEADER = b"x-request-id"
-REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # a client's id is kept when it is this; else one is made
-# the gateway's generation paths, and the path each is served as (peers spell rerank three ways)
-GENERATION_PATHS = {"/v1/chat/completions": "/v1/chat/completions", "/v1/completions": "/v1/completions",
-                    "/v1/embeddings": "/v1/embeddings", "/v1/rerank": "/v1/rerank", "/rerank": "/v1/rerank",
-                    "/v2/rerank": "/v1/rerank"}
-STREAMED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 HOLD_POLL_S = 0.05
 
 
@@ -83,24 +80,6 @@ def stale_connection(exc: BaseException) -> bool:
     """A pooled connection that the engine had closed (worth one more try on the same replica); a refused or
     failed connect is a down replica, retried elsewhere at once."""
     return isinstance(exc, StaleConnection)
-
-
-@dataclass
-class Call:
-    """One generation request on its way: what the relay needs to know about it."""
-
-    path: str  # as the engine serves it
-    body: bytes
-    payload: dict[str, Any]
-    model: BaseModelSpec
-    stream: bool
-    ticket: Ticket | None  # once admitted
-    route: RouteRequest
-    keep_usage: bool = True
-    arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
-    request_id: bytes = b""
-    recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written
-    watch: ClientWatch | None = None
 
 
 class Gateway:
@@ -510,35 +489,6 @@ class Gateway:
                 e2e_s=now - outcome.started, status=outcome.status, error=outcome.error,
                 request_id=call.request_id.decode(), estimated=charged.estimated,
                 **(texts(call.payload, outcome.body, call.stream) if call.model.store_text else {})))
-
-
-def read_headers(scope: Scope) -> tuple[str | Twice | None, str | None, bytes]:
-    """The headers a generation request needs: its key, its session id, its request id (the client's, when it is
-    one, else a new one; kept in the scope for the response's header)."""
-    authorization: str | Twice | None = None
-    session = None
-    request_id = b""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            authorization = value.decode("latin-1") if authorization is None else TWICE
-        elif name == SESSION_HEADER_BYTES:
-            session = value.decode("latin-1")
-        elif name == REQUEST_ID_HEADER and REQUEST_ID.fullmatch(value):
-            request_id = value
-    request_id = scope["modelyard.request_id"] = request_id or os.urandom(12).hex().encode()
-    return authorization, session, request_id
-
-
-async def read_body(receive: Receive) -> bytes:
-    """The request's body, as Starlette's `Request.body()` reads it (ClientDisconnect if the client left)."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

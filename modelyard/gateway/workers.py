@@ -30,11 +30,12 @@ from typing import Any
 
 import orjson
 
-from modelyard.gateway.app import MAX_BODY_BYTES, Gateway, create_gateway
+from modelyard.gateway.app import Gateway, create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.failover import OutlierDetector
 from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter
 from modelyard.gateway.protocol import Limits
+from modelyard.gateway.request import MAX_BODY_BYTES
 from modelyard.gateway.server import Server
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.routing.endpoints import Endpoint, EndpointTable

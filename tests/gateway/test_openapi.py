@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import jsonschema
 
-from modelyard.gateway.app import GENERATION_PATHS, per_model
+from modelyard.gateway.app import per_model
 from modelyard.gateway.openapi import openapi_document
+from modelyard.gateway.request import GENERATION_PATHS
 from modelyard.spec.loader import parse_spec
 
 SPEC = """
