@@ -70,6 +70,7 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
     image = "vllm/vllm-openai:v0.33.0"  # the flags were recorded from this version
     command = "vllm"
     metrics = METRICS
+    tokenize_path = "/tokenize"
     default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)
 
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:

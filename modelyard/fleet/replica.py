@@ -80,6 +80,13 @@ class ReplicaRunner:
         self.endpoint.url = f"http://{self.host}:{port}"
         plan = self.engine.launch(self.model, self.host, port, self.endpoint.replica)
         assert plan is not None
+        events = self.engine.kv_events(self.model, self.host)
+        if events is not None:
+            plan = self.engine.with_kv_events(self.model, plan, events)
+        self.endpoint.kv_events = events.endpoint if events else None
+        self.endpoint.kv_replay = events.replay if events else None
+        self.endpoint.kv_topic = events.topic if events else ""
+        self.endpoint.kv_hash_seed = events.hash_seed if events else None
         with open_log(self.log_path) as logfile:
             logfile.write(f"\n=== modelyard: starting {self.endpoint.id} on port {port}: "
                           f"{' '.join(plan.argv)}\n".encode())

@@ -177,6 +177,9 @@ class SimulatorModel(BaseModelSpec):
     engine: Literal["simulator"]
     profile: str = "tiny-cpu"
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # publish KV cache events as vLLM does (ZMQ on loopback, addresses chosen by `up`, which connects the router
+    # to them): the model's default routing profile is then `precise` (routing/registry.py)
+    kv_events: bool = False
 
 
 class OpenAIModel(BaseModelSpec):
