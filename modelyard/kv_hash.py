@@ -35,13 +35,14 @@ def _head(major: int, n: int) -> bytes:
     return bytes((major | 27,)) + struct.pack(">Q", n)
 
 
-def _uints(values: Sequence[int]) -> bytes:
-    out = bytearray(_head(0x80, len(values)))
-    for v in values:
-        if v < 0:
+class _Encodings(dict[int, bytes]):
+    """Each token id's CBOR encoding, made once (a vocabulary is bounded: at most its size of entries)."""
+
+    def __missing__(self, token: int) -> bytes:
+        if token < 0:
             raise ValueError("token ids are unsigned")
-        out += _head(0x00, v)
-    return bytes(out)
+        encoded = self[token] = _head(0x00, token)
+        return encoded
 
 
 def none_hash(seed: str) -> bytes:
@@ -50,29 +51,50 @@ def none_hash(seed: str) -> bytes:
     return hashlib.sha256(_head(0x60, len(raw)) + raw).digest()
 
 
-def block_digest(parent: bytes, tokens: Sequence[int]) -> bytes:
-    """sha256_cbor((parent, tuple(tokens), None))."""
-    return hashlib.sha256(b"\x83" + _head(0x40, len(parent)) + parent + _uints(tokens) + _NULL).digest()
-
-
 def external(digest: bytes) -> int:
     """The hash as the KV events carry it: the digest as a big-endian int, masked to 64 bits."""
     return int.from_bytes(digest, "big") & _MASK
 
 
+class BlockHasher:
+    """vLLM's block chain for one seed; keeps the token ids' encodings, so a block costs a join and a SHA-256."""
+
+    def __init__(self, seed: str = "0") -> None:
+        self.seed = seed
+        self.root = none_hash(seed)
+        self._encoded = _Encodings()
+
+    def digest(self, parent: bytes, tokens: Sequence[int]) -> bytes:
+        """sha256_cbor((parent, tuple(tokens), None))."""
+        body = b"".join(map(self._encoded.__getitem__, tokens))
+        return hashlib.sha256(b"\x83" + _head(0x40, len(parent)) + parent + _head(0x80, len(tokens)) + body
+                              + _NULL).digest()
+
+    def chain(self, tokens: Sequence[int], block_size: int, limit: int | None = None) -> list[bytes]:
+        """The digests of the full blocks of `tokens` (at most `limit`), each chained to the one before."""
+        count = len(tokens) // block_size
+        if limit is not None:
+            count = min(count, limit)
+        parent = self.root
+        out = []
+        digest = self.digest
+        for start in range(0, count * block_size, block_size):
+            parent = digest(parent, tokens[start:start + block_size])
+            out.append(parent)
+        return out
+
+    def keys(self, tokens: Sequence[int], block_size: int, limit: int | None = None) -> tuple[int, ...]:
+        """The events' keys of the prompt's full blocks: what a router looks up in a KV-event index."""
+        return tuple(int.from_bytes(d[-8:], "big") for d in self.chain(tokens, block_size, limit))
+
+
+def block_digest(parent: bytes, tokens: Sequence[int]) -> bytes:
+    return BlockHasher().digest(parent, tokens)
+
+
 def chain(tokens: Sequence[int], block_size: int, seed: str, limit: int | None = None) -> list[bytes]:
-    """The digests of the full blocks of `tokens` (at most `limit`), each chained to the one before."""
-    count = len(tokens) // block_size
-    if limit is not None:
-        count = min(count, limit)
-    parent = none_hash(seed)
-    out = []
-    for start in range(0, count * block_size, block_size):
-        parent = block_digest(parent, tokens[start:start + block_size])
-        out.append(parent)
-    return out
+    return BlockHasher(seed).chain(tokens, block_size, limit)
 
 
 def block_keys(tokens: Sequence[int], block_size: int, seed: str, limit: int | None = None) -> tuple[int, ...]:
-    """The events' keys of the prompt's full blocks: what a router looks up in a KV-event index."""
-    return tuple(external(d) for d in chain(tokens, block_size, seed, limit))
+    return BlockHasher(seed).keys(tokens, block_size, limit)

@@ -125,6 +125,10 @@ class EngineAdapter:
         """The command that runs one replica, or None for a server modelyard does not launch."""
         return None
 
+    def publishes_kv_events(self, model: BaseModelSpec) -> bool:
+        """Whether this model's replicas publish KV events (its default routing profile is then `precise`)."""
+        return False
+
     def kv_events(self, model: BaseModelSpec, host: str) -> KVEvents | None:
         """Where a replica about to start will publish its KV events (fresh addresses on `host`), or None when the
         engine publishes none, or this model has them off."""

@@ -47,6 +47,10 @@ class SimulatorEngine(VLLMSleep):
             argv += ["--task", model.task]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
+    def publishes_kv_events(self, model: BaseModelSpec) -> bool:
+        assert isinstance(model, SimulatorModel)
+        return model.kv_events
+
     def kv_events(self, model: BaseModelSpec, host: str) -> KVEvents | None:
         from modelyard.fleet.process import free_port
 

@@ -7,7 +7,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from modelyard.simulator.kvcache import CacheEvent, PrefixCache, block_hashes
+from modelyard.kv_hash import BlockHasher
+from modelyard.simulator.kvcache import CacheEvent, PrefixCache
 from modelyard.simulator.latency import blocks_for, max_cacheable_blocks, step_s, with_jitter
 from modelyard.simulator.metrics import EngineMetrics
 from modelyard.simulator.profiles import Profile
@@ -73,6 +74,7 @@ class Scheduler:
         self.profile, self.metrics = profile, metrics
         self.rng = rng or random.Random(profile.seed)
         self.cache = PrefixCache(profile.kv_blocks, profile.block_size)
+        self.hasher = BlockHasher(profile.hash_seed)
         self.on_events: Callable[[list[CacheEvent]], None] | None = None  # the KV-event publisher, when there is one
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -84,8 +86,7 @@ class Scheduler:
         return blocks_for(prompt_len + max_tokens, self.profile.block_size)
 
     def submit(self, seq: Sequence) -> None:
-        seq.hashes = [] if seq.pooling else block_hashes(seq.prompt_tokens, self.profile.block_size,
-                                                         self.profile.hash_seed)
+        seq.hashes = [] if seq.pooling else list(self.hasher.keys(seq.prompt_tokens, self.profile.block_size))
         self.waiting.append(seq)
         self._kick.set()
 

@@ -1,0 +1,107 @@
+"""Scores replicas by the longest prefix of the request that the engine says it holds: held leading blocks / the
+request's blocks, from the replicas' own KV events (routing/kv_events.py into routing/kv_index.py), with the
+request's block keys computed as the engine computes them (its /tokenize, then vLLM's block chain:
+routing/tokenize.py). Replicas that publish no events score 0 (their models keep the approximate `default`).
+
+A prompt that no replica holds much of (best under `cold_below`) is placed by rendezvous hashing of its head's key
+among the replicas whose load is within `cold_slack` of the mean: the same choice in every gateway process and for
+every request of a burst that shares a new prefix, before any event about it has come back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
+
+from modelyard.routing.contracts import Context, PluginParams, RouteRequest
+from modelyard.routing.endpoints import Endpoint
+from modelyard.routing.kv_events import KVEventFeed
+from modelyard.routing.kv_index import KVIndex
+from modelyard.routing.tokenize import EngineTokens, TokenizeError
+
+TYPE = "precise-prefix"
+KIND = "scorer"
+SYNC_EVERY_S = 0.25
+DEFAULT_BLOCK_SIZE = 16
+
+log = logging.getLogger(__name__)
+
+
+class Params(PluginParams):
+    max_blocks: Annotated[int, Field(ge=1, le=1_048_576)] = 8192  # of a request's leading blocks
+    index_blocks: Annotated[int, Field(ge=1)] = 262_144  # per replica: the index's bound (past it, oldest first)
+    tokenize_cache: Annotated[int, Field(ge=0)] = 4096  # prompts whose keys are kept
+    cold_below: Annotated[float, Field(ge=0, le=1)] = 0.5
+    head_blocks: Annotated[int, Field(ge=1)] = 4
+    cold_slack: Annotated[float, Field(ge=0)] = 0.25
+
+
+class PrecisePrefixScorer:
+    def __init__(self, params: Params, context: Context) -> None:
+        self.params, self.context = params, context
+        self.index = KVIndex(params.index_blocks)
+        self.feed = KVEventFeed(self.index)
+        self.tokens = EngineTokens(params.tokenize_cache, params.max_blocks)
+        self._synced_at = float("-inf")
+
+    async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
+        now = self.context.clock()
+        if now - self._synced_at >= SYNC_EVERY_S:
+            self._synced_at = now
+            self.feed.sync(endpoints)
+        if request.kv_keys is not None:
+            return
+        target = min((e for e in endpoints if e.ready and e.kv_events and e.tokenize_path),
+                     key=lambda e: e.in_flight, default=None)
+        if target is None or target.tokenize_path is None:
+            return
+        block_size = target.kv_block_size or self.index.block_sizes.get(target.replica) or DEFAULT_BLOCK_SIZE
+        try:
+            request.kv_keys = await self.tokens.keys(request.payload, target.upstream_model or request.model,
+                                                     target.url, target.tokenize_path, block_size,
+                                                     target.kv_hash_seed or "0")
+        except TokenizeError as exc:
+            log.warning("no block keys for a request to %s: %s", request.model, exc)
+            request.kv_keys = ()
+
+    def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        keys = request.kv_keys
+        scores = [0.0] * len(endpoints)
+        if not keys:
+            return scores
+        total = len(keys)
+        matched = self.index.matches(keys)
+        best = 0
+        if matched:
+            replicas = [e.replica if e.kv_events else -1 for e in endpoints]
+            for replica, depth in matched.items():
+                if replica in replicas:
+                    scores[replicas.index(replica)] = depth / total
+                    best = max(best, depth)
+        if best < self.params.cold_below * total:
+            chosen = self.rendezvous(keys, endpoints)
+            if chosen is not None:
+                scores[chosen] = 1.0
+        return scores
+
+    def rendezvous(self, keys: Sequence[int], endpoints: Sequence[Endpoint]) -> int | None:
+        """The first candidate with events, in the order that highest-random-weight hashing of the head's key gives
+        them, whose load is within `cold_slack` of the mean (consistent hashing with bounded loads)."""
+        head = keys[min(self.params.head_blocks, len(keys)) - 1]
+        candidates = [i for i, e in enumerate(endpoints) if e.kv_events]
+        if not candidates:
+            return None
+        order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
+        loads = [max(e.in_flight, e.running + e.waiting) for e in endpoints]
+        bound = sum(loads[i] for i in candidates) / len(candidates) * (1.0 + self.params.cold_slack) + 1.0
+        return next((i for i in order if loads[i] <= bound), order[0])
+
+    async def close(self) -> None:
+        await self.feed.close()
+
+
+def create(params: Params, context: Context) -> PrecisePrefixScorer:
+    return PrecisePrefixScorer(params, context)
