@@ -106,6 +106,9 @@ class Subscription:
     def __init__(self, ctx: zmq.asyncio.Context, index: KVIndex, source: Source) -> None:
         self.ctx, self.index, self.source = ctx, index, source
         self.last: int | None = None
+        self.joined_upto = -1  # the last batch that the replay on joining gave
+        self.joined = asyncio.Event()
+        self.live = False  # a batch came through the SUB socket (before that, one may repeat the join's replay)
         self.batches = 0
         self.gaps = 0
         self.task = asyncio.create_task(self._run(), name=f"kv-events {source.events}")
@@ -115,45 +118,56 @@ class Subscription:
         try:
             sub.connect(self.source.events)
             sub.setsockopt(zmq.SUBSCRIBE, self.source.topic.encode())
+            await self._join()
             while True:
                 frames = await sub.recv_multipart()
                 if len(frames) != 3:
                     continue
                 seq = int.from_bytes(frames[1], "big")
-                self.receive(seq, frames[2])
-                if self.last is None and seq > 0:
-                    await self._recover(0, seq, joining=True)  # what it stored before we joined, if still buffered
-                elif self.last is not None and seq > self.last + 1:
+                if self.last is not None and seq <= self.last:
+                    if not self.live and seq <= self.joined_upto:
+                        continue  # already had from the replay on joining
+                    self.index.clear(self.source.replica)  # numbering started again: the engine restarted
+                    self.last = None
+                if self.last is not None and seq > self.last + 1:
                     await self._recover(self.last + 1, seq)
                 self._apply(seq, frames[2])
+                self.live = True
         except asyncio.CancelledError:
             raise
         except Exception:  # a bad frame or a closed context: this replica's share is not trusted any more
             log.exception("KV events from %s stopped", self.source.events)
             self.index.clear(self.source.replica)
         finally:
+            self.joined.set()
             sub.close(linger=0)
 
-    def receive(self, seq: int, payload: bytes) -> None:
-        if self.last is not None and seq <= self.last:  # numbering started again: the engine restarted
-            self.index.clear(self.source.replica)
-            self.last = None
+    async def _join(self) -> None:
+        """What the replica published before we joined, as far as its replay buffer reaches back: the latest run
+        of batches tells a subset of what it holds (blocks stored before the run are missing, never extra)."""
+        try:
+            got = await self._replay(0, None) if self.source.replay else []
+            run: list[tuple[int, bytes]] = []
+            for seq, payload in got:
+                if run and seq != run[-1][0] + 1:
+                    run = []
+                run.append((seq, payload))
+            for seq, payload in run:
+                self._apply(seq, payload)
+            if run:
+                self.joined_upto = run[-1][0]
+        finally:
+            self.joined.set()
 
     def _apply(self, seq: int, payload: bytes) -> None:
         apply(self.index, self.source.replica, payload)
         self.last = seq
         self.batches += 1
 
-    async def _recover(self, first: int, upto: int, joining: bool = False) -> None:
-        """Batches first .. upto-1 from the replay socket; the share is cleared when they cannot all be had (on
-        joining, there is nothing to clear: then only a whole history is taken)."""
-        got = await self._replay(first, upto) if self.source.replay else []
-        if joining:
-            if [seq for seq, _ in got] == list(range(first, upto)):
-                for seq, payload in got:
-                    self._apply(seq, payload)
-            return
+    async def _recover(self, first: int, upto: int) -> None:
+        """Batches first .. upto-1 from the replay socket; the share is cleared when they cannot all be had."""
         self.gaps += 1
+        got = await self._replay(first, upto) if self.source.replay else []
         if [seq for seq, _ in got] != list(range(first, upto)):
             log.warning("KV events from %s: batches %d-%d lost, its blocks forgotten", self.source.events, first,
                         upto - 1)
@@ -163,7 +177,8 @@ class Subscription:
         for seq, payload in got:
             self._apply(seq, payload)
 
-    async def _replay(self, first: int, upto: int) -> list[tuple[int, bytes]]:
+    async def _replay(self, first: int, upto: int | None) -> list[tuple[int, bytes]]:
+        """Batches from `first` (before `upto`) that the replay socket still has."""
         assert self.source.replay is not None
         dealer = self.ctx.socket(zmq.DEALER)
         got: list[tuple[int, bytes]] = []
@@ -175,7 +190,7 @@ class Subscription:
                 if len(frames) != 3 or not frames[2]:
                     break  # the end marker (seq -1, empty payload)
                 seq = int.from_bytes(frames[1], "big")
-                if first <= seq < upto:
+                if first <= seq and (upto is None or seq < upto):
                     got.append((seq, frames[2]))
         except TimeoutError:
             pass
@@ -198,9 +213,9 @@ class KVEventFeed:
         self._stopping: set[asyncio.Task[None]] = set()  # cancelled, their sockets closing
         self._ctx: zmq.asyncio.Context | None = None
 
-    def sync(self, endpoints: Iterable[Endpoint]) -> None:
-        """Subscribes to new sources; a replica whose source changed (a restart) or went is unsubscribed and its
-        share cleared. Runs on the event loop."""
+    def sync(self, endpoints: Iterable[Endpoint]) -> list[Subscription]:
+        """Subscribes to new sources (returned); a replica whose source changed (a restart) or went is unsubscribed
+        and its share cleared. Runs on the event loop."""
         wanted: dict[int, Source] = {}
         for endpoint in endpoints:
             source = Source.of(endpoint)
@@ -218,11 +233,14 @@ class KVEventFeed:
                 subscription.task.add_done_callback(self._stopping.discard)
                 del self.subscriptions[replica]
                 self.index.clear(replica)
+        new = []
         for replica, source in wanted.items():
             if replica not in self.subscriptions:
                 if self._ctx is None:
                     self._ctx = zmq.asyncio.Context()
                 self.subscriptions[replica] = Subscription(self._ctx, self.index, source)
+                new.append(self.subscriptions[replica])
+        return new
 
     async def close(self) -> None:
         for subscription in self.subscriptions.values():

@@ -115,6 +115,29 @@ async def _a_restarted_replica_starts_empty() -> None:
         await publisher.close()
 
 
+async def _joining_late_learns_what_the_replay_buffer_still_has() -> None:
+    cfg = config()
+    publisher = Publisher(cfg, block_size=16)
+    publisher.start()
+    index = KVIndex(1000)
+    feed = KVEventFeed(index)
+    try:
+        publisher.publish([("stored", [1, 2, 3], None, [])])
+        publisher.publish([("removed", [3])])
+        new = feed.sync([endpoint(0, cfg)])
+        await asyncio.wait_for(new[0].joined.wait(), 5)
+        assert index.matches([1, 2, 3]) == {0: 2} and new[0].joined_upto == 1
+        publisher.publish([("stored", [3], 2, [])])  # the next live batch follows on
+        await until(lambda: index.matches([1, 2, 3]) == {0: 3}, "a live batch after the join")
+    finally:
+        await feed.close()
+        await publisher.close()
+
+
+def test_joining_late_learns_what_the_replay_buffer_still_has() -> None:
+    asyncio.run(_joining_late_learns_what_the_replay_buffer_still_has())
+
+
 def test_only_loopback_or_private_addresses_are_subscribed_to() -> None:
     assert allowed("tcp://127.0.0.1:5557") and allowed("tcp://10.1.2.3:5557") and allowed("tcp://[::1]:5557")
     assert allowed("tcp://localhost:5557") and allowed("ipc:///tmp/kv.sock")

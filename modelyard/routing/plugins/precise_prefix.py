@@ -10,6 +10,7 @@ every request of a burst that shares a new prefix, before any event about it has
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Annotated
@@ -25,6 +26,7 @@ from modelyard.routing.tokenize import EngineTokens, TokenizeError
 TYPE = "precise-prefix"
 KIND = "scorer"
 SYNC_EVERY_S = 0.25
+JOIN_WAIT_S = 0.5
 DEFAULT_BLOCK_SIZE = 16
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,9 @@ class PrecisePrefixScorer:
         now = self.context.clock()
         if now - self._synced_at >= SYNC_EVERY_S:
             self._synced_at = now
-            self.feed.sync(endpoints)
+            new = self.feed.sync(endpoints)
+            if new:  # a replica just subscribed to: what it holds already, from its replay buffer, briefly awaited
+                await asyncio.wait([asyncio.ensure_future(s.joined.wait()) for s in new], timeout=JOIN_WAIT_S)
         if request.kv_keys is not None:
             return
         target = min((e for e in endpoints if e.ready and e.kv_events and e.tokenize_path),
