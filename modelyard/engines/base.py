@@ -129,10 +129,14 @@ class EngineAdapter:
         """Whether this model's replicas publish KV events (its default routing profile is then `precise`)."""
         return False
 
-    def kv_events(self, model: BaseModelSpec, host: str) -> KVEvents | None:
-        """Where a replica about to start will publish its KV events (fresh addresses on `host`), or None when the
-        engine publishes none, or this model has them off."""
+    def kv_events(self, model: BaseModelSpec, host: str, replica: int) -> KVEvents | None:
+        """Where a replica about to start will publish its KV events (fresh addresses on `host`; for a server that
+        runs elsewhere, where it does), or None when the engine publishes none, or this model has them off."""
         return None
+
+    def tokenizer(self, model: BaseModelSpec) -> str | None:
+        """The POST path that tokenizes a prompt for this model as vLLM's /tokenize does, or None."""
+        return self.tokenize_path
 
     def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
         """The launch plan that makes the replica publish its KV events as `events` says."""

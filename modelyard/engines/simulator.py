@@ -51,7 +51,7 @@ class SimulatorEngine(VLLMSleep):
         assert isinstance(model, SimulatorModel)
         return model.kv_events
 
-    def kv_events(self, model: BaseModelSpec, host: str) -> KVEvents | None:
+    def kv_events(self, model: BaseModelSpec, host: str, replica: int) -> KVEvents | None:
         from modelyard.fleet.process import free_port
 
         assert isinstance(model, SimulatorModel)

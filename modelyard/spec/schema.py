@@ -191,6 +191,12 @@ class OpenAIModel(BaseModelSpec):
     api_key_env: str | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] = 1  # one per url (an external server is not scaled here)
     slots: Annotated[int, Field(ge=1, le=4096)] = 64  # requests one server takes at once
+    # servers that publish vLLM's KV events (and serve /tokenize): one ZMQ PUB address per url, its replay (ROUTER)
+    # address, and the seed of their block hash chain (their PYTHONHASHSEED, with --prefix-caching-hash-algo
+    # sha256_cbor); the model's default routing profile is then `precise`
+    kv_events: tuple[str, ...] | None = None
+    kv_replay: tuple[str, ...] | None = None
+    kv_hash_seed: str = "0"
 
     @field_validator("urls")
     @classmethod
@@ -204,6 +210,12 @@ class OpenAIModel(BaseModelSpec):
     def _one_replica_per_url(self) -> OpenAIModel:
         if self.replicas != 1 and self.replicas != len(self.urls):
             raise ValueError(f"replicas: an openai engine has one replica per url ({len(self.urls)})")
+        for name in ("kv_events", "kv_replay"):
+            given = getattr(self, name)
+            if given is not None and len(given) != len(self.urls):
+                raise ValueError(f"{name}: one address per url ({len(self.urls)})")
+        if self.kv_replay is not None and self.kv_events is None:
+            raise ValueError("kv_replay: give kv_events too")
         return self
 
 

@@ -55,12 +55,14 @@ def spec_for(engine: str, kv_events: bool) -> str:
         model.update(engine="simulator", kv_events=kv_events)
     else:
         model.update(engine="openai", urls=[f"http://127.0.0.1:{9000 + i}" for i in range(4)])
+        if kv_events:
+            model["kv_events"] = [f"tcp://127.0.0.1:{7000 + i}" for i in range(4)]
     return yaml.safe_dump({"models": [model]})
 
 
 def test_precise_is_the_default_profile_of_a_model_that_publishes_kv_events() -> None:
     for engine, events, profile in (("simulator", True, "precise"), ("simulator", False, "default"),
-                                    ("openai", False, "default")):
+                                    ("openai", False, "default"), ("openai", True, "precise")):
         router = Router(parse_spec(spec_for(engine, events)), EndpointTable(), RoutingTimings())
         assert router.pipelines["m"].profile == profile
 
