@@ -299,6 +299,10 @@ class AcceleratorModel(BaseModelSpec):
 
 class VLLMModel(AcceleratorModel):
     engine: Literal["vllm"]
+    # publish KV cache events (--kv-events-config, on a private ipc:// socket that `up` picks; blocks keyed by
+    # sha256_cbor from PYTHONHASHSEED=kv_hash_seed): the model's default routing profile is then `precise`
+    kv_events: bool = False
+    kv_hash_seed: str = "0"
 
 
 class SGLangModel(AcceleratorModel):
