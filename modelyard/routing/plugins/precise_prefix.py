@@ -5,7 +5,11 @@ routing/tokenize.py). Replicas that publish no events score 0 (their models keep
 
 A prompt that no replica holds much of (best under `cold_below`) is placed by rendezvous hashing of its head's key
 among the replicas whose load is within `cold_slack` of the mean: the same choice in every gateway process and for
-every request of a burst that shares a new prefix, before any event about it has come back.
+every request of a burst that shares a new prefix, before any event about it has come back. Placement under
+capacity (`cold_room`, on by default): among those, the first in that order whose KV cache still has room for the
+prompt's blocks (its size from `vllm:cache_config_info`, what it holds from its events) goes first, so a new prefix
+does not evict prefixes that are still in use elsewhere while another replica has room; when none has room, the
+hash order alone decides.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Params(PluginParams):
     cold_below: Annotated[float, Field(ge=0, le=1)] = 0.5
     head_blocks: Annotated[int, Field(ge=1)] = 4
     cold_slack: Annotated[float, Field(ge=0)] = 0.25
+    cold_room: bool = True  # a cold prompt prefers a replica with room left in its KV cache
 
 
 class PrecisePrefixScorer:
@@ -101,7 +106,18 @@ class PrecisePrefixScorer:
         order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
         loads = [max(e.in_flight, e.running + e.waiting) for e in endpoints]
         bound = sum(loads[i] for i in candidates) / len(candidates) * (1.0 + self.params.cold_slack) + 1.0
-        return next((i for i in order if loads[i] <= bound), order[0])
+        within = [i for i in order if loads[i] <= bound] or order[:1]
+        if self.params.cold_room:
+            roomy = next((i for i in within if self.room(endpoints[i]) >= len(keys)), None)
+            if roomy is not None:
+                return roomy
+        return within[0]
+
+    def room(self, endpoint: Endpoint) -> int:
+        """Blocks its KV cache can take without evicting any (0 when its size is unknown)."""
+        if endpoint.kv_blocks is None:
+            return 0
+        return endpoint.kv_blocks - self.index.blocks(endpoint.replica)
 
     async def close(self) -> None:
         await self.feed.close()

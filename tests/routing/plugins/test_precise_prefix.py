@@ -79,3 +79,21 @@ def test_in_the_precise_profile_a_held_prefix_wins_until_its_replica_saturates()
     table.of("m")[2].waiting = 30  # the engine queues: the saturation filter takes it out
     picked = router.pick(keyed(tuple(range(1, 41))))
     assert picked is not None and picked.replica != 2
+
+
+def test_a_cold_prompt_goes_where_there_is_room_before_evicting_anything() -> None:
+    scorer = PrecisePrefixScorer(Params(), Context("m"))
+    replicas = endpoints()
+    for endpoint in replicas:
+        endpoint.kv_blocks = 100
+    keys = tuple(range(500, 540))  # 40 blocks
+    hashed = scorer.score(keyed(keys), replicas).index(1.0)
+    scorer.index.stored(hashed, range(10_000, 10_070))  # the hash's choice is full (70 + 40 > 100)
+    roomy = scorer.score(keyed(keys), replicas).index(1.0)
+    assert roomy != hashed and scorer.room(replicas[roomy]) >= 40
+    for endpoint in replicas:  # nobody has room: the hash order decides again
+        scorer.index.stored(endpoint.replica, range(20_000 + 1000 * endpoint.replica, 20_090 + 1000 * endpoint.replica))
+    assert scorer.score(keyed(keys), replicas).index(1.0) == hashed
+    off = PrecisePrefixScorer(Params(cold_room=False), Context("m"))
+    off.index.stored(hashed, range(10_000, 10_070))
+    assert off.score(keyed(keys), replicas).index(1.0) == hashed
