@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from modelyard.routing.kv_index import KVIndex
 log = logging.getLogger(__name__)
 
 REPLAY_TIMEOUT_S = 1.0
+OWNER_CHECK_MS = 2000  # a subscription whose feed is gone (its router was replaced) ends within this
 GPU_MEDIA = (None, "GPU")
 
 
@@ -103,8 +105,9 @@ class Source:
 
 
 class Subscription:
-    def __init__(self, ctx: zmq.asyncio.Context, index: KVIndex, source: Source) -> None:
-        self.ctx, self.index, self.source = ctx, index, source
+    def __init__(self, ctx: zmq.asyncio.Context, index: KVIndex, source: Source,
+                 owner: Callable[[], object | None] = lambda: True) -> None:
+        self.ctx, self.index, self.source, self.owner = ctx, index, source, owner
         self.last: int | None = None
         self.joined_upto = -1  # the last batch that the replay on joining gave
         self.joined = asyncio.Event()
@@ -120,6 +123,10 @@ class Subscription:
             sub.setsockopt(zmq.SUBSCRIBE, self.source.topic.encode())
             await self._join()
             while True:
+                if not await sub.poll(OWNER_CHECK_MS):
+                    if self.owner() is None:
+                        return
+                    continue
                 frames = await sub.recv_multipart()
                 if len(frames) != 3:
                     continue
@@ -238,7 +245,7 @@ class KVEventFeed:
             if replica not in self.subscriptions:
                 if self._ctx is None:
                     self._ctx = zmq.asyncio.Context()
-                self.subscriptions[replica] = Subscription(self._ctx, self.index, source)
+                self.subscriptions[replica] = Subscription(self._ctx, self.index, source, weakref.ref(self))
                 new.append(self.subscriptions[replica])
         return new
 

@@ -23,7 +23,7 @@ def config() -> KVEventsConfig:
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
+    for _ in range(2000):
         if check():
             return
         await asyncio.sleep(0.01)
@@ -42,7 +42,7 @@ def unsent(publisher: Publisher, events: list[CacheEvent]) -> None:
 
 async def joined(publisher: Publisher, index: KVIndex, replica: int) -> None:
     """Batches until one reaches the subscriber (a SUB socket only gets what is sent after it joined)."""
-    for n in range(200):
+    for n in range(1000):
         publisher.publish([("stored", [10_000 + n], None, [])])
         await asyncio.sleep(0.01)
         if index.blocks(replica):
@@ -171,3 +171,25 @@ def test_a_gap_that_replay_cannot_fill_forgets_the_replica() -> None:
 
 def test_a_restarted_replica_starts_empty() -> None:
     asyncio.run(_a_restarted_replica_starts_empty())
+
+
+async def _a_dropped_feed_lets_its_subscriptions_end() -> None:
+    import gc
+
+    from modelyard.routing import kv_events
+
+    cfg = config()
+    feed = KVEventFeed(KVIndex(10))
+    kv_events.OWNER_CHECK_MS = 50  # type: ignore[misc]
+    try:
+        subscription = feed.sync([endpoint(0, cfg)])[0]
+        await asyncio.wait_for(subscription.joined.wait(), 5)
+        del feed
+        gc.collect()
+        await asyncio.wait_for(subscription.task, 5)
+    finally:
+        kv_events.OWNER_CHECK_MS = 2000  # type: ignore[misc]
+
+
+def test_a_dropped_feed_lets_its_subscriptions_end() -> None:
+    asyncio.run(_a_dropped_feed_lets_its_subscriptions_end())
