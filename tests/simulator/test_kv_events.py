@@ -103,3 +103,28 @@ def test_removed_event_shape() -> None:
     encoded = msgspec.msgpack.encode(KVEventBatch(ts=1.0, events=[BlockRemoved(block_hashes=[5], medium="GPU")]))
     raw = msgspec.msgpack.decode(encoded)
     assert raw["events"][0] == {"type": "BlockRemoved", "block_hashes": [5], "medium": "GPU"}
+
+
+def test_the_replay_address_defaults_to_the_next_port() -> None:
+    from modelyard.simulator.kv_events import default_replay
+
+    assert default_replay("tcp://127.0.0.1:5557") == "tcp://127.0.0.1:5558"
+    assert default_replay("ipc:///tmp/kv.pub") is None
+
+
+def test_simulate_takes_kv_events_on_its_command_line() -> None:
+    from click.testing import CliRunner
+
+    from modelyard.simulator import cli
+
+    seen: dict[str, object] = {}
+    import modelyard.simulator.run as run
+
+    serve = run.serve
+    run.serve = lambda profile, name, host, port, level, events: seen.update(events=events)  # type: ignore[assignment]
+    try:
+        result = CliRunner().invoke(cli.simulate, ["--kv-events", "tcp://127.0.0.1:6000", "--kv-events-topic", "t"])
+    finally:
+        run.serve = serve
+    assert result.exit_code == 0, result.output
+    assert seen["events"] == KVEventsConfig("tcp://127.0.0.1:6000", "tcp://127.0.0.1:6001", topic="t")
