@@ -81,14 +81,27 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
   echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS}"
   # default-tuned: the default profile with other parameters for its saturation filter and prefix-affinity scorer
   # (TUNED_SATURATION, TUNED_PREFIX: YAML maps); used only when POLICIES names it
-  if [ "$HAS_ROUTING" = 1 ] && [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]]; then
+  TUNED=0; NOROOM=0
+  [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]] && TUNED=1
+  # precise-noroom: the precise profile without placement under capacity (issue 17, item 3), to measure it
+  [[ ",$POLICIES," == *",modelyard:precise-noroom,"* ]] && [ -n "$KV" ] && NOROOM=1
+  if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM)) -gt 0 ]; then
     echo "routing:"
     echo "  plugins:"
-    echo "    - {name: sat-tuned, type: saturation-filter, params: $TUNED_SATURATION}"
-    echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
+    if [ "$TUNED" = 1 ]; then
+      echo "    - {name: sat-tuned, type: saturation-filter, params: $TUNED_SATURATION}"
+      echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
+    fi
+    [ "$NOROOM" = 1 ] && echo "    - {name: precise-noroom-scorer, type: precise-prefix, params: {cold_room: false}}"
     echo "  profiles:"
-    echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
-    echo "       scorers: [{plugin: prefix-tuned, weight: 3}, {plugin: load, weight: 1}]}"
+    if [ "$TUNED" = 1 ]; then
+      echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
+      echo "       scorers: [{plugin: prefix-tuned, weight: 3}, {plugin: load, weight: 1}]}"
+    fi
+    if [ "$NOROOM" = 1 ]; then
+      echo "    - {name: precise-noroom, filters: [ready, saturation-filter], picker: max-score,"
+      echo "       scorers: [{plugin: precise-noroom-scorer, weight: 3}, {plugin: load, weight: 1}]}"
+    fi
   fi
   echo "models:"
   for policy in ${POLICIES//,/ }; do
@@ -96,7 +109,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
     profile=${policy#*:}; routing=""
     if [ "$HAS_ROUTING" = 1 ]; then routing=", routing: $profile"
     elif [ "$profile" != round-robin ]; then echo "skipping $policy: this modelyard has no routing profiles" >&2; continue; fi
-    events=""; if [ "$profile" = precise ]; then
+    events=""; if [ "$profile" = precise ] || [ "$profile" = precise-noroom ]; then
       [ -n "$KV" ] || { echo "skipping $policy: this modelyard's simulator publishes no KV events" >&2; continue; }
       events=$KV
     fi

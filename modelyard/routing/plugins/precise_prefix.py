@@ -6,10 +6,11 @@ routing/tokenize.py). Replicas that publish no events score 0 (their models keep
 A prompt that no replica holds much of (best under `cold_below`) is placed by rendezvous hashing of its head's key
 among the replicas whose load is within `cold_slack` of the mean: the same choice in every gateway process and for
 every request of a burst that shares a new prefix, before any event about it has come back. Placement under
-capacity (`cold_room`, on by default): among those, the first in that order whose KV cache still has room for the
-prompt's blocks (its size from `vllm:cache_config_info`, what it holds from its events) goes first, so a new prefix
-does not evict prefixes that are still in use elsewhere while another replica has room; when none has room, the
-hash order alone decides.
+capacity (`cold_room`, on by default): among those, the replica with room for the most copies of the prompt's
+blocks in its KV cache (its size from `vllm:cache_config_info`, what it holds from its events; without a size, the
+one that holds least) goes first, the hash order deciding among equals: new prefixes spread over the caches while
+they fill, instead of evicting prefixes still in use where the hash happens to point, and once every cache is full
+the hash order alone decides. Every gateway worker hears the same events, so they choose alike.
 """
 
 from __future__ import annotations
@@ -107,17 +108,15 @@ class PrecisePrefixScorer:
         loads = [max(e.in_flight, e.running + e.waiting) for e in endpoints]
         bound = sum(loads[i] for i in candidates) / len(candidates) * (1.0 + self.params.cold_slack) + 1.0
         within = [i for i in order if loads[i] <= bound] or order[:1]
-        if self.params.cold_room:
-            roomy = next((i for i in within if self.room(endpoints[i]) >= len(keys)), None)
-            if roomy is not None:
-                return roomy
-        return within[0]
+        if not self.params.cold_room:
+            return within[0]
+        need = len(keys)
+        return max(within, key=lambda i: self.room(endpoints[i]) // need)  # max keeps the first of equals
 
     def room(self, endpoint: Endpoint) -> int:
-        """Blocks its KV cache can take without evicting any (0 when its size is unknown)."""
-        if endpoint.kv_blocks is None:
-            return 0
-        return endpoint.kv_blocks - self.index.blocks(endpoint.replica)
+        """Blocks its KV cache can take without evicting any; minus what it holds when its size is unknown."""
+        held = self.index.blocks(endpoint.replica)
+        return max(0, endpoint.kv_blocks - held) if endpoint.kv_blocks is not None else -held
 
     async def close(self) -> None:
         await self.feed.close()

@@ -97,3 +97,17 @@ def test_a_cold_prompt_goes_where_there_is_room_before_evicting_anything() -> No
     off = PrecisePrefixScorer(Params(cold_room=False), Context("m"))
     off.index.stored(hashed, range(10_000, 10_070))
     assert off.score(keyed(keys), replicas).index(1.0) == hashed
+
+
+def test_new_prefixes_spread_over_the_caches_while_they_fill() -> None:
+    scorer = PrecisePrefixScorer(Params(), Context("m"))
+    replicas = endpoints()
+    for endpoint in replicas:
+        endpoint.kv_blocks = 400
+    placed = []
+    for group in range(8):
+        keys = tuple(range(group * 1000, group * 1000 + 40))
+        chosen = scorer.score(keyed(keys), replicas).index(1.0)
+        scorer.index.stored(chosen, keys)  # what its events say once it served the prompt
+        placed.append(chosen)
+    assert sorted(placed.count(r) for r in range(4)) == [2, 2, 2, 2]
