@@ -111,3 +111,20 @@ def test_new_prefixes_spread_over_the_caches_while_they_fill() -> None:
         scorer.index.stored(chosen, keys)  # what its events say once it served the prompt
         placed.append(chosen)
     assert sorted(placed.count(r) for r in range(4)) == [2, 2, 2, 2]
+
+
+def test_a_burst_of_a_new_prefix_stays_together_and_reserves_room_before_its_events() -> None:
+    now = [0.0]
+    scorer = PrecisePrefixScorer(Params(reserve_s=2.0), Context("m", clock=lambda: now[0]))
+    replicas = endpoints()
+    for endpoint in replicas:
+        endpoint.kv_blocks = 100
+    first = keyed(tuple(range(100, 160)))  # 60 blocks: one copy fits a replica
+    chosen = scorer.score(first, replicas).index(1.0)
+    scorer.routed(first, replicas[chosen])  # no event yet: the engine still queues it
+    same_head = keyed((*range(100, 104), *range(900, 950)))
+    assert scorer.score(same_head, replicas).index(1.0) == chosen  # follows the first
+    other = keyed(tuple(range(5000, 5060)))
+    assert scorer.score(other, replicas).index(1.0) != chosen  # the reserved room counts
+    now[0] = 3.0  # reservations over, and no event ever came: the room is back
+    assert scorer.room(replicas[chosen]) == 100
