@@ -11,16 +11,16 @@ blocks in its KV cache (its size from `vllm:cache_config_info`, what it holds fr
 one that holds least) goes first, the hash order deciding among equals: new prefixes spread over the caches while
 they fill, instead of evicting prefixes still in use where the hash happens to point, and once every cache is full
 the hash order alone decides. Every gateway worker hears the same events, so they choose alike. Until the events of
-a cold prompt's placement come back (a prompt that waits in the engine's queue is stored only when admitted), the
-scorer remembers it for `reserve_s`: the blocks are counted against that replica's room, and a prompt with the
-same head goes there too (a burst of a new prefix stays together).
+a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the scorer counts
+the blocks it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of a new prefix
+follows its first request) and against the replica's room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -36,7 +36,6 @@ TYPE = "precise-prefix"
 KIND = "scorer"
 SYNC_EVERY_S = 0.25
 JOIN_WAIT_S = 0.5
-PLACED_MAX = 4096
 DEFAULT_BLOCK_SIZE = 16
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,8 @@ class PrecisePrefixScorer:
         self.feed = KVEventFeed(self.index)
         self.tokens = EngineTokens(params.tokenize_cache, params.max_blocks)
         self._synced_at = float("-inf")
-        self._placed: OrderedDict[int, tuple[int, float]] = OrderedDict()  # cold head key -> (replica, until)
-        self._reserved: dict[int, list[tuple[float, int]]] = {}  # replica -> (until, blocks) of cold placements
+        self.pending = KVIndex(params.index_blocks)  # blocks sent to replicas whose events may not have come yet
+        self._expiry: deque[tuple[float, int, tuple[int, ...]]] = deque()  # (until, replica, keys), oldest first
 
     async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
         now = self.context.clock()
@@ -91,7 +90,11 @@ class PrecisePrefixScorer:
         if not keys:
             return scores
         total = len(keys)
+        self._expire()
         matched = self.index.matches(keys)
+        for replica, depth in self.pending.matches(keys).items():
+            if depth > matched.get(replica, 0):
+                matched[replica] = depth
         best = 0
         if matched:
             replicas = [e.replica if e.kv_events else -1 for e in endpoints]
@@ -112,11 +115,6 @@ class PrecisePrefixScorer:
         candidates = [i for i, e in enumerate(endpoints) if e.kv_events]
         if not candidates:
             return None
-        placed = self._placed.get(head)
-        if placed is not None and placed[1] > self.context.clock():
-            replicas = [endpoints[i].replica for i in candidates]
-            if placed[0] in replicas:
-                return candidates[replicas.index(placed[0])]
         order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
         loads = [max(e.in_flight, e.running + e.waiting) for e in endpoints]
         bound = sum(loads[i] for i in candidates) / len(candidates) * (1.0 + self.params.cold_slack) + 1.0
@@ -128,27 +126,22 @@ class PrecisePrefixScorer:
 
     def room(self, endpoint: Endpoint) -> int:
         """Blocks its KV cache can take without evicting any; minus what it holds when its size is unknown."""
-        held = self.index.blocks(endpoint.replica) + self._reservations(endpoint.replica)
+        held = self.index.blocks(endpoint.replica) + self.pending.blocks(endpoint.replica)
         return max(0, endpoint.kv_blocks - held) if endpoint.kv_blocks is not None else -held
 
-    def _reservations(self, replica: int) -> int:
-        reserved = self._reserved.get(replica)
-        if not reserved:
-            return 0
+    def _expire(self) -> None:
         now = self.context.clock()
-        live = [r for r in reserved if r[0] > now]
-        self._reserved[replica] = live
-        return sum(blocks for _, blocks in live)
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, replica, keys = expiry.popleft()
+            self.pending.removed(replica, keys)
 
     def routed(self, request: RouteRequest, endpoint: Endpoint) -> None:
         keys = request.kv_keys
-        if not keys or not endpoint.kv_events or self.index.holds(endpoint.replica, keys[0]):
-            return  # nothing new, or its head is there already
-        until = self.context.clock() + self.params.reserve_s
-        self._placed[keys[min(self.params.head_blocks, len(keys)) - 1]] = (endpoint.replica, until)
-        if len(self._placed) > PLACED_MAX:
-            self._placed.popitem(last=False)
-        self._reserved.setdefault(endpoint.replica, []).append((until, len(keys)))
+        if not keys or not endpoint.kv_events or self.index.holds(endpoint.replica, keys[-1]):
+            return  # nothing new there
+        self.pending.stored(endpoint.replica, keys)
+        self._expiry.append((self.context.clock() + self.params.reserve_s, endpoint.replica, keys))
 
     def finished(self, request: RouteRequest, endpoint: Endpoint) -> None:
         pass

@@ -113,7 +113,7 @@ def test_new_prefixes_spread_over_the_caches_while_they_fill() -> None:
     assert sorted(placed.count(r) for r in range(4)) == [2, 2, 2, 2]
 
 
-def test_a_burst_of_a_new_prefix_stays_together_and_reserves_room_before_its_events() -> None:
+def test_a_burst_of_a_new_prefix_follows_its_first_request_before_any_event() -> None:
     now = [0.0]
     scorer = PrecisePrefixScorer(Params(reserve_s=2.0), Context("m", clock=lambda: now[0]))
     replicas = endpoints()
@@ -122,9 +122,10 @@ def test_a_burst_of_a_new_prefix_stays_together_and_reserves_room_before_its_eve
     first = keyed(tuple(range(100, 160)))  # 60 blocks: one copy fits a replica
     chosen = scorer.score(first, replicas).index(1.0)
     scorer.routed(first, replicas[chosen])  # no event yet: the engine still queues it
-    same_head = keyed((*range(100, 104), *range(900, 950)))
-    assert scorer.score(same_head, replicas).index(1.0) == chosen  # follows the first
-    other = keyed(tuple(range(5000, 5060)))
-    assert scorer.score(other, replicas).index(1.0) != chosen  # the reserved room counts
-    now[0] = 3.0  # reservations over, and no event ever came: the room is back
-    assert scorer.room(replicas[chosen]) == 100
+    same_prefix = keyed((*range(100, 160), *range(900, 905)))
+    scores = scorer.score(same_prefix, replicas)
+    assert scores.index(max(scores)) == chosen and max(scores) == 60 / 65  # follows the first, as if held
+    short_head = keyed((*range(100, 104), *range(5000, 5056)))  # only the first blocks alike: another prompt
+    assert scorer.score(short_head, replicas).index(1.0) != chosen  # and the room the first one took counts
+    now[0] = 3.0  # pending over, and no event ever came: the room is back
+    assert scorer.score(keyed((1,)), replicas) and scorer.room(replicas[chosen]) == 100
