@@ -44,6 +44,9 @@ SIM_PARAMS=(prefill_overhead_s=0.01 prefill_s_per_token=0.0002 itl_base_s=0.02 i
 # 6 conversations of 3 turns each: 198 requests, ordered turn by turn, round-robin over groups
 WORKLOAD=(--dataset shared-prefix --prefix-groups 11 --prefix-len 800 --prefix-conversations 6 --prefix-turns 3
           --input-len 32 --output-len 32 --seed 1)
+# WORKLOAD_ARGS: another workload, e.g. the same one in Russian words (benchmarks/long_words_prefix.py FILE, then
+# WORKLOAD_ARGS="--dataset jsonl --dataset-path FILE")
+if [ -n "${WORKLOAD_ARGS:-}" ]; then read -r -a WORKLOAD <<< "$WORKLOAD_ARGS"; fi
 
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
