@@ -3,7 +3,9 @@
 # (127.0.0.1, 127.0.0.2, ...) on one port, prefix cache on, KV capacity for about its share of the groups' prompts
 # but not for all of them, and a prefill cost that makes a cache miss ~10x slower than a hit. `modelyard bench
 # --dataset shared-prefix` drives them in an open loop at several rates through
-#   - the gateway (`modelyard up`, one model per routing profile: round-robin, least-load, default), and
+#   - the gateway (`modelyard up`, one model per routing profile: round-robin, least-load, default, and precise
+#     (issue 17) where the modelyard knows it: the replicas publish KV events, which only that model subscribes to),
+#     and
 #   - the Rust vllm-router from PyPI (pinned, in its own venv, installed on first use) with round_robin and
 #     cache_aware,
 # one policy at a time, every level starting from empty prefix caches (POST /reset_prefix_cache on each replica).
@@ -42,15 +44,25 @@ SIM_PARAMS=(prefill_overhead_s=0.01 prefill_s_per_token=0.0002 itl_base_s=0.02 i
 # 6 conversations of 3 turns each: 198 requests, ordered turn by turn, round-robin over groups
 WORKLOAD=(--dataset shared-prefix --prefix-groups 11 --prefix-len 800 --prefix-conversations 6 --prefix-turns 3
           --input-len 32 --output-len 32 --seed 1)
+# WORKLOAD_ARGS: another workload, e.g. the same one in Russian words (benchmarks/long_words_prefix.py FILE, then
+# WORKLOAD_ARGS="--dataset jsonl --dataset-path FILE")
+if [ -n "${WORKLOAD_ARGS:-}" ]; then read -r -a WORKLOAD <<< "$WORKLOAD_ARGS"; fi
 
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
 export MODELYARD_API_KEY=bench-key OPENAI_API_KEY=bench-key
 mkdir -p "$RESULTS/levels"
-P_SIM=$(port); P_GW=$(port); P_VR=$(port); P_VR_PROM=$(port)
+P_SIM=$(port); P_GW=$(port); P_VR=$(port); P_VR_PROM=$(port); P_EV=$(port); P_EVR=$(port)
+# KV events (vLLM's ZMQ PUB and replay ROUTER) from every replica, when this modelyard's simulator has them
+HAS_EVENTS=$($PY -c "import modelyard.simulator.kv_events" 2>/dev/null && echo 1 || echo 0)
+EVENTS=(); REPLAYS=()
 SIMS=()
 for i in $(seq 1 "$REPLICAS"); do
   args=(); for p in "${SIM_PARAMS[@]}"; do args+=(--param "$p"); done
+  if [ "$HAS_EVENTS" = 1 ]; then
+    args+=(--kv-events "tcp://127.0.0.$i:$P_EV" --kv-events-replay "tcp://127.0.0.$i:$P_EVR")
+    EVENTS+=("tcp://127.0.0.$i:$P_EV"); REPLAYS+=("tcp://127.0.0.$i:$P_EVR")
+  fi
   $PY -m modelyard simulate --host "127.0.0.$i" --port "$P_SIM" --model sim --profile tiny-cpu "${args[@]}" \
       > "$WORK/sim-$i.log" 2>&1 &
   track $!
@@ -58,6 +70,11 @@ for i in $(seq 1 "$REPLICAS"); do
 done
 for u in "${SIMS[@]}"; do wait_up "$u/health"; done
 URLS=$(printf '"%s", ' "${SIMS[@]}"); URLS="[${URLS%, }]"
+KV=""
+if [ "$HAS_EVENTS" = 1 ]; then
+  KV=$(printf '"%s", ' "${EVENTS[@]}"); KR=$(printf '"%s", ' "${REPLAYS[@]}")
+  KV=", kv_events: [${KV%, }], kv_replay: [${KR%, }]"
+fi
 
 # the gateway: one model per routing profile (when the installed modelyard knows `routing:`)
 HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(int('routing' in M.model_fields))")
@@ -67,14 +84,27 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
   echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS}"
   # default-tuned: the default profile with other parameters for its saturation filter and prefix-affinity scorer
   # (TUNED_SATURATION, TUNED_PREFIX: YAML maps); used only when POLICIES names it
-  if [ "$HAS_ROUTING" = 1 ] && [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]]; then
+  TUNED=0; NOROOM=0
+  [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]] && TUNED=1
+  # precise-noroom: the precise profile without placement under capacity (issue 17, item 3), to measure it
+  [[ ",$POLICIES," == *",modelyard:precise-noroom,"* ]] && [ -n "$KV" ] && NOROOM=1
+  if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM)) -gt 0 ]; then
     echo "routing:"
     echo "  plugins:"
-    echo "    - {name: sat-tuned, type: saturation-filter, params: $TUNED_SATURATION}"
-    echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
+    if [ "$TUNED" = 1 ]; then
+      echo "    - {name: sat-tuned, type: saturation-filter, params: $TUNED_SATURATION}"
+      echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
+    fi
+    [ "$NOROOM" = 1 ] && echo "    - {name: precise-noroom-scorer, type: precise-prefix, params: {cold_room: false}}"
     echo "  profiles:"
-    echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
-    echo "       scorers: [{plugin: prefix-tuned, weight: 3}, {plugin: load, weight: 1}]}"
+    if [ "$TUNED" = 1 ]; then
+      echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
+      echo "       scorers: [{plugin: prefix-tuned, weight: 3}, {plugin: load, weight: 1}]}"
+    fi
+    if [ "$NOROOM" = 1 ]; then
+      echo "    - {name: precise-noroom, filters: [ready, saturation-filter], picker: max-score,"
+      echo "       scorers: [{plugin: precise-noroom-scorer, weight: 3}, {plugin: load, weight: 1}]}"
+    fi
   fi
   echo "models:"
   for policy in ${POLICIES//,/ }; do
@@ -82,7 +112,11 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
     profile=${policy#*:}; routing=""
     if [ "$HAS_ROUTING" = 1 ]; then routing=", routing: $profile"
     elif [ "$profile" != round-robin ]; then echo "skipping $policy: this modelyard has no routing profiles" >&2; continue; fi
-    echo "  - {name: $profile, engine: openai, urls: $URLS, upstream_model: sim, replicas: $REPLICAS$routing,"
+    events=""; if [ "$profile" = precise ] || [ "$profile" = precise-noroom ]; then
+      [ -n "$KV" ] || { echo "skipping $policy: this modelyard's simulator publishes no KV events" >&2; continue; }
+      events=$KV
+    fi
+    echo "  - {name: $profile, engine: openai, urls: $URLS, upstream_model: sim, replicas: $REPLICAS$routing$events,"
     echo "     admission: {max_concurrency: 4096, max_queue: 4096}}"
   done
 } > "$WORK/yard.yaml"

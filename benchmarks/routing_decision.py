@@ -4,7 +4,11 @@ One gateway-side Router in this process, 64 ready replicas with engine metrics t
 and shared-prefix chat requests shaped like `modelyard bench --dataset shared-prefix`'s (16 groups, each a
 ~1000-word system prompt, 16 conversations of 3 turns; made here with `random`, so that the script needs nothing
 but the routing package). Times `Router.pick` from the RouteRequest's creation (so the prompt rendering and prefix
-hashing are included) to the chosen replica. Writes benchmarks/results/routing_decision/<host>-<time>.json.
+hashing are included) to the chosen replica. For `precise`, the replicas publish KV events and the request's
+block keys are ready (what `Router.prepare` computes through the engine's /tokenize, measured apart by
+benchmarks/block_keys.py; here the simulator's tokenizer and template, hashed once per prompt beforehand), and each
+routed request's blocks are stored in the chosen replica's share of the index, as its events would say.
+Writes benchmarks/results/routing_decision/<host>-<time>.json.
 
     .venv/bin/python benchmarks/routing_decision.py --replicas 64 --requests 20000
 """
@@ -20,10 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelyard.kv_hash import BlockHasher
 from modelyard.routing import registry
 from modelyard.routing.contracts import RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.routing.pipeline import Router
+from modelyard.routing.plugins.precise_prefix import PrecisePrefixScorer
+from modelyard.simulator.tokens import render_chat, tokenize
 from modelyard.spec.schema import OpenAIModel, YardSpec
 
 RESULTS = Path(__file__).parent / "results" / "routing_decision"
@@ -69,13 +76,25 @@ def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests
     table = table_of(replicas, rng)
     router = Router(YardSpec(models=(model,)), table, rng=random.Random(seed))
     endpoints = table.of("m")
+    precise = next((s for s, _, _ in router.pipelines["m"].scorers if isinstance(s, PrecisePrefixScorer)), None)
+    keys: list[tuple[int, ...]] = []
+    if precise is not None:
+        for endpoint in endpoints:
+            endpoint.kv_events = f"tcp://{endpoint.url[7:].rpartition(':')[0]}:5557"
+        hasher = BlockHasher("0")
+        keys = [hasher.keys(tokenize(render_chat(p["messages"])), 16) for p in prompts]
     samples: list[int] = []
     clock = time.perf_counter_ns
     for n in range(requests + 500):
         payload = prompts[n % len(prompts)]
         start = clock()
-        chosen = router.pick(RouteRequest.of("m", payload, None))
+        request = RouteRequest.of("m", payload, None)
+        if precise is not None:
+            request.kv_keys = keys[n % len(prompts)]
+        chosen = router.pick(request)
         elapsed = clock() - start
+        if precise is not None and chosen is not None:
+            precise.index.stored(chosen.replica, keys[n % len(prompts)])
         if n >= 500:  # warm-up excluded
             samples.append(elapsed)
         assert chosen is not None

@@ -77,6 +77,18 @@ class LaunchPlan:
     mounts: tuple[str, ...] = ()  # `container_launch`: the weight paths its container mounts read-only
 
 
+@dataclass(frozen=True)
+class KVEvents:
+    """Where one replica publishes its KV cache events (vLLM's ZMQ PUB, and the ROUTER that replays missed batches)
+    and how it keys its blocks (modelyard/kv_hash.py: vLLM's sha256_cbor chain from this seed), so that a router
+    computes the same keys from the prompt's token ids."""
+
+    endpoint: str
+    replay: str | None = None
+    topic: str = ""
+    hash_seed: str = "0"
+
+
 class EngineAdapter:
     """The defaults that suit an OpenAI-compatible engine; each engine's file overrides what differs."""
 
@@ -95,6 +107,8 @@ class EngineAdapter:
     # what a replica takes from modelyard's environment besides the basics (fleet/child_env.py): names, or prefixes
     # ending in "_"; nothing else of it, a secret least of all, reaches the engine
     inherited_env: ClassVar[tuple[str, ...]] = ()
+    # POST path that answers a prompt's token ids as vLLM's /tokenize does (None: the engine has none)
+    tokenize_path: ClassVar[str | None] = None
 
     def task(self, model: BaseModelSpec) -> Task:
         return Task(model.task) if model.task else Task.CHAT
@@ -116,6 +130,23 @@ class EngineAdapter:
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan | None:
         """The command that runs one replica, or None for a server modelyard does not launch."""
         return None
+
+    def publishes_kv_events(self, model: BaseModelSpec) -> bool:
+        """Whether this model's replicas publish KV events (its default routing profile is then `precise`)."""
+        return False
+
+    def kv_events(self, model: BaseModelSpec, host: str, replica: int) -> KVEvents | None:
+        """Where a replica about to start will publish its KV events (fresh addresses on `host`; for a server that
+        runs elsewhere, where it does), or None when the engine publishes none, or this model has them off."""
+        return None
+
+    def tokenizer(self, model: BaseModelSpec) -> str | None:
+        """The POST path that tokenizes a prompt for this model as vLLM's /tokenize does, or None."""
+        return self.tokenize_path
+
+    def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
+        """The launch plan that makes the replica publish its KV events as `events` says."""
+        return plan
 
     def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan | None:
         """The launch plan in a container of the engine's image (`modelyard render kubernetes`), with the weight

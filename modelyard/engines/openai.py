@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from modelyard.engines.base import EngineAdapter, EngineError, Task
+from modelyard.engines.base import EngineAdapter, EngineError, KVEvents, Task
 from modelyard.spec.schema import BaseModelSpec, OpenAIModel
 
 
@@ -26,6 +26,21 @@ class OpenAIEngine(EngineAdapter):
     def external_url(self, model: BaseModelSpec, replica: int) -> str | None:
         assert isinstance(model, OpenAIModel)
         return model.urls[replica % len(model.urls)]
+
+    def publishes_kv_events(self, model: BaseModelSpec) -> bool:
+        assert isinstance(model, OpenAIModel)
+        return model.kv_events is not None
+
+    def tokenizer(self, model: BaseModelSpec) -> str | None:
+        return "/tokenize" if self.publishes_kv_events(model) else None  # a server with KV events is vLLM's
+
+    def kv_events(self, model: BaseModelSpec, host: str, replica: int) -> KVEvents | None:
+        assert isinstance(model, OpenAIModel)
+        if model.kv_events is None:
+            return None
+        at = replica % len(model.urls)
+        return KVEvents(endpoint=model.kv_events[at], replay=model.kv_replay[at] if model.kv_replay else None,
+                        hash_seed=model.kv_hash_seed)
 
     def headers(self, model: BaseModelSpec) -> dict[str, str]:
         """What every request to the external server carries: its key, read from `api_key_env`."""

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import sys
 
-from modelyard.engines.base import EngineError, LaunchPlan, Task
+from modelyard.engines.base import EngineError, KVEvents, LaunchPlan, Task
 from modelyard.engines.vllm import METRICS as VLLM_METRICS
 from modelyard.engines.vllm import VLLMSleep
 from modelyard.spec.schema import BaseModelSpec, SimulatorModel
@@ -14,6 +14,7 @@ class SimulatorEngine(VLLMSleep):
     name = "simulator"
     tasks = frozenset(Task)
     metrics = VLLM_METRICS  # the same names and sleep mode as vLLM
+    tokenize_path = "/tokenize"
 
     def slots(self, model: BaseModelSpec) -> int:
         from modelyard.simulator.profiles import resolve_profile
@@ -45,6 +46,25 @@ class SimulatorEngine(VLLMSleep):
         if model.task:
             argv += ["--task", model.task]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
+
+    def publishes_kv_events(self, model: BaseModelSpec) -> bool:
+        assert isinstance(model, SimulatorModel)
+        return model.kv_events
+
+    def kv_events(self, model: BaseModelSpec, host: str, replica: int) -> KVEvents | None:
+        from modelyard.fleet.process import free_port
+
+        assert isinstance(model, SimulatorModel)
+        if not model.kv_events:
+            return None
+        seed = str(model.params.get("hash_seed", "0"))
+        return KVEvents(endpoint=f"tcp://{host}:{free_port(host)}", replay=f"tcp://{host}:{free_port(host)}",
+                        hash_seed=seed)
+
+    def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
+        argv = [*plan.argv, "--kv-events", events.endpoint, "--kv-events-replay", events.replay or "none",
+                "--kv-events-topic", events.topic]
+        return LaunchPlan(argv=argv, env=plan.env, mounts=plan.mounts)
 
     def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan:
         plan = self.launch(model, host, port, replica=0)

@@ -5,6 +5,10 @@ tests/data/vllm_serve_flags.txt (tests/engines/test_vllm.py)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import aiohttp
 import orjson
 
@@ -14,7 +18,7 @@ from modelyard.engines.accelerator import (
     rope_override,
     weights,
 )
-from modelyard.engines.base import EngineAdapter, LaunchPlan, MetricNames, Task, post_control
+from modelyard.engines.base import EngineAdapter, KVEvents, LaunchPlan, MetricNames, Task, post_control
 from modelyard.spec.schema import BaseModelSpec, VLLMModel
 
 METRICS = MetricNames(
@@ -70,6 +74,7 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
     image = "vllm/vllm-openai:v0.33.0"  # the flags were recorded from this version
     command = "vllm"
     metrics = METRICS
+    tokenize_path = "/tokenize"
     default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)
     inherited_env = (*AcceleratorEngine.inherited_env, "VLLM_")
     cache_salt_paths = frozenset({"/v1/chat/completions", "/v1/completions"})  # vLLM >= 0.9: `cache_salt`
@@ -83,3 +88,26 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
         if model.sleep_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up; on the replica's loopback port only
         return LaunchPlan(argv=argv, env={**env, **model.env})
+
+    def publishes_kv_events(self, model: BaseModelSpec) -> bool:
+        assert isinstance(model, VLLMModel)
+        return model.kv_events
+
+    def kv_events(self, model: BaseModelSpec, host: str, replica: int) -> KVEvents | None:
+        """ipc:// sockets in a folder of this user's only: vLLM binds an address with `*` on every interface, and
+        the events carry the prompts' token ids."""
+        assert isinstance(model, VLLMModel)
+        if not model.kv_events:
+            return None
+        folder = Path(tempfile.gettempdir()) / f"modelyard-kv-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        stem = folder / f"{model.name.replace('/', '_')}-{replica}-{os.urandom(4).hex()}"
+        return KVEvents(endpoint=f"ipc://{stem}.pub", replay=f"ipc://{stem}.replay", hash_seed=model.kv_hash_seed)
+
+    def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
+        config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": events.endpoint,
+                  "replay_endpoint": events.replay, "topic": events.topic}
+        argv = [*plan.argv, "--kv-events-config", orjson.dumps(config).decode(),
+                "--prefix-caching-hash-algo", "sha256_cbor"]
+        env = {**plan.env, "PYTHONHASHSEED": events.hash_seed, "VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES": "1"}
+        return LaunchPlan(argv=argv, env=env, mounts=plan.mounts)

@@ -77,6 +77,11 @@ class ReplicaRunner:
 
     async def _run_once(self) -> None:
         external = self.engine.external_url(self.model, self.endpoint.replica)
+        events = self.engine.kv_events(self.model, self.host, self.endpoint.replica)
+        self.endpoint.kv_events = events.endpoint if events else None
+        self.endpoint.kv_replay = events.replay if events else None
+        self.endpoint.kv_topic = events.topic if events else ""
+        self.endpoint.kv_hash_seed = events.hash_seed if events else None
         if external is not None:
             self.endpoint.url = external
             await self._watch(None)
@@ -85,6 +90,8 @@ class ReplicaRunner:
         self.endpoint.url = f"http://{self.host}:{port}"
         plan = self.engine.launch(self.model, self.host, port, self.endpoint.replica)
         assert plan is not None
+        if events is not None:
+            plan = self.engine.with_kv_events(self.model, plan, events)
         with open_log(self.log_path) as logfile:
             logfile.write(f"\n=== modelyard: starting {self.endpoint.id} on port {port}: "
                           f"{' '.join(plan.argv)}\n".encode())

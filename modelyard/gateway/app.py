@@ -166,6 +166,7 @@ class Gateway:
             if self.writer is not None:
                 await self.writer.close()  # on SIGTERM too: nothing recorded is lost on a clean stop
             await self.scraper.stop()
+            await self.router.close()
             await self._session.close()
             self.upstream.close()
 
@@ -301,6 +302,7 @@ class Gateway:
         last_error = "no ready replica"
         self.retry_budget.request()
         model = call.model.name
+        await self.router.prepare(call.route)
         for attempt in range(MAX_ATTEMPTS):
             endpoint = self.router.pick(call.route, exclude=tried)
             if endpoint is None:

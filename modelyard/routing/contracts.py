@@ -60,12 +60,15 @@ def block_hashes(text: str, block_chars: int, max_blocks: int) -> tuple[int, ...
 class RouteRequest:
     """One request to route: its model, its prompt text and prefix hashes (computed once, when first asked)."""
 
-    __slots__ = ("model", "payload", "session", "_text", "_hashes", "_hashes_key")
+    __slots__ = ("model", "payload", "session", "kv_keys", "_text", "_hashes", "_hashes_key")
 
     def __init__(self, model: str, payload: Mapping[str, Any] | None = None, session: str | None = None) -> None:
         self.model = model
         self.payload: Mapping[str, Any] = payload if payload is not None else {}
         self.session = session
+        # the prompt's block keys as its engine computes them (token ids, vLLM's block chain), when a plugin's
+        # `prepare` found them (routing/tokenize.py); None: not asked
+        self.kv_keys: tuple[int, ...] | None = None
         self._text: str | None = None
         self._hashes: tuple[int, ...] = ()
         self._hashes_key: tuple[int, int] | None = None
@@ -117,6 +120,16 @@ class Scorer(Protocol):
 class Picker(Protocol):
     def pick(self, request: RouteRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]) -> Endpoint:
         """One of the endpoints (never called with none)."""
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A plugin that needs I/O before the decision (the engine's tokenizer, its event feeds): the router awaits
+    `prepare` once per request, before `pick`, with the model's replicas."""
+
+    async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -46,6 +46,13 @@ class Endpoint:
     scraped_at: float = 0.0  # time.monotonic()
     in_flight_at_scrape: int = 0
     watchdog_s: float = 0.0  # the last watchdog probe's seconds (fleet/replica.py); -1: it failed; 0: none yet
+    # what the engine says it holds (engines/base.py KVEvents, set for each start): its KV events' PUB and replay
+    # addresses, their topic, the seed of its block hash chain; and where it tokenizes a prompt
+    kv_events: str | None = None
+    kv_replay: str | None = None
+    kv_topic: str = ""
+    kv_hash_seed: str | None = None
+    tokenize_path: str | None = None
 
     @property
     def kv_tokens(self) -> int | None:

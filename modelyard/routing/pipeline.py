@@ -16,7 +16,7 @@ from typing import cast
 
 from modelyard.observability.metrics import FastHistogram, RoutingTimings
 from modelyard.routing import registry
-from modelyard.routing.contracts import Context, Filter, Picker, RouteRequest, Scorer, Stateful
+from modelyard.routing.contracts import Context, Filter, Picker, Preparing, RouteRequest, Scorer, Stateful
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.plugins.ready import ReadyFilter
 from modelyard.spec.schema import ProfileSpec, RoutingSpec, YardSpec
@@ -49,6 +49,7 @@ class Pipeline:
         self.picker_timer = timings.plugin(model, profile.picker)
         parts: list[object] = [f for f, _ in self.filters] + [s for s, _, _ in self.scorers] + [self.picker]
         self.stateful: list[Stateful] = [p for p in parts if isinstance(p, Stateful)]
+        self.preparing: list[Preparing] = [p for p in parts if isinstance(p, Preparing)]
         self.decision_timer = timings.decision(model)
 
     def pick(self, request: RouteRequest, endpoints: list[Endpoint],
@@ -104,7 +105,8 @@ class Pipeline:
 
 
 class Router:
-    """Picks a replica for a request with its model's pipeline; the relay only ever calls pick and finished."""
+    """Picks a replica for a request with its model's pipeline; the relay only ever calls prepare, pick and
+    finished."""
 
     def __init__(self, spec: YardSpec, table: EndpointTable, timings: RoutingTimings | None = None,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
@@ -114,9 +116,22 @@ class Router:
         profiles = registry.profiles(spec.routing)
         source = rng or random.Random()
         self.pipelines = {
-            model.name: Pipeline(model.name, profiles[model.routing], spec.routing,
+            model.name: Pipeline(model.name, profiles[registry.profile_name(model, spec.routing)], spec.routing,
                                  Context(model.name, clock, random.Random(source.random()), processes), self.timings)
             for model in spec.models}
+
+    async def prepare(self, request: RouteRequest) -> None:
+        """What the model's plugins need to know before `pick` (a no-op for most profiles)."""
+        pipeline = self.pipelines.get(request.model)
+        if pipeline is not None and pipeline.preparing:
+            endpoints = self.table.of(request.model)
+            for plugin in pipeline.preparing:
+                await plugin.prepare(request, endpoints)
+
+    async def close(self) -> None:
+        for pipeline in self.pipelines.values():
+            for plugin in pipeline.preparing:
+                await plugin.close()
 
     def pick(self, request: RouteRequest, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         pipeline = self.pipelines.get(request.model)

@@ -18,6 +18,7 @@ from modelyard.routing.plugins import (
     load,
     max_score,
     power_of_two,
+    precise_prefix,
     prefix_affinity,
     random_pick,
     ready,
@@ -25,7 +26,7 @@ from modelyard.routing.plugins import (
     saturation_filter,
     session_affinity,
 )
-from modelyard.spec.schema import ProfileSpec, RoutingSpec, ScorerRef
+from modelyard.spec.schema import BaseModelSpec, ProfileSpec, RoutingSpec, ScorerRef
 
 Kind = Literal["filter", "scorer", "picker"]
 
@@ -44,7 +45,7 @@ def _entry(module: Any) -> PluginType:
 
 PLUGINS: tuple[PluginType, ...] = tuple(_entry(m) for m in (
     ready, saturation_filter,
-    least_inflight, load, prefix_affinity, session_affinity,
+    least_inflight, load, prefix_affinity, precise_prefix, session_affinity,
     max_score, power_of_two, round_robin, random_pick,
 ))
 PLUGIN_TYPES: Mapping[str, PluginType] = MappingProxyType({p.name: p for p in PLUGINS})
@@ -54,6 +55,10 @@ READY = ready.TYPE
 BUILTIN_PROFILES: tuple[ProfileSpec, ...] = (
     ProfileSpec(name="default", filters=(READY, saturation_filter.TYPE),
                 scorers=(ScorerRef(plugin=prefix_affinity.TYPE, weight=3), ScorerRef(plugin=load.TYPE, weight=1)),
+                picker=max_score.TYPE),
+    # the default of a model whose engine publishes KV events (profile_name)
+    ProfileSpec(name="precise", filters=(READY, saturation_filter.TYPE),
+                scorers=(ScorerRef(plugin=precise_prefix.TYPE, weight=3), ScorerRef(plugin=load.TYPE, weight=1)),
                 picker=max_score.TYPE),
     ProfileSpec(name="round-robin", filters=(READY,), picker=round_robin.TYPE),
     ProfileSpec(name="least-load", filters=(READY,),
@@ -65,6 +70,19 @@ BUILTIN_PROFILES: tuple[ProfileSpec, ...] = (
                 picker=max_score.TYPE),
 )
 DEFAULT_PROFILE = "default"
+PRECISE_PROFILE = "precise"
+
+
+def profile_name(model: BaseModelSpec, routing: RoutingSpec) -> str:
+    """The profile a model routes with: its own; for `default` (unless the spec redefines it), `precise` when its
+    engine says the model publishes KV events."""
+    if model.routing != DEFAULT_PROFILE or any(p.name == DEFAULT_PROFILE for p in routing.profiles):
+        return model.routing
+    from modelyard.engines import get_engine
+
+    engine = getattr(model, "engine", None)
+    publishes = isinstance(engine, str) and get_engine(engine).publishes_kv_events(model)
+    return PRECISE_PROFILE if publishes else DEFAULT_PROFILE
 
 
 def plugin_type(name: str) -> PluginType | None:

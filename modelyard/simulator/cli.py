@@ -26,10 +26,16 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--task", type=click.Choice(TASKS), default=None,
               help="What the model serves (the same as --param task=...; default: chat): chat and completions, "
                    "embeddings (and rerank, as an embedding model), or rerank (a cross-encoder).")
+@click.option("--kv-events", "kv_events", default=None, metavar="ADDRESS",
+              help="Publish KV cache events as vLLM does (ZMQ PUB, msgpack KVEventBatch) on this address, e.g. "
+                   "tcp://127.0.0.1:5557; replays are served on --kv-events-replay.")
+@click.option("--kv-events-replay", "kv_replay", default=None, metavar="ADDRESS",
+              help="The replay (ROUTER) address; default: the --kv-events port + 1; 'none': no replay.")
+@click.option("--kv-events-topic", "kv_topic", default="", show_default=True, help="The events' topic frame.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], task: str | None,
-             log_level: str) -> None:
+             kv_events: str | None, kv_replay: str | None, kv_topic: str, log_level: str) -> None:
     """Run a simulated vLLM server (OpenAI API, vLLM metrics, sleep/wake) with a modelled latency, on CPU."""
     from modelyard.simulator.run import serve
 
@@ -43,4 +49,10 @@ def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[
         resolved = resolve_profile(profile, overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--param") from None
-    serve(resolved, model_name, host, port, log_level)
+    events = None
+    if kv_events is not None:
+        from modelyard.simulator.kv_events import KVEventsConfig, default_replay
+
+        replay = default_replay(kv_events) if kv_replay is None else None if kv_replay == "none" else kv_replay
+        events = KVEventsConfig(endpoint=kv_events, replay_endpoint=replay, topic=kv_topic)
+    serve(resolved, model_name, host, port, log_level, events)

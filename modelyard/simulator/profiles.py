@@ -38,6 +38,9 @@ class Profile:
     failure_rate: float = 0.0
     failure_kinds: str = "500,429,drop"
     seed: int = 0
+    # the seed of the prefix cache's block hash chain (vLLM's PYTHONHASHSEED with sha256_cbor): a router that knows
+    # it computes the keys of the KV events
+    hash_seed: str = "0"
     # the model's task, and its embedding vectors' length (embedding task; `dimensions` may ask for fewer)
     task: str = "chat"
     embedding_dim: int = 384

@@ -7,7 +7,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from modelyard.simulator.kvcache import PrefixCache, block_hashes
+from modelyard.kv_hash import BlockHasher
+from modelyard.simulator.kvcache import CacheEvent, PrefixCache
 from modelyard.simulator.latency import blocks_for, max_cacheable_blocks, step_s, with_jitter
 from modelyard.simulator.metrics import EngineMetrics
 from modelyard.simulator.profiles import Profile
@@ -72,7 +73,9 @@ class Scheduler:
     def __init__(self, profile: Profile, metrics: EngineMetrics, rng: random.Random | None = None) -> None:
         self.profile, self.metrics = profile, metrics
         self.rng = rng or random.Random(profile.seed)
-        self.cache = PrefixCache(profile.kv_blocks)
+        self.cache = PrefixCache(profile.kv_blocks, profile.block_size)
+        self.hasher = BlockHasher(profile.hash_seed)
+        self.on_events: Callable[[list[CacheEvent]], None] | None = None  # the KV-event publisher, when there is one
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.paused = False
@@ -83,7 +86,7 @@ class Scheduler:
         return blocks_for(prompt_len + max_tokens, self.profile.block_size)
 
     def submit(self, seq: Sequence) -> None:
-        seq.hashes = [] if seq.pooling else block_hashes(seq.prompt_tokens, self.profile.block_size)
+        seq.hashes = [] if seq.pooling else list(self.hasher.keys(seq.prompt_tokens, self.profile.block_size))
         self.waiting.append(seq)
         self._kick.set()
 
@@ -99,6 +102,14 @@ class Scheduler:
             self.running.remove(seq)
         self.metrics.finished("abort")
         seq.notify()
+
+    def publish(self, on_events: Callable[[list[CacheEvent]], None]) -> None:
+        self.cache.record = True
+        self.on_events = on_events
+
+    def flush_events(self) -> None:
+        if self.on_events is not None and self.cache.events:
+            self.on_events(self.cache.take_events())
 
     def pause(self) -> None:
         self.paused = True
@@ -117,6 +128,7 @@ class Scheduler:
                 start = loop.time()
                 continue
             prefills = self._admit(start)
+            self.flush_events()
             decoding = len(self.running) - len(prefills)
             duration = with_jitter(step_s(self.profile, decoding, tuple(len(s.prompt_tokens) - s.cached_tokens
                                                                          for s in prefills)),
@@ -140,7 +152,7 @@ class Scheduler:
             prompt_len = len(seq.prompt_tokens)
             hits = self.cache.hit_blocks(seq.hashes, max_cacheable_blocks(prompt_len, profile.block_size))
             private = self.blocks_needed(prompt_len, seq.max_tokens) - len(seq.hashes)
-            if not self.cache.allocate(seq.hashes, private):
+            if not self.cache.allocate(seq.hashes, private, seq.prompt_tokens):
                 break
             self.waiting.popleft()
             seq.private_blocks = private

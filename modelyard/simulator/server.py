@@ -13,6 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from modelyard.simulator.api import ApiError, ChunkWriter, Generation, full_response, parse_generation, parse_json
 from modelyard.simulator.embeddings import Embedder, embedding_response, parse_embedding
+from modelyard.simulator.kv_events import KVEventsConfig, Publisher
 from modelyard.simulator.metrics import CONTENT_TYPE, EngineMetrics
 from modelyard.simulator.profiles import Profile
 from modelyard.simulator.rerank import parse_rerank, rerank_inputs, rerank_response
@@ -32,8 +33,11 @@ def _exit_now() -> None:
 class Simulator:
     """The ASGI app of one simulated vLLM server: OpenAI API, vLLM's operational endpoints, faults."""
 
-    def __init__(self, profile: Profile, model_name: str, crash: Callable[[], None] = _exit_now) -> None:
+    def __init__(self, profile: Profile, model_name: str, crash: Callable[[], None] = _exit_now,
+                 kv_events: KVEventsConfig | None = None) -> None:
         self.profile, self.model_name, self.crash = profile, model_name, crash
+        self.kv_events = kv_events
+        self.publisher: Publisher | None = None
         self.metrics = EngineMetrics(model_name, profile.kv_blocks, profile.block_size)
         self.rng = random.Random(profile.seed)
         self.scheduler = Scheduler(profile, self.metrics, random.Random(profile.seed + 1))
@@ -91,6 +95,10 @@ class Simulator:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.kv_events is not None:
+                    self.publisher = Publisher(self.kv_events, self.profile.block_size)
+                    self.scheduler.publish(self.publisher.publish)
+                    self.publisher.start()
                 self._task = asyncio.create_task(self.scheduler.run(), name="simulator scheduler")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -98,6 +106,8 @@ class Simulator:
                     self._task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._task
+                if self.publisher is not None:
+                    await self.publisher.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -184,6 +194,7 @@ class Simulator:
         self.sleep_level = int(level)
         self.scheduler.pause()
         self.scheduler.cache.reset()
+        self.scheduler.flush_events()
         await respond(send, 200, b"", [])
 
     async def _wake_up(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,6 +213,7 @@ class Simulator:
         """vLLM's dev endpoint: drops every cached block that no running request holds (benchmarks reset the
         cache between runs with it); held blocks stay, and the answer is 200 either way, as vLLM's."""
         self.scheduler.cache.reset()
+        self.scheduler.flush_events()
         await respond(send, 200, b"", [])
 
     async def _completions(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:

@@ -192,6 +192,9 @@ class SimulatorModel(BaseModelSpec):
     engine: Literal["simulator"]
     profile: str = "tiny-cpu"
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # publish KV cache events as vLLM does (ZMQ on loopback, addresses chosen by `up`, which connects the router
+    # to them): the model's default routing profile is then `precise` (routing/registry.py)
+    kv_events: bool = False
 
 
 class OpenAIModel(BaseModelSpec):
@@ -203,6 +206,12 @@ class OpenAIModel(BaseModelSpec):
     api_key_env: str | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] = 1  # one per url, the default (an external server is not scaled here)
     slots: Annotated[int, Field(ge=1, le=4096)] = 64  # requests one server takes at once
+    # servers that publish vLLM's KV events (and serve /tokenize): one ZMQ PUB address per url, its replay (ROUTER)
+    # address, and the seed of their block hash chain (their PYTHONHASHSEED, with --prefix-caching-hash-algo
+    # sha256_cbor); the model's default routing profile is then `precise`
+    kv_events: tuple[str, ...] | None = None
+    kv_replay: tuple[str, ...] | None = None
+    kv_hash_seed: str = "0"
 
     @field_validator("urls")
     @classmethod
@@ -225,6 +234,12 @@ class OpenAIModel(BaseModelSpec):
         if self.replicas != len(self.urls):
             raise ValueError(f"replicas: an openai engine has one replica per url: {len(self.urls)} url(s), "
                              f"replicas {self.replicas} (leave replicas out)")
+        for name in ("kv_events", "kv_replay"):
+            given = getattr(self, name)
+            if given is not None and len(given) != len(self.urls):
+                raise ValueError(f"{name}: one address per url ({len(self.urls)})")
+        if self.kv_replay is not None and self.kv_events is None:
+            raise ValueError("kv_replay: give kv_events too")
         return self
 
 
@@ -308,6 +323,10 @@ class AcceleratorModel(BaseModelSpec):
 
 class VLLMModel(AcceleratorModel):
     engine: Literal["vllm"]
+    # publish KV cache events (--kv-events-config, on a private ipc:// socket that `up` picks; blocks keyed by
+    # sha256_cbor from PYTHONHASHSEED=kv_hash_seed): the model's default routing profile is then `precise`
+    kv_events: bool = False
+    kv_hash_seed: str = "0"
 
 
 class SGLangModel(AcceleratorModel):

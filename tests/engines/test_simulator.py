@@ -69,3 +69,20 @@ def test_launch_plan_starts_a_server_that_probes_healthy() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_kv_events_on_a_model_give_fresh_loopback_addresses_and_the_flags() -> None:
+    from modelyard.engines.simulator import SimulatorEngine
+    from modelyard.spec.schema import SimulatorModel
+
+    engine = SimulatorEngine()
+    off = SimulatorModel(name="m", engine="simulator")
+    assert engine.kv_events(off, "127.0.0.1", 0) is None
+    on = SimulatorModel(name="m", engine="simulator", kv_events=True, params={"hash_seed": 7})
+    events = engine.kv_events(on, "127.0.0.1", 0)
+    assert events is not None and events.hash_seed == "7"
+    assert events.endpoint.startswith("tcp://127.0.0.1:") and events.replay != events.endpoint
+    plan = engine.with_kv_events(on, engine.launch(on, "127.0.0.1", 9000, 0), events)
+    at = plan.argv.index("--kv-events")
+    assert plan.argv[at + 1:at + 4] == [events.endpoint, "--kv-events-replay", events.replay]
+    assert engine.tokenize_path == "/tokenize"

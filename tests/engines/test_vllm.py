@@ -138,3 +138,17 @@ def test_slots_and_served_name(tmp_path: Path) -> None:
     assert engine.slots(model) == 128 and engine.slots(model.model_copy(update={"max_num_seqs": None})) == 256
     assert engine.upstream_model(model.model_copy(update={"served_model_name": "Qwen/Qwen3-8B"})) == "Qwen/Qwen3-8B"
     assert engine.can_sleep(model) and not engine.can_sleep(model.model_copy(update={"sleep_mode": False}))
+
+
+def test_kv_events_on_private_ipc_sockets_with_the_chain_a_router_computes(tmp_path: Path) -> None:
+    engine = get_engine("vllm")
+    model = seed_model(tmp_path).model_copy(update={"kv_events": True, "kv_hash_seed": "5"})
+    assert engine.publishes_kv_events(model) and not engine.publishes_kv_events(seed_model(tmp_path))
+    events = engine.kv_events(model, "127.0.0.1", 1)
+    assert events is not None and events.endpoint.startswith("ipc://") and events.replay != events.endpoint
+    plan = engine.with_kv_events(model, engine.launch(model, "127.0.0.1", 8000, 1), events)
+    assert unknown_flags("vllm", plan.argv[3:]) == []
+    opts = options(plan.argv)
+    assert opts["--prefix-caching-hash-algo"] == "sha256_cbor"
+    assert json.loads(opts["--kv-events-config"])["endpoint"] == events.endpoint
+    assert plan.env["PYTHONHASHSEED"] == "5" and plan.env["VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES"] == "1"

@@ -1,0 +1,143 @@
+"""What a request's block keys cost the router, at 2k- and 16k-token prompts, three ways in one run:
+
+- approximate: the default profile's character blocks (RouteRequest.prefix_hashes, 256 characters a block, with
+  its default cap of 64 blocks, and uncapped so that it covers the whole prompt as the precise keys do);
+- precise, uncached: one POST /tokenize to the engine (a simulator process on loopback, its own core where there
+  is one) for the chat prompt with its template, then vLLM's sha256_cbor chain over the token ids
+  (routing/tokenize.py: EngineTokens with no cache), split into the round trip and the hashing;
+- precise, cached: the same prompt again (a 16-byte BLAKE2 digest of the request and a dict lookup).
+
+Each prompt is new (distinct words) for the uncached ways. Writes benchmarks/results/block_keys/<host>-<time>.json.
+
+    .venv/bin/python benchmarks/block_keys.py --requests 200
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modelyard.kv_hash import BlockHasher
+from modelyard.routing.contracts import RouteRequest
+from modelyard.routing.tokenize import EngineTokens, post_json, tokenize_body
+
+RESULTS = Path(__file__).parent / "results" / "block_keys"
+WORDS = ("order", "ship", "invoice", "refund", "the", "a", "of", "to", "customer", "package", "late", "address",
+         "warehouse", "please", "check", "status", "when", "will", "my", "arrive", "is", "and", "for", "account")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def payload(rng: random.Random, tokens: int) -> dict[str, Any]:
+    """A chat request of about `tokens` tokens in the simulator's tokenizer (a word with its space: one token; the
+    template adds about 40)."""
+    system = " ".join(rng.choice(WORDS) + str(rng.randrange(100)) for _ in range(tokens - 40))
+    return {"model": "sim", "messages": [{"role": "system", "content": system},
+                                         {"role": "user", "content": "Where is my order?"}]}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50_us": ordered[len(ordered) // 2] * 1e6, "p99_us": ordered[int(len(ordered) * 0.99)] * 1e6,
+            "mean_us": statistics.fmean(ordered) * 1e6}
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+async def measure(url: str, size: int, count: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    prompts = [payload(rng, size) for _ in range(count)]
+    hasher = BlockHasher("0")
+    approx, approx_all, trip, hashing, total, cached = [], [], [], [], [], []
+    tokens_seen = []
+    uncached, cache = EngineTokens(cache_size=0), EngineTokens()
+    for p in prompts:
+        approx.append(timed(lambda p=p: RouteRequest("sim", p).prefix_hashes(256, 64)))  # type: ignore[misc]
+        approx_all.append(timed(lambda p=p: RouteRequest("sim", p).prefix_hashes(256, 1 << 20)))  # type: ignore[misc]
+        body = orjson.dumps(tokenize_body(p, "sim"))
+        start = time.perf_counter()
+        answer = await post_json(url, "/tokenize", body)
+        middle = time.perf_counter()
+        hasher.keys(answer["tokens"], 16)
+        end = time.perf_counter()
+        trip.append(middle - start)
+        hashing.append(end - middle)
+        tokens_seen.append(len(answer["tokens"]))
+        start = time.perf_counter()
+        await uncached.keys(p, "sim", url, "/tokenize", 16, "0")
+        total.append(time.perf_counter() - start)
+        await cache.keys(p, "sim", url, "/tokenize", 16, "0")
+        start = time.perf_counter()
+        await cache.keys(p, "sim", url, "/tokenize", 16, "0")
+        cached.append(time.perf_counter() - start)
+    base = statistics.median(approx_all)
+    out = {"prompt_tokens_median": statistics.median(tokens_seen),
+           "approximate_capped_64_blocks": percentiles(approx), "approximate_whole_prompt": percentiles(approx_all),
+           "precise_tokenize_round_trip": percentiles(trip), "precise_hashing": percentiles(hashing),
+           "precise_uncached_total": percentiles(total), "precise_cached": percentiles(cached)}
+    out["ratios_of_medians_to_approximate_whole_prompt"] = {
+        k: statistics.median(v) / base for k, v in (("approximate_capped_64_blocks", approx),
+                                                     ("precise_uncached_total", total), ("precise_cached", cached),
+                                                     ("precise_hashing", hashing))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--sizes", default="2000,16000")
+    args = parser.parse_args()
+    port = free_port()
+    cores = os.cpu_count() or 1
+    pin = ["taskset", "-c", str(cores - 1)] if cores > 1 else []
+    server = subprocess.Popen([*pin, sys.executable, "-m", "modelyard.simulator", "--port", str(port),
+                               "--model", "sim", "--param", "max_model_len=100000"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        if cores > 1:
+            os.sched_setaffinity(0, {0})
+        results = {int(size): asyncio.run(measure(url, int(size), args.requests, seed=int(size)))
+                   for size in args.sizes.split(",")}
+    finally:
+        server.terminate()
+        server.wait(10)
+    report = {"command": " ".join(sys.argv), "host": platform.node(), "cores": cores,
+              "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+              "requests_per_size": args.requests, "results": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{platform.node()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
