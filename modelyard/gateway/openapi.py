@@ -61,9 +61,13 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _body(models: list[str], required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """A request body; an optional field may be null, which the gateway (validate.py) takes as not given, as the
+    SDKs and vLLM do."""
     model: dict[str, Any] = {"type": "string", "enum": models} if models else {"type": "string"}
+    optional = {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in properties.items()
+                if name not in required}
     return {"type": "object", "required": ["model", *required], "additionalProperties": True,
-            "properties": {"model": model, **properties}}
+            "properties": {"model": model, **properties, **optional}}
 
 
 def _generation(summary: str, schema: str, streamed: bool) -> dict[str, Any]:
