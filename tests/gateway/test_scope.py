@@ -26,11 +26,12 @@ def upstream() -> Iterator[Upstream]:
 
 @pytest.fixture
 def cluster(tmp_path: Path, upstream: Upstream) -> Iterator[Cluster]:
-    # one request at the replica at a time: a slot held by a gone client would keep every later one queued
+    # one request at the replica at a time: a slot held by a gone client would keep every later one queued (one
+    # worker: each worker admits its share of max_concurrency, so two workers would let two requests through)
     model = {"name": "m", "engine": "openai", "urls": [upstream.url], "replicas": 1,
              "admission": {"max_concurrency": 1, "max_queue": 4, "max_wait_s": 3},
              "timeouts": {"first_byte_s": 30, "between_chunks_s": 30, "total_s": 40}}
-    running = Cluster(tmp_path, [model]).start()
+    running = Cluster(tmp_path, [model], gateway={"workers": 1}).start()
     yield running
     running.stop()
 
@@ -77,9 +78,9 @@ def test_a_client_that_leaves_while_queued_never_reaches_the_engine(cluster: Clu
     first = send_raw(cluster)
     wait_for(lambda: upstream.requests == 1, "the first request to reach the engine")
     queued = send_raw(cluster)  # waits for the one slot
-    time.sleep(0.3)
+    wait_for(lambda: cluster.metric("modelyard_queue_depth", model="m") == 1, "the second request to be queued")
     queued.close()
-    time.sleep(0.3)
+    wait_for(lambda: cluster.metric("modelyard_queue_depth", model="m") == 0, "the gone client to leave the queue")
     first.close()
     wait_for(upstream.aborted.is_set, "the first request's engine connection to close")
     upstream.mode = "ok"
