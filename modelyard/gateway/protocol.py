@@ -3,8 +3,8 @@ and run by the ASGI app (Starlette, `gateway/app.py`), as `gateway/upstream.py` 
 
 Why our own: the relay writes each stream's chunks straight to the client's socket, once per loop turn
 (`relay.WriteBatch`), and watches the client's hang-up without a task per stream. uvicorn gives neither through a
-public API (the relay used to reach into its `RequestResponseCycle` and into asyncio's `Event._waiters`), and it
-has no bound on a request head's size, on headers, on slow clients or on open connections.
+public API (the relay used to reach into uvicorn's private request cycle and into a private attribute of asyncio's
+events), and it has no bound on a request head's size, on headers, on slow clients or on open connections.
 
 Each request is an `Exchange`: the ASGI `receive`/`send` for every route, and, in
 `scope["extensions"]["modelyard.client"]`, the same object as the hot path's public API:
