@@ -209,13 +209,13 @@ class Tenancy:
             await self._given_back(result)
             raise
         if isinstance(slot, QueueRejection):
-            await self.limiter.settle(result, 0)
+            await self._given_back(result)
             self.metrics.rejections.labels(model, key.name, slot.code).inc()
             return openai_error(slot.status, slot.message, slot.code,
                                 headers={"Retry-After": str(slot.retry_after_s)})
         return Ticket(key, result, slot, self.limiter, reservation)
 
     async def _given_back(self, result: Admission | Rejection) -> None:
-        """What the limiter granted to a request whose client left while it was asked."""
+        """What the limiter granted to a request that goes no further (its client left, or the queue refused it)."""
         if isinstance(result, Admission):
             await self.limiter.settle(result, 0)
