@@ -22,6 +22,7 @@ class Upstream:
         self.seen: list[str] = []  # the path of every request but the probes
         self.request_ids: list[str] = []  # their X-Request-Id headers
         self.probes_ok = True  # False: 1-token probes get `mode` too (a replica that stays broken)
+        self.fail_next = 0  # the next this many requests (not probes) get a 503, whatever the mode
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,6 +65,9 @@ class Upstream:
             self.requests += 1
             self.seen.append(request.path)
             self.request_ids.append(request.headers.get("X-Request-Id", ""))
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                mode = "error503"
         if mode.startswith("error"):
             status = int(mode[5:])
             return mode, web.json_response({"error": {"message": "boom", "code": status}}, status=status)

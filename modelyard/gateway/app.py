@@ -23,7 +23,14 @@ from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import KeyRing, Twice, authorization, cache_salt
 from modelyard.gateway.errors import openai_error, openai_shaped
-from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudget, replica_unwell
+from modelyard.gateway.failover import (
+    BROKEN_STREAM,
+    MAX_ATTEMPTS,
+    OutlierDetector,
+    RetryBudget,
+    backoff_s,
+    replica_unwell,
+)
 from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
@@ -55,7 +62,6 @@ from modelyard.store.base import KeyRecord, Store, UsageRecord
 
 log = logging.getLogger("modelyard.gateway")
 access = logging.getLogger("modelyard.access")  # gateway.access_log: one JSON line per request
-MAX_ATTEMPTS = 3
 HOLD_POLL_S = 0.05
 
 
@@ -300,39 +306,45 @@ class Gateway:
         stale_retried = timed_out = False
         outcome = Outcome()
         last_error = "no ready replica"
-        self.retry_budget.request()
         model = call.model.name
         await self.router.prepare(call.route)
         for attempt in range(MAX_ATTEMPTS):
-            endpoint = self.router.pick(call.route, exclude=tried)
-            if endpoint is None:
-                break
             if attempt:
-                if not self.retry_budget.try_retry():
+                if not self.retry_budget.try_retry(model, sum(e.in_flight for e in self.table.of(model))):
                     last_error += "; retry budget exhausted"
                     break
-                self.metrics.retries.labels(model).inc()
-            tried.append(endpoint)
-            data = call.body
-            if endpoint.upstream_model and endpoint.upstream_model != model:
-                data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
-            endpoint.in_flight += 1
-            self._child(self.metrics.in_flight, model).inc()
             try:
-                upstream, first = await self._send(endpoint, call, data, outcome.started)
-            except UPSTREAM_ERRORS as exc:
-                self._release(endpoint, model)
-                last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
-                if stale_connection(exc) and not stale_retried:
-                    stale_retried = True  # a pooled connection the engine had closed: once more, same replica
-                    tried.pop()
+                if attempt:
+                    await asyncio.sleep(backoff_s(attempt))
+                endpoint = self._next(call, tried)
+                if endpoint is None:
+                    break
+                if attempt:
+                    self.metrics.retries.labels(model).inc()
+                tried.append(endpoint)
+                data = call.body
+                if endpoint.upstream_model and endpoint.upstream_model != model:
+                    data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
+                endpoint.in_flight += 1
+                self._child(self.metrics.in_flight, model).inc()
+                try:
+                    upstream, first = await self._send(endpoint, call, data, outcome.started)
+                except UPSTREAM_ERRORS as exc:
+                    self._release(endpoint, model)
+                    last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
+                    if stale_connection(exc) and not stale_retried:
+                        stale_retried = True  # a pooled connection the engine had closed: once more, same replica
+                        tried.pop()
+                        continue
+                    timed_out = isinstance(exc, TimeoutError)
+                    self._failed(endpoint, hung=timed_out)
                     continue
-                timed_out = isinstance(exc, TimeoutError)
-                self._failed(endpoint, hung=timed_out)
-                continue
-            except BaseException:  # not the engine's failure (a cancelled request, a bad header): count it back
-                self._release(endpoint, model)
-                raise
+                except BaseException:  # not the engine's failure (a cancelled request, a bad header): count it back
+                    self._release(endpoint, model)
+                    raise
+            finally:
+                if attempt:
+                    self.retry_budget.retried(model)
             if replica_unwell(upstream.status):
                 self._failed(endpoint)
                 if attempt + 1 < MAX_ATTEMPTS:
@@ -351,6 +363,14 @@ class Gateway:
         self._record(call, outcome)
         return openai_error(503, f"No replica of model '{model}' could serve the request ({last_error})",
                             "no_ready_replica", headers={"Retry-After": "1"})
+
+    def _next(self, call: Call, tried: list[Endpoint]) -> Endpoint | None:
+        """The replica for the next attempt: one not tried yet; else, when every ready one failed, one again (not
+        the last to fail, where there is another), since an intermittent fault says little about the next try."""
+        endpoint = self.router.pick(call.route, exclude=tried)
+        if endpoint is None and tried:
+            endpoint = self.router.pick(call.route, exclude=tried[-1:]) or self.router.pick(call.route)
+        return endpoint
 
     def _failed(self, endpoint: Endpoint, hung: bool = False) -> None:
         self.outliers.failure(endpoint, hung=hung, peers=self.table.of(endpoint.model))

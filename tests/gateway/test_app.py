@@ -53,6 +53,15 @@ def test_all_replicas_failing_gives_a_clean_503(cluster: Cluster, upstreams: tup
         client_for(cluster).completions.create(model="m", prompt="hi", max_tokens=3)
 
 
+def test_a_fault_on_every_replica_is_retried_through_on_replicas_already_tried(
+        cluster: Cluster, upstreams: tuple[Upstream, Upstream]) -> None:
+    """Each replica fails its next two requests: the fifth attempt, on a replica that failed before, answers."""
+    for upstream in upstreams:
+        upstream.fail_next = 2
+    assert client_for(cluster).completions.create(model="m", prompt="hi", max_tokens=3).choices[0].text == "ok"
+    assert sorted(upstream.requests for upstream in upstreams) == [2, 3]
+
+
 def test_engine_dying_mid_stream_ends_with_an_sse_error(cluster: Cluster,
                                                         upstreams: tuple[Upstream, Upstream]) -> None:
     for upstream in upstreams:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import httpx
 
-from modelyard.gateway.failover import OutlierDetector, RetryBudget
+from modelyard.gateway.failover import OutlierDetector, RetryBudget, backoff_s
 from modelyard.routing.endpoints import Endpoint, ReplicaState
 from tests.cluster import API_KEY, Cluster
 from tests.replicas import replicas
@@ -19,14 +19,21 @@ class Clock:
         return self.now
 
 
-def test_retry_budget_caps_retries_to_a_share_of_requests() -> None:
-    clock = Clock()
-    budget = RetryBudget(ratio=0.2, min_per_window=1, window_s=10, clock=clock)
-    for _ in range(10):
-        budget.request()
-    assert [budget.try_retry() for _ in range(4)] == [True, True, True, False]
-    clock.now += 11
-    assert budget.try_retry() is True
+def test_retry_budget_caps_retries_in_progress_to_a_share_of_requests_in_progress() -> None:
+    budget = RetryBudget(percent=0.2, min_concurrent=2)
+    assert [budget.try_retry("m", active=20) for _ in range(5)] == [True, True, True, True, False]  # 20% of 20
+    assert budget.try_retry("other", active=1) is True  # each model its own budget
+    budget.retried("m")
+    assert budget.try_retry("m", active=20) is True and budget.try_retry("m", active=20) is False
+    for _ in range(4):
+        budget.retried("m")
+    assert [budget.try_retry("m", active=1) for _ in range(3)] == [True, True, False]  # the floor: min_concurrent
+
+
+def test_backoff_is_jittered_under_an_exponential_cap() -> None:
+    waits = [[backoff_s(retry) for _ in range(200)] for retry in (1, 2, 3, 8)]
+    assert all(0 <= w <= 0.025 for w in waits[0]) and max(waits[1]) > 0.025 >= min(waits[1])
+    assert max(waits[2]) <= 0.1 and all(w <= 0.25 for w in waits[3]) and len(set(waits[3])) > 100
 
 
 def test_consecutive_failures_eject_for_a_growing_time_and_success_resets() -> None:
@@ -44,15 +51,6 @@ def test_consecutive_failures_eject_for_a_growing_time_and_success_resets() -> N
     clock.now += 11
     detector.success(endpoint)
     assert endpoint.ejections == 0 and endpoint.routable(clock.now)
-
-
-def test_the_retry_budget_remembers_only_its_window_without_retries() -> None:
-    clock = Clock()
-    budget = RetryBudget(window_s=10, clock=clock)
-    for _ in range(1_000):  # 10 requests a second for 100 s, never a retry
-        budget.request()
-        clock.now += 0.1
-    assert len(budget._requests) <= 101
 
 
 def test_at_most_half_the_ready_replicas_are_ejected_and_one_always_stays() -> None:
