@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from modelyard.engines import EngineError, LaunchPlan, get_engine
-from modelyard.fleet.child_env import replica_env, secret_names
+from modelyard.fleet.child_env import replica_env, secret_names, worker_env
 from modelyard.fleet.control import ControlServer
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.process import open_log
@@ -162,14 +162,6 @@ def worker_settings(spec: YardSpec, ring: KeyRing, state_dir: Path, redis_url: s
             "redis": redis_url, "workers": count, "metrics_dir": str(metrics_dir)}
 
 
-def worker_env(spec: YardSpec, metrics_dir: Path) -> dict[str, str]:
-    """The workers' environment: ours without the secrets they are given otherwise (hashes, over their stdin)."""
-    secrets = secret_names(spec)
-    env = {k: v for k, v in os.environ.items() if k not in secrets}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    return env
-
-
 async def _until_stopped(stop: asyncio.Event, tick: Callable[[], None], every_s: float) -> None:
     """Calls `tick` every `every_s` until a stop signal."""
     while not stop.is_set():
@@ -251,7 +243,8 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, live: bool | 
         settings = worker_settings(spec, keys.ring, state_dir, private.url if private else spec.store.redis, count,
                                    metrics_dir)
         control: Reconciler | None = None
-        workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), log_file, metrics_dir,
+        env = worker_env(spec, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+        workers = GatewayWorkers(table, count, settings, env, log_file, metrics_dir,
                                  host, port, fleet=lambda: control.view() if control is not None else {})
         control = Reconciler(spec, supervisor, table, workers, trace_dir=state_dir / "traces")
         await supervisor.start()

@@ -1,9 +1,11 @@
-"""The environment of the processes that `modelyard up` starts (engine replicas, the private redis-server): named,
+"""The environment of the processes that `modelyard up` starts (engine replicas, the private redis-server, the
+gateway workers): named,
 never inherited whole. `up` runs with the gateway's secrets in its environment ($MODELYARD_API_KEY, the admin key,
 the keys' `key_env`, the external servers' `api_key_env`); a child gets the variables that any program needs
 (`BASE`), the accelerators' (`ACCELERATOR`), what its engine says it reads (`EngineAdapter.inherited_env`), its own
 model's secrets (`secret_env`) and its launch plan's, and never a variable that the spec names as a secret of
-anything else."""
+anything else. A gateway worker gets `BASE` and `GATEWAY_WORKER`, no secret at all: its keys come as hashes and the
+admin key over its stdin (`worker_env`)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ BASE = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_", "
         "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "SSL_CERT_FILE",
         "SSL_CERT_DIR")
 ACCELERATOR = ("CUDA_", "NVIDIA_", "NCCL_", "HIP_", "ROCR_", "HSA_", "ROCM_")
+# a gateway worker: our own settings (MODELYARD_GC, MODELYARD_EAGER; the keys among them are withheld as secrets),
+# Python's, and what the PostgreSQL store's client (asyncpg) reads when the store's url leaves it out
+GATEWAY_WORKER = ("MODELYARD_", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
+                  "PYTHONDEVMODE", "PYTHONASYNCIODEBUG", "PYTHONFAULTHANDLER", "PGHOST", "PGPORT", "PGUSER",
+                  "PGPASSWORD", "PGPASSFILE", "PGDATABASE", "PGSSLMODE", "PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT",
+                  "PGSSLCRL", "PGTARGETSESSIONATTRS", "PGSERVICE", "PGSERVICEFILE")
 
 
 def child_env(own: Mapping[str, str] | None = None, inherit: Iterable[str] = (), withheld: Collection[str] = (),
@@ -50,3 +58,8 @@ def replica_env(engine: EngineAdapter, model: BaseModelSpec, plan: LaunchPlan,
     own = engine.secret_env(model)
     return child_env(plan.env, (*ACCELERATOR, *engine.inherited_env, *own),
                      frozenset(withheld) - frozenset(own), source)
+
+
+def worker_env(spec: YardSpec, own: Mapping[str, str], source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a gateway worker."""
+    return child_env(own, GATEWAY_WORKER, secret_names(spec), source)

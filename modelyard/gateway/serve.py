@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from modelyard.fleet.child_env import worker_env
 from modelyard.fleet.gateway_workers import GatewayWorkers, WorkerError, worker_count
 from modelyard.fleet.redis_server import PrivateRedis, RedisServerError
 from modelyard.gateway.discovery import EndpointSliceSource, KubeAPI, add_static, discovered_models
@@ -29,7 +30,6 @@ from modelyard.up import (
     setup_keys,
     shared_limiter,
     state_dir_for,
-    worker_env,
     worker_settings,
 )
 
@@ -120,8 +120,8 @@ async def serve(spec: YardSpec, spec_path: Path, console: Console, api: KubeAPI 
         private = await shared_limiter(spec, state_dir, count, state_dir / "redis.log")
         settings = worker_settings(spec, keys.ring, state_dir, private.url if private else spec.store.redis, count,
                                    metrics_dir)
-        workers = GatewayWorkers(table, count, settings, worker_env(spec, metrics_dir), sys.stderr.buffer,
-                                 metrics_dir, host, port)
+        env = worker_env(spec, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+        workers = GatewayWorkers(table, count, settings, env, sys.stderr.buffer, metrics_dir, host, port)
         if await _start(workers, stop):
             log.info("gateway: %d worker(s) on %s:%d, pids %s", count, host, port, workers.pids)
             where = f"Kubernetes API {api.url}, namespace {api.namespace}" if source and api else "urls: only"

@@ -1,4 +1,5 @@
-"""modelyard/fleet/child_env.py: what a replica's and redis-server's environment holds, and what it never does."""
+"""modelyard/fleet/child_env.py: what a replica's, redis-server's and a gateway worker's environment holds, and
+what it never does."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.engines import LaunchPlan, get_engine
-from modelyard.fleet.child_env import child_env, replica_env, secret_names
+from modelyard.fleet.child_env import child_env, replica_env, secret_names, worker_env
 from modelyard.fleet.process import open_log, spawn, terminate
 from modelyard.spec.schema import YardSpec
 
@@ -65,6 +66,13 @@ def test_a_models_own_secret_reaches_its_replica_only() -> None:
 def test_redis_and_any_other_child_gets_the_basics_only() -> None:
     env = child_env(source=OURS)
     assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH"}
+
+
+def test_a_gateway_worker_gets_the_basics_our_settings_and_no_secret() -> None:
+    ours = {**OURS, "MODELYARD_GC": "default", "PGSSLMODE": "require", "PYTHONHASHSEED": "0"}
+    env = worker_env(spec(), {"PROMETHEUS_MULTIPROC_DIR": "/m"}, source=ours)
+    assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "MODELYARD_GC", "PGSSLMODE",
+                        "PYTHONHASHSEED", "PROMETHEUS_MULTIPROC_DIR"}  # MODELYARD_API_KEY and _ADMIN_KEY: withheld
 
 
 def test_a_spawned_child_has_exactly_that_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

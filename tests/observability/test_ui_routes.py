@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from modelyard.fleet.child_env import worker_env
 from modelyard.gateway.app import Gateway, create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.observability.ui_session import COOKIE, UiAuth
@@ -18,7 +19,7 @@ from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import YardSpec
 from modelyard.store.base import KeyLimits, Store, UsageRecord
 from modelyard.store.sqlite import SQLiteStore
-from modelyard.up import worker_env, worker_settings
+from modelyard.up import worker_settings
 
 ADMIN = "admin-" + "k" * 30
 UI = "ui-" + "k" * 30
@@ -182,5 +183,5 @@ def test_the_ui_key_reaches_the_workers_over_stdin_never_through_their_environme
                                     "models": [{"name": "chat", "engine": "simulator"}]})
     settings = worker_settings(yard, KeyRing(), tmp_path, None, 1, tmp_path)
     assert settings["ui_key"] == UI
-    assert "MY_UI_KEY" not in worker_env(yard, tmp_path)
+    assert "MY_UI_KEY" not in worker_env(yard, {})
     assert worker_settings(spec(), KeyRing(), tmp_path, None, 1, tmp_path)["ui_key"] is None
