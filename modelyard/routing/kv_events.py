@@ -89,19 +89,21 @@ def apply(index: KVIndex, replica: int, payload: bytes) -> None:
 
 @dataclass(frozen=True)
 class Source:
-    """A replica's event sockets as the endpoint table says (a restart gives new ones)."""
+    """A replica's event sockets as the endpoint table says (a restart gives new ones, or a new epoch)."""
 
     replica: int
     url: str
     events: str
     replay: str | None
     topic: str
+    epoch: int = 0
 
     @classmethod
     def of(cls, endpoint: Endpoint) -> Source | None:
         if endpoint.kv_events is None:
             return None
-        return cls(endpoint.replica, endpoint.url, endpoint.kv_events, endpoint.kv_replay, endpoint.kv_topic)
+        return cls(endpoint.replica, endpoint.url, endpoint.kv_events, endpoint.kv_replay, endpoint.kv_topic,
+                   endpoint.kv_epoch)
 
 
 class Subscription:
