@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +34,29 @@ A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 _DROP, _END = b"drop", b"end"
 
 
-def _with_port(obj: Any, port: int) -> Any:
+def _with_ports(obj: Any, ports: Mapping[int, int]) -> Any:
     if isinstance(obj, dict):
         if obj.get("kind") in (None, "EndpointSlice") and isinstance(obj.get("ports"), list):
-            obj["ports"] = [{**p, "port": port} if p.get("port") == RECORDED_PORT else p for p in obj["ports"]]
+            obj["ports"] = [{**p, "port": ports.get(p.get("port"), p.get("port"))} for p in obj["ports"]]
         for value in obj.values():
-            _with_port(value, port)
+            _with_ports(value, ports)
     elif isinstance(obj, list):
         for value in obj:
-            _with_port(value, port)
+            _with_ports(value, ports)
     return obj
 
 
-def recorded_list(name: str, port: int = RECORDED_PORT) -> dict[str, Any]:
-    data: dict[str, Any] = _with_port(orjson.loads((DATA / name).read_bytes()), port)
+def recorded_list(name: str, port: int = RECORDED_PORT, others: Mapping[int, int] | None = None) -> dict[str, Any]:
+    """A recorded answer with the recorded ports (8000; `others`: recorded -> used) replaced."""
+    ports = {RECORDED_PORT: port, **(others or {})}
+    data: dict[str, Any] = _with_ports(orjson.loads((DATA / name).read_bytes()), ports)
     return data
 
 
-def recorded_watch(name: str, port: int = RECORDED_PORT) -> list[bytes]:
+def recorded_watch(name: str, port: int = RECORDED_PORT, others: Mapping[int, int] | None = None) -> list[bytes]:
     lines = (DATA / name).read_bytes().splitlines()
-    return [orjson.dumps(_with_port(orjson.loads(line), port)) + b"\n" for line in lines if line.strip()]
+    ports = {RECORDED_PORT: port, **(others or {})}
+    return [orjson.dumps(_with_ports(orjson.loads(line), ports)) + b"\n" for line in lines if line.strip()]
 
 
 def recorded(port: int = RECORDED_PORT) -> tuple[list[dict[str, Any]], dict[str, list[bytes]]]:
