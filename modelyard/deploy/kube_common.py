@@ -17,6 +17,8 @@ Autoscaler = Literal["keda", "hpa"]
 
 ENGINE_PORT = 8000  # every engine container listens here (port name "http"); the gateway's discovery reads it
 ENGINE_PORT_NAME = "http"
+# a model with KV events publishes them here (vLLM's defaults), on the pod's network; only the gateway may connect
+KV_EVENTS_PORT, KV_REPLAY_PORT = 5557, 5558
 GATEWAY_NAME = "modelyard-gateway"
 REDIS_NAME = "modelyard-redis"
 CONFIG_NAME = "modelyard-config"

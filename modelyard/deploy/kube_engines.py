@@ -1,5 +1,10 @@
 """One model's engine in Kubernetes: its Deployment (the adapter's own launch plan, the same code path as
-`modelyard up --dry-run`), headless Service, PodDisruptionBudget and NetworkPolicy."""
+`modelyard up --dry-run`), headless Service, PodDisruptionBudget and NetworkPolicy.
+
+A model whose engine publishes KV events (vLLM with `kv_events: true`) publishes them on TCP on its pod's network,
+at two named ports (KV_EVENTS_PORT_NAME, KV_REPLAY_PORT_NAME) that its Service lists too, so that the gateway finds
+them in the EndpointSlices beside each pod's IP (gateway/discovery.py); its NetworkPolicy lets only the gateway's
+pods reach them (the events carry the prompts' token ids)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from modelyard.deploy.kube_common import (
     ENGINE_PORT_NAME,
     GATEWAY_NAME,
     GPU_RESOURCE,
+    KV_EVENTS_PORT,
+    KV_REPLAY_PORT,
     MODEL_ANNOTATION,
     WEIGHTS_VOLUME,
     Manifest,
@@ -21,6 +28,7 @@ from modelyard.deploy.kube_common import (
     selector,
 )
 from modelyard.engines import EngineAdapter, LaunchPlan
+from modelyard.spec.names import KV_EVENTS_PORT_NAME, KV_REPLAY_PORT_NAME
 from modelyard.spec.schema import AnyModel
 
 COMPONENT = "engine"
@@ -35,7 +43,16 @@ def engine_pod(adapter: EngineAdapter, model: AnyModel) -> LaunchPlan:
     plan = adapter.container_launch(model, "0.0.0.0", ENGINE_PORT)
     if plan is None:
         raise RenderError(f"{model.name}: engine {adapter.name} has no launch plan")
-    return plan
+    events = adapter.kv_events_at(model, "*", KV_EVENTS_PORT, KV_REPLAY_PORT)  # bound on every pod interface
+    return plan if events is None else adapter.with_kv_events(model, plan, events)
+
+
+def kv_ports(adapter: EngineAdapter, model: AnyModel) -> list[tuple[str, int]]:
+    """The named ports of its KV events (events, replay), or none."""
+    events = adapter.kv_events_at(model, "*", KV_EVENTS_PORT, KV_REPLAY_PORT)
+    if events is None:
+        return []
+    return [(KV_EVENTS_PORT_NAME, KV_EVENTS_PORT)] + ([(KV_REPLAY_PORT_NAME, KV_REPLAY_PORT)] if events.replay else [])
 
 
 def _quantity_cpu(cpus: float) -> str:
@@ -86,7 +103,8 @@ def _container(adapter: EngineAdapter, model: AnyModel, pod: LaunchPlan, image: 
     return {
         "name": "engine", "image": image, "command": pod.argv,
         "env": [{"name": k, "value": v} for k, v in sorted(pod.env.items())],
-        "ports": [{"name": ENGINE_PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}],
+        "ports": [{"name": name, "containerPort": port, "protocol": "TCP"}
+                  for name, port in [(ENGINE_PORT_NAME, ENGINE_PORT), *kv_ports(adapter, model)]],
         "resources": resources,
         "startupProbe": kube_probes.startup(adapter, model, gpu),
         "readinessProbe": kube_probes.readiness(adapter, model),
@@ -129,29 +147,35 @@ def deployment(adapter: EngineAdapter, model: AnyModel, image: str, replicas: in
     return obj("apps/v1", "Deployment", meta(name, COMPONENT, options, annotations), spec=spec)
 
 
-def service(model: AnyModel, options: RenderOptions) -> Manifest:
-    """Headless: its EndpointSlices list every replica, ready or not, which the gateway routes to itself."""
+def service(adapter: EngineAdapter, model: AnyModel, options: RenderOptions) -> Manifest:
+    """Headless: its EndpointSlices list every replica, ready or not, which the gateway routes to itself, with
+    every port named here (the KV events' too: where the gateway subscribes to each pod)."""
     name = object_name(model.name)
+    ports = [(ENGINE_PORT_NAME, ENGINE_PORT), *kv_ports(adapter, model)]
     return obj("v1", "Service", meta(name, COMPONENT, options, {MODEL_ANNOTATION: model.name}), spec={
         "clusterIP": "None", "publishNotReadyAddresses": False, "selector": selector(name),
-        "ports": [{"name": ENGINE_PORT_NAME, "port": ENGINE_PORT, "targetPort": ENGINE_PORT_NAME, "protocol": "TCP"}],
+        "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports],
     })
 
 
-def network_policy(model: AnyModel, options: RenderOptions) -> Manifest:
-    """Only the gateway's pods reach the engine (and Prometheus, from its namespace, for /metrics on that port)."""
+def network_policy(adapter: EngineAdapter, model: AnyModel, options: RenderOptions) -> Manifest:
+    """Only the gateway's pods reach the engine (and Prometheus, from its namespace, for /metrics on that port);
+    its KV events' ports, only the gateway's pods."""
     name = object_name(model.name)
     port = [{"protocol": "TCP", "port": ENGINE_PORT}]
+    gateway = [{"podSelector": {"matchLabels": selector(GATEWAY_NAME)}}]
+    ingress: list[Manifest] = [
+        {"from": gateway, "ports": port},
+        {"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": options.monitoring_namespace}}}], "ports": port}]
+    if events := kv_ports(adapter, model):
+        ingress.append({"from": gateway, "ports": [{"protocol": "TCP", "port": p} for _, p in events]})
     return obj("networking.k8s.io/v1", "NetworkPolicy", meta(name, COMPONENT, options), spec={
-        "podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"podSelector": {"matchLabels": selector(GATEWAY_NAME)}}], "ports": port},
-                    {"from": [{"namespaceSelector": {"matchLabels": {
-                        "kubernetes.io/metadata.name": options.monitoring_namespace}}}], "ports": port}],
-    })
+        "podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"], "ingress": ingress})
 
 
 def engine_objects(adapter: EngineAdapter, model: AnyModel, image: str, replicas: int | None,
                    options: RenderOptions) -> list[Manifest]:
     name = object_name(model.name)
-    return [deployment(adapter, model, image, replicas, options), service(model, options),
-            pdb(name, COMPONENT, options), network_policy(model, options)]
+    return [deployment(adapter, model, image, replicas, options), service(adapter, model, options),
+            pdb(name, COMPONENT, options), network_policy(adapter, model, options)]

@@ -140,6 +140,12 @@ class EngineAdapter:
         runs elsewhere, where it does), or None when the engine publishes none, or this model has them off."""
         return None
 
+    def kv_events_at(self, model: BaseModelSpec, host: str, port: int, replay_port: int) -> KVEvents | None:
+        """Where a replica in a pod publishes its KV events, on TCP at these fixed ports (`modelyard render
+        kubernetes` names them on the container): with `host` "*", the addresses the engine binds on its pod's
+        network; with the pod's IP, those a subscriber connects to (gateway/discovery.py). None: it publishes none."""
+        return None
+
     def tokenizer(self, model: BaseModelSpec) -> str | None:
         """The POST path that tokenizes a prompt for this model as vLLM's /tokenize does, or None."""
         return self.tokenize_path

@@ -61,6 +61,13 @@ class SimulatorEngine(VLLMSleep):
         return KVEvents(endpoint=f"tcp://{host}:{free_port(host)}", replay=f"tcp://{host}:{free_port(host)}",
                         hash_seed=seed)
 
+    def kv_events_at(self, model: BaseModelSpec, host: str, port: int, replay_port: int) -> KVEvents | None:
+        assert isinstance(model, SimulatorModel)
+        if not model.kv_events:
+            return None
+        return KVEvents(endpoint=f"tcp://{host}:{port}", replay=f"tcp://{host}:{replay_port}",
+                        hash_seed=str(model.params.get("hash_seed", "0")))
+
     def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
         argv = [*plan.argv, "--kv-events", events.endpoint, "--kv-events-replay", events.replay or "none",
                 "--kv-events-topic", events.topic]

@@ -104,6 +104,14 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
         stem = folder / f"{model.name.replace('/', '_')}-{replica}-{os.urandom(4).hex()}"
         return KVEvents(endpoint=f"ipc://{stem}.pub", replay=f"ipc://{stem}.replay", hash_seed=model.kv_hash_seed)
 
+    def kv_events_at(self, model: BaseModelSpec, host: str, port: int, replay_port: int) -> KVEvents | None:
+        """vLLM binds an address with `*` (on IPv4: its publisher sets no ZMQ_IPV6) and connects to any other."""
+        assert isinstance(model, VLLMModel)
+        if not model.kv_events:
+            return None
+        return KVEvents(endpoint=f"tcp://{host}:{port}", replay=f"tcp://{host}:{replay_port}",
+                        hash_seed=model.kv_hash_seed)
+
     def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
         config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": events.endpoint,
                   "replay_endpoint": events.replay, "topic": events.topic}

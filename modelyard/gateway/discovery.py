@@ -9,6 +9,15 @@ DRAINING (no new requests; the streams it serves finish); any other is STARTING;
 removed. While the API cannot be reached the last known replicas stay, and the workers' passive ejection takes a
 dead one out of routing.
 
+A model whose engine publishes KV events (vLLM with `kv_events: true`, rendered by deploy/kube_engines.py) has two
+more named ports in its slices (spec/names.py KV_EVENTS_PORT_NAME, KV_REPLAY_PORT_NAME): a READY replica's endpoint
+gets `tcp://<pod IP>:<port>` for both (the adapter's `kv_events_at`, with its hash seed and topic), which the
+workers' KV-event subscriptions connect to (routing/kv_events.py, private addresses only: pod IPs are). A replica
+that is not READY has none, and one seen not ready again after being ready gets a new `kv_epoch`: its container
+may have restarted in place, at the same IP, so what it held is forgotten and its events are followed afresh
+(a worker that did not look in between still sees the epoch change). A pod that goes away takes its share with it.
+IPv6 slices give no event addresses: vLLM's publisher binds `*` on IPv4 only.
+
 The watch follows the API's rules (kubernetes.io/docs/reference/using-api/api-concepts/): list, then watch from
 the list's resourceVersion with bookmarks; a watch that ends or drops resumes from the last resourceVersion seen
 (an event's or a bookmark's); 410 Gone, as the watch's status or as an ERROR event, means that version is no
@@ -23,16 +32,17 @@ import logging
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from modelyard.engines import get_engine
+from modelyard.engines import EngineAdapter, get_engine
+from modelyard.engines.base import KVEvents
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
-from modelyard.spec.names import service_name
+from modelyard.spec.names import KV_EVENTS_PORT_NAME, KV_REPLAY_PORT_NAME, service_name
 from modelyard.spec.schema import AnyModel, YardSpec
 
 log = logging.getLogger("modelyard.gateway.discovery")
@@ -115,24 +125,44 @@ def _namespace(account: Path, environ: Mapping[str, str]) -> str:
 class SliceReplica:
     url: str
     state: ReplicaState
+    address: str = ""  # the pod's IP
+    kv_port: int | None = None  # its KV events' ports (IPv4 slices only)
+    replay_port: int | None = None
 
 
 def replicas_of(endpoint_slice: Mapping[str, Any]) -> list[SliceReplica]:
     """The replicas one EndpointSlice holds: `http://<first address>:<port>`, the port named http or else the
-    first one; a slice without a port number serves nothing here."""
+    first one, and the ports named for KV events; a slice without a port number serves nothing here."""
     ports = [p for p in endpoint_slice.get("ports") or () if p.get("port")]
     port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else None)
     if port is None:
         return []
     ipv6 = endpoint_slice.get("addressType") == "IPv6"
+    named = {} if ipv6 else {str(p.get("name")): int(p["port"]) for p in ports}
     out = []
     for item in endpoint_slice.get("endpoints") or ():
         addresses = item.get("addresses") or ()
         if not addresses:
             continue
         host = f"[{addresses[0]}]" if ipv6 else addresses[0]
-        out.append(SliceReplica(f"http://{host}:{port['port']}", _state(item.get("conditions") or {})))
+        out.append(SliceReplica(f"http://{host}:{port['port']}", _state(item.get("conditions") or {}),
+                                str(addresses[0]), named.get(KV_EVENTS_PORT_NAME), named.get(KV_REPLAY_PORT_NAME)))
     return out
+
+
+def pod_kv_events(engine: EngineAdapter, model: AnyModel, replica: SliceReplica) -> KVEvents | None:
+    """Where a READY replica's KV events are, seen from the gateway; None when it is not ready or has none."""
+    if replica.kv_port is None or replica.state is not ReplicaState.READY:
+        return None
+    events = engine.kv_events_at(model, replica.address, replica.kv_port, replica.replay_port or 0)
+    return events if events is None or replica.replay_port else replace(events, replay=None)
+
+
+def set_kv_events(endpoint: Endpoint, events: KVEvents | None) -> None:
+    endpoint.kv_events = events.endpoint if events else None
+    endpoint.kv_replay = events.replay if events else None
+    endpoint.kv_topic = events.topic if events else ""
+    endpoint.kv_hash_seed = events.hash_seed if events else None
 
 
 def _state(conditions: Mapping[str, Any]) -> ReplicaState:
@@ -147,8 +177,9 @@ def discovered_models(spec: YardSpec) -> list[AnyModel]:
 
 
 def add_static(spec: YardSpec, table: EndpointTable) -> int:
-    """The external servers' replicas (`engine: openai`, `urls:`), READY from the start: the gateway's passive
-    ejection takes one that fails out of routing for a while, and it comes back when that ends. Returns how many."""
+    """The external servers' replicas (`engine: openai`, `urls:`), READY from the start, with their `kv_events:`
+    addresses when given: the gateway's passive ejection takes one that fails out of routing for a while, and it
+    comes back when that ends. Returns how many."""
     added = 0
     for model in spec.models:
         engine = get_engine(model.engine)
@@ -156,8 +187,11 @@ def add_static(spec: YardSpec, table: EndpointTable) -> int:
             url = engine.external_url(model, index)
             if url is None:
                 break
-            table.add(Endpoint(model=model.name, replica=index, url=url, state=ReplicaState.READY,
-                               upstream_model=engine.upstream_model(model), headers=engine.headers(model)))
+            endpoint = Endpoint(model=model.name, replica=index, url=url, state=ReplicaState.READY,
+                                upstream_model=engine.upstream_model(model), headers=engine.headers(model),
+                                tokenize_path=engine.tokenizer(model))
+            set_kv_events(endpoint, engine.kv_events(model, "", index))  # its `kv_events:` addresses, if given
+            table.add(endpoint)
             added += 1
     return added
 
@@ -179,6 +213,7 @@ class EndpointSliceSource:
         self.lists = 0
         self.events = 0  # watch events applied (bookmarks included)
         self._next_replica = dict.fromkeys((m.name for m in self.models.values()), 0)
+        self._told_no_kv_ports: set[str] = set()
 
     @property
     def selector(self) -> str:
@@ -221,35 +256,49 @@ class EndpointSliceSource:
     def sync(self) -> None:
         """The table's replicas of each discovered model become the slices' ones: new ones are added (a new replica
         number each, never reused), changed states are set, those no slice holds are removed."""
-        wanted: dict[str, dict[str, ReplicaState]] = {m.name: {} for m in self.models.values()}
+        wanted: dict[str, dict[str, SliceReplica]] = {m.name: {} for m in self.models.values()}
         for model_name, replicas in self.slices.values():
-            states = wanted[model_name]
+            seen = wanted[model_name]
             for replica in replicas:
-                seen = states.get(replica.url)
-                if seen is None or _PRECEDENCE[replica.state] < _PRECEDENCE[seen]:
-                    states[replica.url] = replica.state
+                known = seen.get(replica.url)
+                if known is None or _PRECEDENCE[replica.state] < _PRECEDENCE[known.state]:
+                    seen[replica.url] = replica
         for model in self.models.values():
             self._sync_model(model, wanted[model.name])
 
-    def _sync_model(self, model: AnyModel, wanted: dict[str, ReplicaState]) -> None:
+    def _sync_model(self, model: AnyModel, wanted: dict[str, SliceReplica]) -> None:
         current = {e.url: e for e in self.table.of(model.name)}
         for url, endpoint in current.items():
             if url not in wanted:
                 self.table.remove(endpoint)
                 log.info("replica %s (%s): gone", endpoint.id, url)
         engine = get_engine(model.engine)
-        for url, state in wanted.items():
+        for url, replica in wanted.items():
+            state = replica.state
             found = current.get(url)
             if found is None:
                 index = self._next_replica[model.name]
                 self._next_replica[model.name] = index + 1
                 found = Endpoint(model=model.name, replica=index, url=url, state=state,
-                                 upstream_model=engine.upstream_model(model), headers=engine.headers(model))
+                                 upstream_model=engine.upstream_model(model), headers=engine.headers(model),
+                                 tokenize_path=engine.tokenizer(model))
                 self.table.add(found)
                 log.info("replica %s (%s): %s", found.id, url, state.value)
             elif found.state is not state:
+                if found.state is ReplicaState.READY:
+                    found.kv_epoch += 1  # it may restart in place: what it holds is not known any more
                 found.state = state
                 log.info("replica %s (%s): %s", found.id, url, state.value)
+            set_kv_events(found, pod_kv_events(engine, model, replica))
+            if replica.kv_port is None and engine.publishes_kv_events(model):
+                self._no_kv_ports(model.name, replica)
+
+    def _no_kv_ports(self, model: str, replica: SliceReplica) -> None:
+        if model not in self._told_no_kv_ports:
+            self._told_no_kv_ports.add(model)
+            log.warning("%s publishes KV events but its slices give %s no port named %s (an IPv6 slice, or a "
+                        "Service rendered before them): routed without its events", model, replica.url,
+                        KV_EVENTS_PORT_NAME)
 
     async def run(self) -> None:
         """Lists and watches until cancelled; an error is logged and retried after a delay that doubles while

@@ -53,6 +53,9 @@ class Endpoint:
     kv_topic: str = ""
     kv_hash_seed: str | None = None
     tokenize_path: str | None = None
+    # bumped where the replica may have lost what it held while its addresses stayed (a pod seen not ready again:
+    # its container may have restarted in place); a KV-event subscription follows one epoch (routing/kv_events.py)
+    kv_epoch: int = 0
 
     @property
     def kv_tokens(self) -> int | None:

@@ -89,19 +89,21 @@ def apply(index: KVIndex, replica: int, payload: bytes) -> None:
 
 @dataclass(frozen=True)
 class Source:
-    """A replica's event sockets as the endpoint table says (a restart gives new ones)."""
+    """A replica's event sockets as the endpoint table says (a restart gives new ones, or a new epoch)."""
 
     replica: int
     url: str
     events: str
     replay: str | None
     topic: str
+    epoch: int = 0
 
     @classmethod
     def of(cls, endpoint: Endpoint) -> Source | None:
         if endpoint.kv_events is None:
             return None
-        return cls(endpoint.replica, endpoint.url, endpoint.kv_events, endpoint.kv_replay, endpoint.kv_topic)
+        return cls(endpoint.replica, endpoint.url, endpoint.kv_events, endpoint.kv_replay, endpoint.kv_topic,
+                   endpoint.kv_epoch)
 
 
 class Subscription:
@@ -219,6 +221,7 @@ class KVEventFeed:
         self.subscriptions: dict[int, Subscription] = {}
         self._stopping: set[asyncio.Task[None]] = set()  # cancelled, their sockets closing
         self._ctx: zmq.asyncio.Context | None = None
+        self._refused: set[str] = set()  # addresses not subscribed to, already logged
 
     def sync(self, endpoints: Iterable[Endpoint]) -> list[Subscription]:
         """Subscribes to new sources (returned); a replica whose source changed (a restart) or went is unsubscribed
@@ -229,8 +232,10 @@ class KVEventFeed:
             if source is None:
                 continue
             if not allowed(source.events) or (source.replay is not None and not allowed(source.replay)):
-                log.warning("not subscribing to %s's KV events at %s: not a loopback or private address",
-                            endpoint.id, source.events)
+                if source.events not in self._refused:  # said once, not at every sync
+                    self._refused.add(source.events)
+                    log.warning("not subscribing to %s's KV events at %s: not a loopback or private address",
+                                endpoint.id, source.events)
                 continue
             wanted[source.replica] = source
         for replica, subscription in list(self.subscriptions.items()):

@@ -3,7 +3,10 @@
 Per replica, the keys it stored and has not removed, in the order they came (a dict used as an ordered set), with a
 bound: past `max_blocks` (a replica that holds more than its cache could, because removals were lost) the oldest
 go first. A reverse map from key to a bitmask of holders makes a lookup walk the request's chain once for all
-replicas, stopping at the first block nobody holds. `AllBlocksCleared`, a gap that replay could not fill and a
+replicas, stopping at the first block nobody holds. A replica's bit is a slot of its own while it holds blocks,
+reused once it holds none: replica numbers only grow where the gateway discovers pods (a new number for each pod,
+gateway/discovery.py), and a mask as wide as the largest number ever seen would cost bytes per key for every pod
+that ever came and went. `AllBlocksCleared`, a gap that replay could not fill and a
 replica that restarted clear that replica's share (`clear`).
 
 Memory: about BYTES_PER_BLOCK bytes per held block and replica (tests/routing/test_kv_index.py measures it), so a
@@ -23,6 +26,8 @@ class KVIndex:
         self._held: dict[int, dict[int, None]] = {}  # replica -> its keys, oldest first
         self._holders: dict[int, int] = {}  # key -> bitmask of the replicas that hold it
         self.block_sizes: dict[int, int] = {}  # replica -> the block size its events said
+        self._slots: dict[int, int] = {}  # replica -> its bit in the masks, while it holds blocks
+        self._replicas: list[int | None] = []  # slot -> its replica (None: free)
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self._held.values())
@@ -33,13 +38,24 @@ class KVIndex:
     def holds(self, replica: int, key: int) -> bool:
         return key in self._held.get(replica, ())
 
+    def _slot(self, replica: int) -> int:
+        slot = self._slots.get(replica)
+        if slot is None:
+            slot = next((i for i, r in enumerate(self._replicas) if r is None), len(self._replicas))
+            if slot == len(self._replicas):
+                self._replicas.append(replica)
+            else:
+                self._replicas[slot] = replica
+            self._slots[replica] = slot
+        return slot
+
     def stored(self, replica: int, keys: Iterable[int], block_size: int | None = None) -> None:
         held = self._held.get(replica)
         if held is None:
             held = self._held[replica] = {}
         if block_size:
             self.block_sizes[replica] = block_size
-        bit = 1 << replica
+        bit = 1 << self._slot(replica)
         holders = self._holders
         for key in keys:
             if key in held:
@@ -54,12 +70,15 @@ class KVIndex:
     def removed(self, replica: int, keys: Iterable[int]) -> None:
         held = self._held.get(replica)
         if held:
-            self._drop(1 << replica, [k for k in keys if k in held], held)
+            self._drop(1 << self._slots[replica], [k for k in keys if k in held], held)
 
     def clear(self, replica: int) -> None:
         held = self._held.pop(replica, None)
         if held:
-            self._drop(1 << replica, list(held), {})
+            self._drop(1 << self._slots[replica], list(held), {})
+        slot = self._slots.pop(replica, None)
+        if slot is not None:  # no mask has its bit any more: the slot is free
+            self._replicas[slot] = None
         self.block_sizes.pop(replica, None)
 
     def _drop(self, bit: int, keys: list[int], held: dict[int, None]) -> None:
@@ -81,17 +100,19 @@ class KVIndex:
         for key in keys:
             now = mask & holders.get(key, 0)
             if now != mask:
-                _record(mask & ~now, depth, out)
+                self._record(mask & ~now, depth, out)
                 mask = now
                 if not mask:
                     return out
             depth += 1
-        _record(mask, depth, out)
+        self._record(mask, depth, out)
         return out
 
-
-def _record(mask: int, depth: int, out: dict[int, int]) -> None:
-    while mask:
-        low = mask & -mask
-        out[low.bit_length() - 1] = depth
-        mask ^= low
+    def _record(self, mask: int, depth: int, out: dict[int, int]) -> None:
+        replicas = self._replicas
+        while mask:
+            low = mask & -mask
+            replica = replicas[low.bit_length() - 1]
+            assert replica is not None
+            out[replica] = depth
+            mask ^= low

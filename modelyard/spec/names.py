@@ -1,6 +1,7 @@
 """Names that a model gets outside modelyard, in one place: the renderer (modelyard/deploy/) names each model's
 Kubernetes Service with `service_name`, and the gateway (modelyard/gateway/discovery.py) finds the model's replicas
-by the same name, so the two cannot drift apart."""
+by the same name, so the two cannot drift apart; and the names of the Service's ports on which the gateway finds a
+replica's KV events (vLLM's ZMQ PUB and its replay ROUTER)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import hashlib
 import re
 
 SERVICE_PREFIX = "modelyard-"
+KV_EVENTS_PORT_NAME = "kv-events"
+KV_REPLAY_PORT_NAME = "kv-replay"
 DNS_LABEL_MAX = 63  # a Service's name is an RFC 1035 label: [a-z]([-a-z0-9]*[a-z0-9])?, at most 63 characters
 HASH_CHARS = 8
 _DNS_SAFE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

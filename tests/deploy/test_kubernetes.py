@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,7 @@ from modelyard.deploy.kubernetes import KUSTOMIZATION, Rendered, render
 from modelyard.engines import get_engine
 from modelyard.spec import load_spec
 from modelyard.spec.loader import parse_spec
-from modelyard.spec.names import service_name
+from modelyard.spec.names import KV_EVENTS_PORT_NAME, KV_REPLAY_PORT_NAME, service_name
 from tests.deploy.conftest import SPECS, spec_named
 from tests.deploy.golden import check_golden
 from tests.deploy.schemas import validate
@@ -70,6 +71,8 @@ def test_the_engine_runs_the_adapters_own_launch_plan() -> None:
             continue
         plan = adapter.container_launch(model, "0.0.0.0", 8000)
         assert plan is not None
+        if (events := adapter.kv_events_at(model, "*", 5557, 5558)) is not None:
+            plan = adapter.with_kv_events(model, plan, events)
         container = _engine(rendered, model.name)
         assert container["command"] == plan.argv
         assert {e["name"]: e["value"] for e in container["env"]} == plan.env
@@ -137,12 +140,59 @@ def test_pool_members() -> None:
                 and o["metadata"]["name"] == service_name("chat-b")]
 
 
+GATEWAY_PEER = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelyard-gateway",
+                                                "app.kubernetes.io/part-of": "modelyard"}}}
+
+
 def test_only_the_gateway_reaches_the_engines() -> None:
-    policy = _kind(_render("gpu"), "NetworkPolicy", service_name("qwen-8b"))["spec"]
+    policy = _kind(_render("gpu"), "NetworkPolicy", service_name("qwen-32b"))["spec"]
     sources = [peer for rule in policy["ingress"] for peer in rule["from"]]
-    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelyard-gateway",
-                                            "app.kubernetes.io/part-of": "modelyard"}}} in sources
+    assert GATEWAY_PEER in sources
     assert all("podSelector" in p or "namespaceSelector" in p for p in sources) and len(sources) == 2
+
+
+def _ports(rule: dict) -> set[int]:
+    return {p["port"] for p in rule["ports"]}
+
+
+def test_kv_events_are_published_on_the_pod_network_to_the_gateway_only() -> None:
+    rendered = _render("gpu")
+    engine = _engine(rendered, "qwen-8b")
+    command = engine["command"]
+    config = json.loads(command[command.index("--kv-events-config") + 1])
+    assert config == {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:5557",
+                      "replay_endpoint": "tcp://*:5558", "topic": ""}  # `*`: vLLM binds, on every pod interface
+    assert command[command.index("--prefix-caching-hash-algo") + 1] == "sha256_cbor"
+    env = {e["name"]: e["value"] for e in engine["env"]}
+    assert env["PYTHONHASHSEED"] == "0" and env["VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES"] == "1"
+    assert [(p["name"], p["containerPort"]) for p in engine["ports"]] == [
+        ("http", 8000), (KV_EVENTS_PORT_NAME, 5557), (KV_REPLAY_PORT_NAME, 5558)]
+    service = _kind(rendered, "Service", service_name("qwen-8b"))["spec"]  # its EndpointSlices carry them
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["ports"]] == [
+        ("http", 8000, "http"), (KV_EVENTS_PORT_NAME, 5557, KV_EVENTS_PORT_NAME),
+        (KV_REPLAY_PORT_NAME, 5558, KV_REPLAY_PORT_NAME)]
+    policy = _kind(rendered, "NetworkPolicy", service_name("qwen-8b"))["spec"]
+    assert policy["policyTypes"] == ["Ingress"]  # what no rule admits is refused
+    reaching = [rule for rule in policy["ingress"] if _ports(rule) & {5557, 5558}]
+    assert [r["from"] for r in reaching] == [[GATEWAY_PEER]] and _ports(reaching[0]) == {5557, 5558}
+    monitoring = [r for r in policy["ingress"] if "namespaceSelector" in r["from"][0]]
+    assert [_ports(r) for r in monitoring] == [{8000}]  # Prometheus scrapes /metrics, never the events
+    others = _engine(rendered, "qwen-32b")  # a model without kv_events: nothing of it
+    assert "--kv-events-config" not in others["command"] and [p["name"] for p in others["ports"]] == ["http"]
+    assert len(_kind(rendered, "Service", service_name("qwen-32b"))["spec"]["ports"]) == 1
+
+
+def test_a_simulator_with_kv_events_publishes_them_in_its_pod_too() -> None:
+    spec = parse_spec(yaml.safe_dump({"version": 1, "models": [
+        {"name": "sim", "engine": "simulator", "kv_events": True, "params": {"hash_seed": "7"}}]}))
+    rendered = render(spec)
+    for obj in rendered.objects():
+        validate(obj)
+    command = _engine(rendered, "sim")["command"]
+    assert command[command.index("--kv-events") + 1] == "tcp://*:5557"
+    assert command[command.index("--kv-events-replay") + 1] == "tcp://*:5558"
+    assert "hash_seed=7" in command
+    assert len(_kind(rendered, "Service", service_name("sim"))["spec"]["ports"]) == 3
 
 
 def test_secrets_stay_out_of_the_config_map() -> None:

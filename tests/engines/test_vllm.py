@@ -152,3 +152,14 @@ def test_kv_events_on_private_ipc_sockets_with_the_chain_a_router_computes(tmp_p
     assert opts["--prefix-caching-hash-algo"] == "sha256_cbor"
     assert json.loads(opts["--kv-events-config"])["endpoint"] == events.endpoint
     assert plan.env["PYTHONHASHSEED"] == "5" and plan.env["VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES"] == "1"
+
+
+def test_kv_events_in_a_pod_bind_tcp_on_every_interface_and_are_reached_at_the_pods_ip(tmp_path: Path) -> None:
+    engine = get_engine("vllm")
+    model = seed_model(tmp_path).model_copy(update={"kv_events": True, "kv_hash_seed": "5"})
+    bound = engine.kv_events_at(model, "*", 5557, 5558)  # `*`: vLLM's publisher binds instead of connecting
+    assert bound is not None and (bound.endpoint, bound.replay, bound.hash_seed) == (
+        "tcp://*:5557", "tcp://*:5558", "5")
+    seen = engine.kv_events_at(model, "10.244.1.17", 5557, 5558)
+    assert seen is not None and (seen.endpoint, seen.replay) == ("tcp://10.244.1.17:5557", "tcp://10.244.1.17:5558")
+    assert engine.kv_events_at(seed_model(tmp_path), "*", 5557, 5558) is None

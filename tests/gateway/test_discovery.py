@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +34,29 @@ A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 _DROP, _END = b"drop", b"end"
 
 
-def _with_port(obj: Any, port: int) -> Any:
+def _with_ports(obj: Any, ports: Mapping[int, int]) -> Any:
     if isinstance(obj, dict):
         if obj.get("kind") in (None, "EndpointSlice") and isinstance(obj.get("ports"), list):
-            obj["ports"] = [{**p, "port": port} if p.get("port") == RECORDED_PORT else p for p in obj["ports"]]
+            obj["ports"] = [{**p, "port": ports.get(p.get("port"), p.get("port"))} for p in obj["ports"]]
         for value in obj.values():
-            _with_port(value, port)
+            _with_ports(value, ports)
     elif isinstance(obj, list):
         for value in obj:
-            _with_port(value, port)
+            _with_ports(value, ports)
     return obj
 
 
-def recorded_list(name: str, port: int = RECORDED_PORT) -> dict[str, Any]:
-    data: dict[str, Any] = _with_port(orjson.loads((DATA / name).read_bytes()), port)
+def recorded_list(name: str, port: int = RECORDED_PORT, others: Mapping[int, int] | None = None) -> dict[str, Any]:
+    """A recorded answer with the recorded ports (8000; `others`: recorded -> used) replaced."""
+    ports = {RECORDED_PORT: port, **(others or {})}
+    data: dict[str, Any] = _with_ports(orjson.loads((DATA / name).read_bytes()), ports)
     return data
 
 
-def recorded_watch(name: str, port: int = RECORDED_PORT) -> list[bytes]:
+def recorded_watch(name: str, port: int = RECORDED_PORT, others: Mapping[int, int] | None = None) -> list[bytes]:
     lines = (DATA / name).read_bytes().splitlines()
-    return [orjson.dumps(_with_port(orjson.loads(line), port)) + b"\n" for line in lines if line.strip()]
+    ports = {RECORDED_PORT: port, **(others or {})}
+    return [orjson.dumps(_with_ports(orjson.loads(line), ports)) + b"\n" for line in lines if line.strip()]
 
 
 def recorded(port: int = RECORDED_PORT) -> tuple[list[dict[str, Any]], dict[str, list[bytes]]]:
@@ -395,3 +398,76 @@ def test_the_table_is_kept_while_the_api_is_away(token: Path) -> None:
             assert states(table) == {A: "ready", B: "starting"}
 
         asyncio.run(_follow(replay, token, steps))
+
+
+# --- KV events ---------------------------------------------------------------------------------------------------
+
+KV_PORTS = [{"name": "http", "port": 8000}, {"name": "kv-events", "port": 5557}, {"name": "kv-replay", "port": 5558}]
+KV_MODEL = {"name": "chat", "engine": "vllm", "model": {"path": "/models/chat"}, "kv_events": True,
+            "kv_hash_seed": "11"}
+
+
+def _kv_slice(name: str, *endpoints: tuple[str, dict[str, bool]], ports: list[dict[str, Any]] = KV_PORTS,
+              address_type: str = "IPv4") -> dict[str, Any]:
+    return {**_slice(name, "modelyard-chat", *endpoints), "ports": ports, "addressType": address_type}
+
+
+def kv(table: EndpointTable) -> dict[str, tuple[str | None, str | None, int]]:
+    return {e.url: (e.kv_events, e.kv_replay, e.kv_epoch) for e in table.of("chat")}
+
+
+def test_a_slice_names_the_kv_event_ports_of_its_pods() -> None:
+    (replica,) = replicas_of(_kv_slice("s1", ("10.0.0.1", READY)))
+    assert (replica.address, replica.kv_port, replica.replay_port) == ("10.0.0.1", 5557, 5558)
+    (ipv6,) = replicas_of(_kv_slice("s1", ("fd00::5", READY), address_type="IPv6"))
+    assert ipv6.kv_port is None  # vLLM's publisher binds `*` on IPv4 only
+    (plain,) = replicas_of(_slice("s1", "modelyard-chat", ("10.0.0.1", READY)))
+    assert plain.kv_port is None
+
+
+def test_a_ready_pod_is_followed_at_its_ip_and_a_pod_seen_not_ready_again_gets_a_new_epoch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    table = EndpointTable()
+    source = EndpointSliceSource(spec(KV_MODEL), table, KubeAPI("http://127.0.0.1:1", "default"))
+    source.replace([_kv_slice("s1", ("10.0.0.1", READY), ("10.0.0.2", NOT_READY))], "10")
+    assert kv(table) == {"http://10.0.0.1:8000": ("tcp://10.0.0.1:5557", "tcp://10.0.0.1:5558", 0),
+                         "http://10.0.0.2:8000": (None, None, 0)}  # not ready: its publisher may not be up
+    first = table.of("chat")[0]
+    assert (first.kv_hash_seed, first.kv_topic, first.tokenize_path) == ("11", "", "/tokenize")
+    source.event({"type": "MODIFIED", "object": _kv_slice("s1", ("10.0.0.1", NOT_READY), ("10.0.0.2", READY))})
+    assert kv(table) == {"http://10.0.0.1:8000": (None, None, 1), "http://10.0.0.2:8000": ("tcp://10.0.0.2:5557",
+                                                                                           "tcp://10.0.0.2:5558", 0)}
+    source.event({"type": "MODIFIED", "object": _kv_slice("s1", ("10.0.0.1", READY), ("10.0.0.2", READY))})
+    assert kv(table)["http://10.0.0.1:8000"] == ("tcp://10.0.0.1:5557", "tcp://10.0.0.1:5558", 1)
+    source.event({"type": "MODIFIED", "object": _kv_slice("s1", ("10.0.0.2", TERMINATING))})
+    assert kv(table) == {"http://10.0.0.2:8000": (None, None, 1)}  # 10.0.0.1 gone; 10.0.0.2 draining
+    without_replay = [p for p in KV_PORTS if p["name"] != "kv-replay"]
+    source.event({"type": "ADDED", "object": _kv_slice("s2", ("10.0.0.3", READY), ports=without_replay)})
+    assert kv(table)["http://10.0.0.3:8000"] == ("tcp://10.0.0.3:5557", None, 0)
+    with caplog.at_level("WARNING", "modelyard.gateway.discovery"):
+        source.event({"type": "ADDED", "object": _slice("s3", "modelyard-chat", ("10.0.0.4", READY))})
+        source.event({"type": "ADDED", "object": _slice("s4", "modelyard-chat", ("10.0.0.5", READY))})
+    assert kv(table)["http://10.0.0.4:8000"] == (None, None, 0)
+    assert sum("no port named kv-events" in r.message for r in caplog.records) == 1  # said once
+
+
+def test_a_model_without_kv_events_gets_no_addresses_even_where_its_slices_name_the_ports() -> None:
+    table = EndpointTable()
+    source = EndpointSliceSource(spec({**KV_MODEL, "kv_events": False}), table,
+                                 KubeAPI("http://127.0.0.1:1", "default"))
+    source.replace([_kv_slice("s1", ("10.0.0.1", READY))], "10")
+    assert kv(table) == {"http://10.0.0.1:8000": (None, None, 0)}
+
+
+def test_an_external_server_with_kv_events_is_followed_at_its_addresses() -> None:
+    table = EndpointTable()
+    yard = spec({"name": "ext", "engine": "openai", "urls": ["http://10.9.9.8:8000", "http://10.9.9.9:8000"],
+                 "kv_events": ["tcp://10.9.9.8:5557", "tcp://10.9.9.9:5557"],
+                 "kv_replay": ["tcp://10.9.9.8:5558", "tcp://10.9.9.9:5558"], "kv_hash_seed": "3"})
+    assert add_static(yard, table) == 2
+    assert [(e.kv_events, e.kv_replay, e.kv_hash_seed, e.tokenize_path) for e in table.of("ext")] == [
+        ("tcp://10.9.9.8:5557", "tcp://10.9.9.8:5558", "3", "/tokenize"),
+        ("tcp://10.9.9.9:5557", "tcp://10.9.9.9:5558", "3", "/tokenize")]
+    plain = EndpointTable()
+    add_static(spec({"name": "ext", "engine": "openai", "urls": ["http://10.9.9.8:8000"]}), plain)
+    assert [(e.kv_events, e.tokenize_path) for e in plain.of("ext")] == [(None, None)]

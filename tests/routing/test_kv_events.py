@@ -193,3 +193,28 @@ async def _a_dropped_feed_lets_its_subscriptions_end() -> None:
 
 def test_a_dropped_feed_lets_its_subscriptions_end() -> None:
     asyncio.run(_a_dropped_feed_lets_its_subscriptions_end())
+
+
+async def _a_new_epoch_at_the_same_addresses_forgets_the_replica_and_subscribes_again() -> None:
+    cfg = config()
+    publisher = Publisher(cfg, block_size=16)
+    publisher.start()
+    index = KVIndex(1000)
+    feed = KVEventFeed(index)
+    try:
+        first = endpoint(0, cfg)
+        (subscription,) = feed.sync([first])
+        await joined(publisher, index, 0)
+        publisher.publish([("stored", [1, 2], None, [])])
+        await until(lambda: index.blocks(0) == 2, "the blocks stored")
+        first.kv_epoch += 1  # gateway/discovery.py: the pod was seen not ready, its container may have restarted
+        assert feed.sync([first]) and feed.subscriptions[0] is not subscription
+        assert index.blocks(0) == 0
+        assert feed.sync([first]) == []  # the same epoch again: nothing new
+    finally:
+        await feed.close()
+        await publisher.close()
+
+
+def test_a_new_epoch_at_the_same_addresses_forgets_the_replica_and_subscribes_again() -> None:
+    asyncio.run(_a_new_epoch_at_the_same_addresses_forgets_the_replica_and_subscribes_again())

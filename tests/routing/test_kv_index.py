@@ -43,3 +43,20 @@ def test_bytes_per_block_stay_within_the_reported_figure() -> None:
     used = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     assert used / len(index) <= BYTES_PER_BLOCK
+
+
+def test_replica_numbers_that_only_grow_keep_the_masks_as_narrow_as_the_replicas_holding_blocks() -> None:
+    index = KVIndex(max_blocks=100)
+    index.stored(0, [1, 2])
+    for replica in range(1, 5000):  # pods come and go (gateway/discovery.py numbers each one anew)
+        index.stored(replica, [1, 2, 3])
+        assert index.matches([1, 2, 3]) == {0: 2, replica: 3}
+        index.clear(replica)
+    index.stored(7000, [1])
+    index.stored(9000, [1, 2, 3])
+    assert index.matches([1, 2, 3]) == {0: 2, 7000: 1, 9000: 3}
+    assert max(index._holders.values()).bit_length() <= 3  # three replicas hold blocks: three bits
+    index.removed(9000, [1, 2, 3])
+    index.clear(9000)
+    index.stored(9001, [2])
+    assert index.matches([1, 2]) == {0: 2, 7000: 1} and index.matches([2]) == {0: 1, 9001: 1}
