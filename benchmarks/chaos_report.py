@@ -1,6 +1,7 @@
 """docs/reliability.md's campaign table from the figures that benchmarks/chaos.sh's tests wrote (one JSON each).
 
-usage: python benchmarks/chaos_report.py RESULTS_DIR --command "benchmarks/chaos.sh --scale 5" [--docs docs/reliability.md]
+usage: python benchmarks/chaos_report.py RESULTS_DIR --command "benchmarks/chaos.sh --scale 5"
+                                          [--docs docs/reliability.md]
 Writes RESULTS_DIR/table.md and, with --docs, replaces what is between the file's campaign markers.
 """
 
