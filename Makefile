@@ -64,7 +64,7 @@ lock: install
 	$(LOCK_COMPILE) $(LOCK_ARGS) --no-deps requirements-data.in -o requirements-data.lock
 
 lint: install
-	$(VENV)/bin/ruff check modelyard tests
+	$(VENV)/bin/ruff check modelyard tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:
