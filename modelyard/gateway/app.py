@@ -22,6 +22,7 @@ from modelyard.gateway import validate
 from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import KeyRing, Twice, authorization, cache_salt
+from modelyard.gateway.disagg import Disaggregation
 from modelyard.gateway.errors import openai_error, openai_shaped
 from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudget, replica_unwell
 from modelyard.gateway.health import health_body, model_health
@@ -100,6 +101,7 @@ class Gateway:
         self.tenancy = Tenancy(keys, store, self.limiter, self.queues, self.metrics)
         self.retry_budget = RetryBudget()
         self.outliers = OutlierDetector(on_eject=self._ejected)
+        self.disagg = Disaggregation(self)  # models with roles: the prefill leg, then `_relay` (gateway/disagg.py)
         self.writer = (UsageWriter(store, flush_interval_s=spec.store.usage_flush_interval_s,
                                    batch_size=spec.store.usage_batch_size, on_flushed=self.limiter.commit_budget,
                                    retention_s=spec.store.usage_retention_days * 86400.0)
@@ -262,7 +264,7 @@ class Gateway:
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
                 call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
                 call.body = orjson.dumps(call.payload)
-        return await self._relay(call)
+        return await (self.disagg.serve(call) if self.disagg.applies(call) else self._relay(call))
 
     def _abandoned(self, call: Call, key: str, status: int, error: str) -> None:
         """A request that ended before its answer did (its client left, or the gateway failed): recorded, and what
@@ -298,7 +300,7 @@ class Gateway:
     async def _relay(self, call: Call) -> Response:
         tried: list[Endpoint] = []
         stale_retried = timed_out = False
-        outcome = Outcome()
+        outcome = Outcome(started=call.relay_started) if call.relay_started else Outcome()
         last_error = "no ready replica"
         self.retry_budget.request()
         model = call.model.name

@@ -53,6 +53,8 @@ class Endpoint:
     kv_topic: str = ""
     kv_hash_seed: str | None = None
     tokenize_path: str | None = None
+    # its role in a disaggregated model (spec/roles.py): "prefill" or "decode"; None: it serves whole requests
+    role: str | None = None
 
     @property
     def kv_tokens(self) -> int | None:
