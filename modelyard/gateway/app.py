@@ -125,8 +125,8 @@ class Gateway:
     def reconfigure(self, spec: YardSpec, ring: KeyRing | None = None) -> None:
         """A new revision applied in place (`modelyard apply`): models, routing, admission, keys. A request in
         flight keeps what it holds (its model's spec, its admission slot); a model's queue, and its waiters, stay."""
-        routing_changed = spec.routing != self.spec.routing or [(m.name, m.routing) for m in spec.models] != [
-            (m.name, m.routing) for m in self.spec.models]
+        routing_changed = spec.routing != self.spec.routing or [(m.name, m.routing, m.roles) for m in spec.models] != [
+            (m.name, m.routing, m.roles) for m in self.spec.models]
         self.spec = spec
         if routing_changed:
             self.router = Router(spec, self.table, self.metrics.routing, processes=self.workers)

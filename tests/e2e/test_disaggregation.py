@@ -157,3 +157,14 @@ def test_no_prefill_replica_answers_the_decode_replica_prefills_itself(cluster: 
     assert decoder in DECODE and on_decoders == {(decoder, COMPUTED): reply.json()["usage"]["prompt_tokens"]}
     assert cluster.metric("modelyard_prefill_legs_total", model="split", outcome="no_prefill_replica") == 1
     wait_all_ready(cluster)
+
+
+def test_dry_run_shows_each_replicas_role(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "modelyard", "up", "--dry-run", "-f", str(cluster.spec_path)],
+                         capture_output=True, text=True, timeout=60, env=cluster.env).stdout
+    for replica, role in (("split/0", "prefill"), ("split/1", "prefill"), ("split/2", "decode"), ("split/3", "decode")):
+        assert f"{replica}  engine simulator, task chat, role {role}" in out, out
+    assert out.count("--role prefill") == 2 and out.count("--role decode") == 2
