@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.cluster import API_KEY, Cluster
+from tests.cluster import API_KEY, METRICS_KEY, Cluster
 from tests.simulator.helpers import metric
 
 PREFILL, DECODE = ("split/0", "split/1"), ("split/2", "split/3")
@@ -168,3 +168,34 @@ def test_dry_run_shows_each_replicas_role(cluster: Cluster) -> None:
     for replica, role in (("split/0", "prefill"), ("split/1", "prefill"), ("split/2", "decode"), ("split/3", "decode")):
         assert f"{replica}  engine simulator, task chat, role {role}" in out, out
     assert out.count("--role prefill") == 2 and out.count("--role decode") == 2
+
+
+def statuses(cluster: Cluster, status: str) -> float:
+    """Requests of model split answered (or recorded) with `status`, whatever the key."""
+    text = httpx.get(cluster.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}, timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("modelyard_requests_total{") and 'model="split"' in line
+               and f'status="{status}"' in line)
+
+
+def test_a_client_that_leaves_during_the_prefill_leg_gives_back_what_it_held(cluster: Cluster) -> None:
+    wait_all_ready(cluster)
+    urls = replica_urls(cluster)
+    gone = statuses(cluster, "499")
+    with stopped(cluster, urls, (PREFILL[0],)):
+        outcomes = []
+        for n in range(2):  # round-robin: one of the two prefill legs goes to the frozen replica
+            try:
+                outcomes.append(httpx.post(cluster.url + "/v1/completions", timeout=1.0,
+                                           headers={"Authorization": f"Bearer {API_KEY}"},
+                                           json={"model": "split", "prompt": prompt(30 + n), "max_tokens": 2}
+                                           ).status_code)
+            except httpx.TimeoutException:
+                outcomes.append(0)  # the client left before the answer
+        assert sorted(outcomes) == [0, 200]
+        deadline = time.monotonic() + 10  # the gateway sees the client leave and records it (499)
+        while statuses(cluster, "499") < gone + 1:
+            assert time.monotonic() < deadline, "the abandoned request was not recorded"
+            time.sleep(0.05)
+        assert cluster.wait_metric("modelyard_requests_in_flight", 0.0, model="split")  # the replica given back
+    wait_all_ready(cluster)
