@@ -51,6 +51,7 @@ from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
+from modelyard.spec.roles import DECODE
 from modelyard.spec.schema import BaseModelSpec, YardSpec
 from modelyard.store.base import KeyRecord, Store, UsageRecord
 
@@ -152,6 +153,8 @@ class Gateway:
         if model.admission.max_concurrency is not None:
             return -(-model.admission.max_concurrency // self.workers)
         slots = self.engines[model.name].slots(model)
+        if model.roles is not None:  # a request holds a decode replica's slot for its life, a prefill one's briefly
+            ready = sum(e.role == DECODE for e in self.table.ready(model.name)) if ready else model.roles.decode
         return max(1, -(-(ready or model.min_replicas or 1) * slots // self.workers))
 
     @contextlib.asynccontextmanager
