@@ -284,7 +284,9 @@ def dry_run(spec: YardSpec, console: Console) -> int:
     withheld = secret_names(spec)
     for replica_id, model, plan in Supervisor(spec, EndpointTable(), Path(".")).plans():
         engine = get_engine(model.engine)
-        console.print(f"[bold]{replica_id}[/]  engine {model.engine}, task {engine.task(model).value}", highlight=False)
+        role = model.role_of(int(replica_id.rsplit("/", 1)[1]))
+        console.print(f"[bold]{replica_id}[/]  engine {model.engine}, task {engine.task(model).value}"
+                      + (f", role {role}" if role else ""), highlight=False)
         if not isinstance(plan, LaunchPlan):
             console.print(f"  {plan}", highlight=False, markup=False, soft_wrap=True)
             continue

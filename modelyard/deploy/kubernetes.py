@@ -149,6 +149,9 @@ def shared_objects(spec: YardSpec, options: RenderOptions) -> dict[str, list[Man
 
 def render(spec: YardSpec, options: RenderOptions | None = None) -> Rendered:
     options = options or RenderOptions()
+    for index, model in enumerate(spec.models):
+        if model.roles is not None:  # one Deployment per role, and the roles in discovery: not yet
+            raise RenderError(f"models[{index}].roles: not rendered for Kubernetes yet (model {model.name!r})")
     out = Rendered(files=shared_objects(spec, options))
     for model in spec.models:
         model_objects(spec, model, options, out)

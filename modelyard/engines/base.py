@@ -109,6 +109,10 @@ class EngineAdapter:
     inherited_env: ClassVar[tuple[str, ...]] = ()
     # POST path that answers a prompt's token ids as vLLM's /tokenize does (None: the engine has none)
     tokenize_path: ClassVar[str | None] = None
+    # its replicas can play prefill and decode roles (`roles:`, spec/roles.py): a prefill replica answers a request
+    # whose `kv_transfer_params` say do_remote_decode with the params a decode replica fetches its KV cache by
+    # (vLLM's NIXL connector protocol, gateway/disagg.py)
+    can_disaggregate: ClassVar[bool] = False
 
     def task(self, model: BaseModelSpec) -> Task:
         return Task(model.task) if model.task else Task.CHAT
@@ -145,6 +149,10 @@ class EngineAdapter:
         kubernetes` names them on the container): with `host` "*", the addresses the engine binds on its pod's
         network; with the pod's IP, those a subscriber connects to (gateway/discovery.py). None: it publishes none."""
         return None
+
+    def disaggregates(self, model: BaseModelSpec) -> bool:
+        """Whether this model's replicas can play prefill and decode roles."""
+        return self.can_disaggregate
 
     def tokenizer(self, model: BaseModelSpec) -> str | None:
         """The POST path that tokenizes a prompt for this model as vLLM's /tokenize does, or None."""

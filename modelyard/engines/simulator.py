@@ -15,6 +15,7 @@ class SimulatorEngine(VLLMSleep):
     tasks = frozenset(Task)
     metrics = VLLM_METRICS  # the same names and sleep mode as vLLM
     tokenize_path = "/tokenize"
+    can_disaggregate = True  # `--role prefill|decode`: vLLM's NIXL connector protocol, simulated
 
     def slots(self, model: BaseModelSpec) -> int:
         from modelyard.simulator.profiles import resolve_profile
@@ -45,6 +46,8 @@ class SimulatorEngine(VLLMSleep):
             argv += ["--param", f"seed={replica}"]  # replicas differ in their jitter and failure draws
         if model.task:
             argv += ["--task", model.task]
+        if (role := model.role_of(replica)) is not None:
+            argv += ["--role", role]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
     def publishes_kv_events(self, model: BaseModelSpec) -> bool:

@@ -29,6 +29,20 @@ METRICS = MetricNames(
 )
 
 
+# prefill/decode disaggregation with the NIXL connector, as vLLM's nixl_connector_usage.md starts both a prefiller
+# and a decoder: each replica can send and receive KV caches ("kv_both"); which leg a replica serves is the gateway's
+# choice (its role, spec/roles.py), not a flag of its own
+KV_TRANSFER_CONFIG = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+
+
+def nixl_side_channel(host: str) -> dict[str, str]:
+    """The NIXL handshake's address of one replica: its own port on its host (vLLM's default, 5600, would collide
+    between the replicas of one machine); a decoder reaches it through `kv_transfer_params.remote_host/port`."""
+    from modelyard.fleet.process import free_port
+
+    return {"VLLM_NIXL_SIDE_CHANNEL_HOST": host, "VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port(host))}
+
+
 # how vLLM is told to pool instead of generate (a model's own head decides embedding or scoring)
 RUNNER = {Task.CHAT: (), Task.EMBEDDING: ("--runner", "pooling"), Task.RERANK: ("--runner", "pooling")}
 
@@ -78,6 +92,7 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
     default_slots = 256  # vLLM's default --max-num-seqs on most GPUs (1024 on H100/H200-class ones)
     inherited_env = (*AcceleratorEngine.inherited_env, "VLLM_")
     cache_salt_paths = frozenset({"/v1/chat/completions", "/v1/completions"})  # vLLM >= 0.9: `cache_salt`
+    can_disaggregate = True  # the NIXL connector (nixl_connector_usage.md), `kv_transfer_config` below
 
     def launch(self, model: BaseModelSpec, host: str, port: int, replica: int) -> LaunchPlan:
         assert isinstance(model, VLLMModel)
@@ -87,6 +102,9 @@ class VLLMEngine(VLLMSleep, AcceleratorEngine):
         env.update(replica_gpus(model, replica))
         if model.sleep_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up; on the replica's loopback port only
+        if model.roles is not None:
+            argv += ["--kv-transfer-config", orjson.dumps(KV_TRANSFER_CONFIG).decode()]
+            env.update(nixl_side_channel(host))
         return LaunchPlan(argv=argv, env={**env, **model.env})
 
     def publishes_kv_events(self, model: BaseModelSpec) -> bool:

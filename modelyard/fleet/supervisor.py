@@ -114,7 +114,8 @@ class Supervisor:
         assert self._session is not None
         engine = get_engine(model.engine)
         endpoint = Endpoint(model=model.name, replica=index, url="", upstream_model=engine.upstream_model(model),
-                            headers=engine.headers(model), tokenize_path=engine.tokenizer(model))
+                            headers=engine.headers(model), tokenize_path=engine.tokenizer(model),
+                            role=model.role_of(index))
         self.table.add(endpoint)
         runner = ReplicaRunner(endpoint, model, engine, self.host, self.log_dir, self._session,
                                self.health_interval_s, withheld=secret_names(self.spec))

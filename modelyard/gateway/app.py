@@ -22,6 +22,7 @@ from modelyard.gateway import validate
 from modelyard.gateway.admin import AdminApi
 from modelyard.gateway.admission import AdmissionQueue
 from modelyard.gateway.auth import KeyRing, Twice, authorization, cache_salt
+from modelyard.gateway.disagg import Disaggregation
 from modelyard.gateway.errors import openai_error, openai_shaped
 from modelyard.gateway.failover import (
     BROKEN_STREAM,
@@ -57,6 +58,7 @@ from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.pipeline import Router
 from modelyard.routing.scrape import MetricsScraper
+from modelyard.spec.roles import DECODE
 from modelyard.spec.schema import BaseModelSpec, YardSpec
 from modelyard.store.base import KeyRecord, Store, UsageRecord
 
@@ -106,6 +108,7 @@ class Gateway:
         self.tenancy = Tenancy(keys, store, self.limiter, self.queues, self.metrics)
         self.retry_budget = RetryBudget()
         self.outliers = OutlierDetector(on_eject=self._ejected)
+        self.disagg = Disaggregation(self)  # models with roles: the prefill leg, then `_relay` (gateway/disagg.py)
         self.writer = (UsageWriter(store, flush_interval_s=spec.store.usage_flush_interval_s,
                                    batch_size=spec.store.usage_batch_size, on_flushed=self.limiter.commit_budget,
                                    retention_s=spec.store.usage_retention_days * 86400.0)
@@ -129,8 +132,8 @@ class Gateway:
     def reconfigure(self, spec: YardSpec, ring: KeyRing | None = None) -> None:
         """A new revision applied in place (`modelyard apply`): models, routing, admission, keys. A request in
         flight keeps what it holds (its model's spec, its admission slot); a model's queue, and its waiters, stay."""
-        routing_changed = spec.routing != self.spec.routing or [(m.name, m.routing) for m in spec.models] != [
-            (m.name, m.routing) for m in self.spec.models]
+        routing_changed = spec.routing != self.spec.routing or [(m.name, m.routing, m.roles) for m in spec.models] != [
+            (m.name, m.routing, m.roles) for m in self.spec.models]
         self.spec = spec
         if routing_changed:
             self.router = Router(spec, self.table, self.metrics.routing, processes=self.workers)
@@ -156,6 +159,8 @@ class Gateway:
         if model.admission.max_concurrency is not None:
             return -(-model.admission.max_concurrency // self.workers)
         slots = self.engines[model.name].slots(model)
+        if model.roles is not None:  # a request holds a decode replica's slot for its life, a prefill one's briefly
+            ready = sum(e.role == DECODE for e in self.table.ready(model.name)) if ready else model.roles.decode
         return max(1, -(-(ready or model.min_replicas or 1) * slots // self.workers))
 
     @contextlib.asynccontextmanager
@@ -268,7 +273,7 @@ class Gateway:
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
                 call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
                 call.body = orjson.dumps(call.payload)
-        return await self._relay(call)
+        return await (self.disagg.serve(call) if self.disagg.applies(call) else self._relay(call))
 
     def _abandoned(self, call: Call, key: str, status: int, error: str) -> None:
         """A request that ended before its answer did (its client left, or the gateway failed): recorded, and what
@@ -304,7 +309,7 @@ class Gateway:
     async def _relay(self, call: Call) -> Response:
         tried: list[Endpoint] = []
         stale_retried = timed_out = False
-        outcome = Outcome()
+        outcome = Outcome(started=call.relay_started) if call.relay_started else Outcome()
         last_error = "no ready replica"
         model = call.model.name
         await self.router.prepare(call.route)

@@ -44,6 +44,7 @@ class Call:
     request_id: bytes = b""
     recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written
     watch: ClientWatch | None = None
+    relay_started: float = 0.0  # a disaggregated model's request: when its prefill leg started (gateway/disagg.py)
 
 
 def read_headers(scope: Scope) -> tuple[str | Twice | None, str | None, bytes]:

@@ -30,6 +30,7 @@ WATCHDOG_SECONDS = "modelyard_watchdog_probe_seconds"
 CONTROL_DECISIONS = "modelyard_control_decisions"
 TOKENS_TOTAL = "modelyard_tokens"
 RETRIES_TOTAL = "modelyard_upstream_retries"
+PREFILL_LEGS_TOTAL = "modelyard_prefill_legs"
 REJECTIONS_TOTAL = "modelyard_rejections"
 QUEUE_DEPTH = "modelyard_queue_depth"
 EJECTIONS_TOTAL = "modelyard_replica_ejections"
@@ -202,6 +203,9 @@ class GatewayMetrics:
         self.tokens = Counter(TOKENS_TOTAL, "Tokens by model, key name and kind (prompt, completion)",
                               ["model", "key", "kind"], registry=r)
         self.retries = Counter(RETRIES_TOTAL, "Attempts retried on another replica", ["model"], registry=r)
+        self.prefill_legs = Counter(PREFILL_LEGS_TOTAL, "Prefill legs of a disaggregated model's requests, by how "
+                                    "they ended (handed_off, no_handoff, refused, no_prefill_replica)",
+                                    ["model", "outcome"], registry=r)
         self.rejections = Counter(REJECTIONS_TOTAL, "Requests turned away, by reason", ["model", "key", "reason"],
                                   registry=r)
         self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting in a model's admission queue", ["model"], registry=r,

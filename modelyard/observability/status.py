@@ -31,7 +31,8 @@ def status_table(spec: YardSpec, table: EndpointTable, desired: dict[str, int] |
             out.add_row(model.name, model.engine, "-", Text(f"{len(endpoints)} of {want} wanted", style="yellow"),
                         "", "", "", "", "")
         for endpoint in endpoints:
-            out.add_row(model.name, model.engine, str(endpoint.replica),
+            out.add_row(model.name, model.engine, f"{endpoint.replica} {endpoint.role}" if endpoint.role else
+                        str(endpoint.replica),
                         Text(endpoint.state.value, style=STATE_STYLE[endpoint.state]), endpoint.url or "-",
                         str(endpoint.pid or "-"), str(endpoint.restarts), str(endpoint.in_flight),
                         endpoint.detail[:60])

@@ -42,7 +42,7 @@ def replica_view(endpoint: Endpoint, in_flight: int, now: float) -> dict[str, An
     return {"id": endpoint.id, "replica": endpoint.replica, "state": endpoint.state.value, "in_flight": in_flight,
             "running": endpoint.running, "waiting": endpoint.waiting, "kv_usage": endpoint.kv_usage,
             "scraped": endpoint.scraped_at > 0, "restarts": endpoint.restarts, "detail": endpoint.detail,
-            "ejected": endpoint.ejected_until > now, "pid": endpoint.pid}
+            "ejected": endpoint.ejected_until > now, "pid": endpoint.pid, "role": endpoint.role}
 
 
 def model_view(gateway: Gateway, model: AnyModel, window: ModelWindow, in_flight: dict[str, int]) -> dict[str, Any]:

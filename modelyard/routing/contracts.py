@@ -60,12 +60,15 @@ def block_hashes(text: str, block_chars: int, max_blocks: int) -> tuple[int, ...
 class RouteRequest:
     """One request to route: its model, its prompt text and prefix hashes (computed once, when first asked)."""
 
-    __slots__ = ("model", "payload", "session", "kv_keys", "_text", "_hashes", "_hashes_key")
+    __slots__ = ("model", "payload", "session", "role", "kv_keys", "_text", "_hashes", "_hashes_key")
 
-    def __init__(self, model: str, payload: Mapping[str, Any] | None = None, session: str | None = None) -> None:
+    def __init__(self, model: str, payload: Mapping[str, Any] | None = None, session: str | None = None,
+                 role: str | None = None) -> None:
         self.model = model
         self.payload: Mapping[str, Any] = payload if payload is not None else {}
         self.session = session
+        # a leg of a disaggregated model's request (spec/roles.py): only the replicas of this role are candidates
+        self.role = role
         # the prompt's block keys as its engine computes them (token ids, vLLM's block chain), when a plugin's
         # `prepare` found them (routing/tokenize.py); None: not asked
         self.kv_keys: tuple[int, ...] | None = None

@@ -56,6 +56,8 @@ class Endpoint:
     # bumped where the replica may have lost what it held while its addresses stayed (a pod seen not ready again:
     # its container may have restarted in place); a KV-event subscription follows one epoch (routing/kv_events.py)
     kv_epoch: int = 0
+    # its role in a disaggregated model (spec/roles.py): "prefill" or "decode"; None: it serves whole requests
+    role: str | None = None
 
     @property
     def kv_tokens(self) -> int | None:

@@ -19,6 +19,7 @@ from modelyard.routing import registry
 from modelyard.routing.contracts import Context, Filter, Picker, Preparing, RouteRequest, Scorer, Stateful
 from modelyard.routing.endpoints import Endpoint, EndpointTable
 from modelyard.routing.plugins.ready import ReadyFilter
+from modelyard.spec.roles import DECODE
 from modelyard.spec.schema import ProfileSpec, RoutingSpec, YardSpec
 
 
@@ -119,27 +120,44 @@ class Router:
             model.name: Pipeline(model.name, profiles[registry.profile_name(model, spec.routing)], spec.routing,
                                  Context(model.name, clock, random.Random(source.random()), processes), self.timings)
             for model in spec.models}
+        # a disaggregated model's decode leg routes with a profile of its own (spec/roles.py; its prefill leg, with
+        # the model's); a leg's candidates are the replicas of its role
+        self.decode_pipelines = {
+            model.name: Pipeline(model.name, profiles[model.roles.decode_routing], spec.routing,
+                                 Context(model.name, clock, random.Random(source.random()), processes), self.timings)
+            for model in spec.models if model.roles is not None}
+
+    def _pipeline(self, request: RouteRequest) -> Pipeline | None:
+        if request.role == DECODE:
+            return self.decode_pipelines.get(request.model)
+        return self.pipelines.get(request.model)
+
+    def _endpoints(self, request: RouteRequest) -> list[Endpoint]:
+        endpoints = self.table.of(request.model)
+        if request.role is None:
+            return endpoints
+        return [e for e in endpoints if e.role == request.role]
 
     async def prepare(self, request: RouteRequest) -> None:
         """What the model's plugins need to know before `pick` (a no-op for most profiles)."""
-        pipeline = self.pipelines.get(request.model)
+        pipeline = self._pipeline(request)
         if pipeline is not None and pipeline.preparing:
-            endpoints = self.table.of(request.model)
+            endpoints = self._endpoints(request)
             for plugin in pipeline.preparing:
                 await plugin.prepare(request, endpoints)
 
     async def close(self) -> None:
-        for pipeline in self.pipelines.values():
+        for pipeline in (*self.pipelines.values(), *self.decode_pipelines.values()):
             for plugin in pipeline.preparing:
                 await plugin.close()
 
     def pick(self, request: RouteRequest, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
-        pipeline = self.pipelines.get(request.model)
+        pipeline = self._pipeline(request)
         if pipeline is None:
             return None
-        return pipeline.pick(request, self.table.of(request.model), exclude)
+        return pipeline.pick(request, self._endpoints(request), exclude)
 
     def finished(self, request: RouteRequest, endpoint: Endpoint) -> None:
-        pipeline = self.pipelines.get(request.model)
+        pipeline = self._pipeline(request)
         if pipeline is not None:
             pipeline.finished(request, endpoint)

@@ -103,7 +103,7 @@ def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
 
 
-def full_response(gen: Generation, seq: Sequence, model: str) -> bytes:
+def full_response(gen: Generation, seq: Sequence, model: str, extra: dict[str, Any] | None = None) -> bytes:
     text = filler_text(filler_start(seq.prompt_tokens), seq.generated)
     if gen.chat:
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text,
@@ -115,7 +115,7 @@ def full_response(gen: Generation, seq: Sequence, model: str) -> bytes:
                   "stop_reason": None}
         kind = "text_completion"
     return orjson.dumps({"id": new_id(gen.chat), "object": kind, "created": int(time.time()), "model": model,
-                         "choices": [choice], "usage": usage(seq)})
+                         "choices": [choice], "usage": usage(seq), **(extra or {})})
 
 
 class ChunkWriter:

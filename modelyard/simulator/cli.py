@@ -32,10 +32,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--kv-events-replay", "kv_replay", default=None, metavar="ADDRESS",
               help="The replay (ROUTER) address; default: the --kv-events port + 1; 'none': no replay.")
 @click.option("--kv-events-topic", "kv_topic", default="", show_default=True, help="The events' topic frame.")
+@click.option("--role", type=click.Choice(["prefill", "decode"]), default=None,
+              help="Play one role of prefill/decode disaggregation with vLLM's NIXL connector protocol: a prefill "
+                   "replica answers a request with kv_transfer_params.do_remote_decode with the params a decode "
+                   "replica fetches its KV cache by; a decode replica given them skips the prefill.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], task: str | None,
-             kv_events: str | None, kv_replay: str | None, kv_topic: str, log_level: str) -> None:
+             kv_events: str | None, kv_replay: str | None, kv_topic: str, role: str | None, log_level: str) -> None:
     """Run a simulated vLLM server (OpenAI API, vLLM metrics, sleep/wake) with a modelled latency, on CPU."""
     from modelyard.simulator.run import serve
 
@@ -55,4 +59,4 @@ def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[
 
         replay = default_replay(kv_events) if kv_replay is None else None if kv_replay == "none" else kv_replay
         events = KVEventsConfig(endpoint=kv_events, replay_endpoint=replay, topic=kv_topic)
-    serve(resolved, model_name, host, port, log_level, events)
+    serve(resolved, model_name, host, port, log_level, events, role)

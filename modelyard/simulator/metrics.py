@@ -21,6 +21,13 @@ TPOT = "vllm:request_time_per_output_token_seconds"
 E2E = "vllm:e2e_request_latency_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
 CACHE_CONFIG = "vllm:cache_config_info"
+# the simulator's own (vLLM has no such counters): the prompt tokens it prefilled itself (not found in its prefix
+# cache, not received from a prefill replica), and the KV caches it handed to decode replicas or received from
+# prefill replicas (prefill/decode disaggregation, simulator/disagg.py)
+COMPUTED_PROMPT_TOKENS = "modelyard_simulator:computed_prompt_tokens"
+KV_SENT = "modelyard_simulator:kv_transfers_sent"
+KV_RECEIVED = "modelyard_simulator:kv_transfers_received"
+KV_RECEIVED_BLOCKS = "modelyard_simulator:kv_blocks_received"
 
 # vLLM's buckets for these histograms
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -73,6 +80,10 @@ class EngineMetrics:
         self.prefix_hits = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.computed_prompt_tokens = 0
+        self.kv_sent = 0
+        self.kv_received = 0
+        self.kv_received_blocks = 0
         self.success: dict[str, int] = {}
         self.ttft = Histogram(TTFT, "Histogram of time to first token in seconds.", TTFT_BUCKETS)
         self.itl = Histogram(ITL, "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
@@ -96,7 +107,11 @@ class EngineMetrics:
                      self.prefix_queries),
                     (PREFIX_HITS, "Prefix cache hits, in terms of number of cached tokens.", self.prefix_hits),
                     (PROMPT_TOKENS, "Number of prefill tokens processed.", self.prompt_tokens),
-                    (GENERATION_TOKENS, "Number of generation tokens processed.", self.generation_tokens))
+                    (GENERATION_TOKENS, "Number of generation tokens processed.", self.generation_tokens),
+                    (COMPUTED_PROMPT_TOKENS, "Prompt tokens prefilled by this engine.", self.computed_prompt_tokens),
+                    (KV_SENT, "Prefilled KV caches handed to a decode replica.", self.kv_sent),
+                    (KV_RECEIVED, "Requests decoded from a prefill replica's KV cache.", self.kv_received),
+                    (KV_RECEIVED_BLOCKS, "KV blocks received from prefill replicas.", self.kv_received_blocks))
         for name, help_text, count in counters:
             out.append(f"# HELP {name}_total {help_text}\n# TYPE {name}_total counter\n"
                        f"{name}_total{{{labels}}} {float(count)!r}\n")

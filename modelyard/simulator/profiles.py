@@ -41,6 +41,9 @@ class Profile:
     # the seed of the prefix cache's block hash chain (vLLM's PYTHONHASHSEED with sha256_cbor): a router that knows
     # it computes the keys of the KV events
     hash_seed: str = "0"
+    # prefill/decode disaggregation (simulator/disagg.py): a decode replica's wait per KV block it fetches from a
+    # prefill replica
+    kv_transfer_s_per_block: float = 0.0
     # the model's task, and its embedding vectors' length (embedding task; `dimensions` may ask for fewer)
     task: str = "chat"
     embedding_dim: int = 384
@@ -80,7 +83,8 @@ _LLAMA_8B_H100_SOURCE = (
     "128 KiB/token; (0.9 x 80 GB - 16 GB weights - ~4 GB activations) / 128 KiB = ~400k tokens = 25,000 blocks "
     "of 16. max_num_seqs 256: vLLM's EngineArgs default. Startup ~30 s (weights from NVMe + torch.compile + CUDA "
     "graphs, typical vLLM startup log); wake-up from sleep level 1 ~0.5 s, level 2 ~5 s (vLLM sleep-mode docs: "
-    "level 1 offloads weights to CPU RAM, level 2 discards them)."
+    "level 1 offloads weights to CPU RAM, level 2 discards them). KV transfer between a prefill and a decode "
+    "replica: a block of 16 tokens is 2 MiB; at ~50 GB/s (RDMA or NVLink through NIXL) ~40 us per block."
 )
 
 _TINY_CPU_SOURCE = (
@@ -98,7 +102,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         name="llama-3.1-8b-h100", source=_LLAMA_8B_H100_SOURCE,
         prefill_overhead_s=0.015, prefill_s_per_token=0.000032, itl_base_s=0.0065, itl_per_seq_s=0.000053,
         max_num_seqs=256, kv_blocks=25_000, max_model_len=131_072, default_max_tokens=256,
-        startup_s=30.0, wake_level1_s=0.5, wake_level2_s=5.0, jitter=0.05,
+        startup_s=30.0, wake_level1_s=0.5, wake_level2_s=5.0, jitter=0.05, kv_transfer_s_per_block=0.00004,
     ),
 })
 

@@ -41,6 +41,9 @@ class Sequence:
     waiter: asyncio.Future[None] | None = None
     sink: Callable[[], None] | None = None  # called for each token instead of notify, by a direct stream writer
     pooling: bool = False  # an embedding or rerank input: prefill only, done at the end of its first step
+    # its prompt's KV cache came from a prefill replica (simulator/disagg.py): its first step is a decode step, with
+    # no prefill to pay
+    remote_prefill: bool = False
 
     @property
     def finished(self) -> bool:
@@ -65,6 +68,11 @@ class Sequence:
 class Scheduler:
     """The engine loop: each step admits waiting requests (up to max_num_seqs, if their KV blocks fit), prefills
     the new ones and decodes one token for every running one, then sleeps for the step's modelled duration.
+
+    A prompt's prefill is in the same step as the running sequences' decodes (latency.step_s), so on a replica that
+    does both, a long prompt arriving stalls every stream it decodes for its whole prefill: the inter-token latency
+    that prefill/decode disaggregation removes. A sequence whose KV cache came from a prefill replica
+    (`remote_prefill`) is admitted as a decode: its first step costs what a decode step costs.
 
     A pooling sequence (an embedding or rerank input) is admitted and prefilled like a prompt, holding its KV
     blocks and a batch slot for that one step, and finishes at its end without a token; it neither looks up nor
@@ -127,12 +135,7 @@ class Scheduler:
                 await self._kick.wait()
                 start = loop.time()
                 continue
-            prefills = self._admit(start)
-            self.flush_events()
-            decoding = len(self.running) - len(prefills)
-            duration = with_jitter(step_s(self.profile, decoding, tuple(len(s.prompt_tokens) - s.cached_tokens
-                                                                         for s in prefills)),
-                                   self.profile.jitter, self.rng)
+            duration = self.plan_step(start)
             end = start + duration
             delay = end - loop.time()
             if delay > 0:
@@ -143,6 +146,16 @@ class Scheduler:
             now = loop.time()
             # steps keep their modelled cadence; a step that overran by a whole step restarts the clock
             start = end if now - end < max(duration, 0.001) else now
+
+    def plan_step(self, start: float) -> float:
+        """The next step begins at `start`: waiting requests admitted; its modelled duration (its decodes and the
+        prefills of the prompts just admitted, but for those whose KV cache came from a prefill replica)."""
+        prefills = [s for s in self._admit(start) if not s.remote_prefill]
+        self.flush_events()
+        decoding = len(self.running) - len(prefills)
+        computed = tuple(len(s.prompt_tokens) - s.cached_tokens for s in prefills)
+        self.metrics.computed_prompt_tokens += sum(computed)
+        return with_jitter(step_s(self.profile, decoding, computed), self.profile.jitter, self.rng)
 
     def _admit(self, now: float) -> list[Sequence]:
         admitted: list[Sequence] = []

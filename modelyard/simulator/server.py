@@ -12,6 +12,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from modelyard.simulator.api import ApiError, ChunkWriter, Generation, full_response, parse_generation, parse_json
+from modelyard.simulator.disagg import KVConnector, transfer_params
 from modelyard.simulator.embeddings import Embedder, embedding_response, parse_embedding
 from modelyard.simulator.kv_events import KVEventsConfig, Publisher
 from modelyard.simulator.metrics import CONTENT_TYPE, EngineMetrics
@@ -34,11 +35,13 @@ class Simulator:
     """The ASGI app of one simulated vLLM server: OpenAI API, vLLM's operational endpoints, faults."""
 
     def __init__(self, profile: Profile, model_name: str, crash: Callable[[], None] = _exit_now,
-                 kv_events: KVEventsConfig | None = None) -> None:
+                 kv_events: KVEventsConfig | None = None, role: str | None = None) -> None:
         self.profile, self.model_name, self.crash = profile, model_name, crash
         self.kv_events = kv_events
         self.publisher: Publisher | None = None
         self.metrics = EngineMetrics(model_name, profile.kv_blocks, profile.block_size)
+        # prefill/decode disaggregation (simulator/disagg.py): None, a replica that serves whole requests
+        self.connector = KVConnector(role, profile, self.metrics) if role is not None else None
         self.rng = random.Random(profile.seed)
         self.scheduler = Scheduler(profile, self.metrics, random.Random(profile.seed + 1))
         self.embedder = Embedder(profile.embedding_dim) if profile.task == "embedding" else None
@@ -230,11 +233,17 @@ class Simulator:
         self._check_fits(len(gen.prompt_tokens), gen.max_tokens)
         if self.sleep_level:
             raise ApiError(503, "The engine is sleeping; call /wake_up before sending requests.")
+        connector = self.connector
+        params = transfer_params(body) if connector is not None else None
+        received = connector.receives(params) if connector is not None else None
         if profile.failure_rate > 0 and self.rng.random() < profile.failure_rate:
             await self._fail(self.rng.choice(profile.kinds()), scope, receive, send)
             return
+        if connector is not None and received is not None:
+            await connector.fetch(received)
         seq = Sequence(prompt_tokens=gen.prompt_tokens, max_tokens=gen.max_tokens,
-                       stop_reason="length" if gen.capped else "stop", arrival=asyncio.get_running_loop().time())
+                       stop_reason="length" if gen.capped else "stop", arrival=asyncio.get_running_loop().time(),
+                       remote_prefill=received is not None)
         self.scheduler.submit(seq)
         watcher = asyncio.create_task(self._abort_on_disconnect([seq], receive))
         try:
@@ -244,11 +253,22 @@ class Simulator:
                 while not seq.finished:
                     await seq.wait_beyond(seq.generated)
                 if seq.finish_reason != "abort":
-                    await respond(send, 200, full_response(gen, seq, self.model_name))
+                    await respond(send, 200, self._answer(gen, seq, params, scope))
         finally:
             watcher.cancel()
             if not seq.finished:
                 self.scheduler.abort(seq)
+
+    def _answer(self, gen: Generation, seq: Sequence, params: dict[str, Any] | None, scope: Scope) -> bytes:
+        """A non-streamed answer; with a role, it carries `kv_transfer_params` as vLLM's does (those of a prefill
+        handed off, else null)."""
+        connector = self.connector
+        if connector is None:
+            return full_response(gen, seq, self.model_name)
+        handoff = None
+        if connector.hands_off(params, gen.stream):
+            handoff = connector.handoff(seq, scope, header(scope, b"x-request-id") or os.urandom(8).hex())
+        return full_response(gen, seq, self.model_name, {"kv_transfer_params": handoff})
 
     async def _stream(self, gen: Generation, seq: Sequence, send: Send) -> None:
         writer = ChunkWriter(gen, seq, self.model_name)
@@ -389,6 +409,13 @@ async def read_body(receive: Receive) -> bytes:
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status, "headers": JSON if headers is None else headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def query_param(scope: Scope, name: str, default: str) -> str:

@@ -77,16 +77,19 @@ def plan(serving: YardSpec, new: YardSpec) -> Plan:
     old_models = {m.name: m for m in serving.models}
     new_models = {m.name: m for m in new.models}
     models: list[ModelPlan] = []
+    restart: list[Change] = []
     for name, model in new_models.items():
         if name not in old_models:
             models.append(ModelPlan(name, "add"))
         elif (changed := _model_plan(old_models[name], model)) is not None:
-            models.append(changed)
+            if changed.action == "replace" and (model.roles is not None or old_models[name].roles is not None):
+                restart += changed.changes  # a rolling replace's new replicas would be numbered past the roles
+            else:
+                models.append(changed)
     models += [ModelPlan(name, "remove") for name in old_models if name not in new_models]
     top_before = serving.model_dump(mode="json", exclude={"models"})
     top_after = new.model_dump(mode="json", exclude={"models"})
     in_place: list[Change] = []
-    restart: list[Change] = []
     for change in _walk(top_before, top_after, ""):
         section = change.path.split(".")
         keyed = ".".join(section[:2])

@@ -186,6 +186,7 @@ def _check_semantics(spec: YardSpec, lines: dict[Loc, int], source: str) -> None
         seen.setdefault(model.name, index)
     problems += _check_routing(spec, lines, source)
     problems += _check_pools(spec, lines, source)
+    problems += _check_roles(spec, lines, source)
     key_names: set[str] = set()
     for index, key in enumerate(spec.gateway.keys):
         if key.name in key_names:
@@ -267,6 +268,34 @@ def _check_pools(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[str
         room = float(pool.slots) if pool.slots is not None else (pool.memory_gib or 0.0)
         if sum(sizes) > room:
             problem(("pools", index, "pinned"), "the pinned members alone do not fit in the pool")
+    return problems
+
+
+def _check_roles(spec: YardSpec, lines: dict[Loc, int], source: str) -> list[str]:
+    """A model with `roles:` is a chat model of an engine whose adapter can split prefill and decode, and its
+    decode leg routes with a known profile."""
+    from modelyard.engines import ENGINES, get_engine
+    from modelyard.routing import registry
+
+    problems: list[str] = []
+    profile_names = sorted(registry.profiles(spec.routing))
+    for index, model in enumerate(spec.models):
+        if model.roles is None:
+            continue
+        loc: Loc = ("models", index, "roles")
+        engine = get_engine(model.engine)
+        if not engine.disaggregates(model):
+            able = ", ".join(name for name in ENGINES if get_engine(name).can_disaggregate)
+            problems.append(f"{format_path(loc)}: engine {model.engine} cannot split prefill and decode (engines "
+                            f"that can: {able}){_where(loc, lines, source)}")
+        elif engine.task(model).value != "chat":
+            problems.append(f"{format_path(loc)}: roles are for chat models (task {engine.task(model).value} has no "
+                            f"decode to split from its prefill){_where(loc, lines, source)}")
+        name = model.roles.decode_routing
+        if name not in profile_names:
+            where = loc + ("decode_routing",)
+            problems.append(f"{format_path(where)}: unknown profile {name!r}{_names_hint(name, profile_names)}"
+                            f"{_where(where, lines, source)}")
     return problems
 
 

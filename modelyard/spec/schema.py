@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from modelyard.spec.common import NAME_PATTERN, SHA256_PATTERN, Strict
+from modelyard.spec.roles import Role, RolesSpec
 from modelyard.spec.scaling import PoolSpec, ResourcesSpec, ScalingSpec, SLOSpec
 from modelyard.spec.validation import ValidationSpec
 
@@ -162,6 +163,34 @@ class BaseModelSpec(Strict):
     # service until it passes again
     watchdog_s: Annotated[float, Field(gt=0)] | None = 30.0
     validation: ValidationSpec | None = None  # the gate a new revision passes (spec/validation.py)
+    # prefill/decode disaggregation (spec/roles.py): N prefill and M decode replicas, `replicas` their sum
+    roles: RolesSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replicas_of_roles(cls, data: Any) -> Any:
+        """With `roles:` and without `replicas:`, the replicas are the roles' sum."""
+        roles = data.get("roles") if isinstance(data, dict) else None
+        if isinstance(roles, dict) and "replicas" not in data:
+            counts = [roles.get("prefill"), roles.get("decode")]
+            if all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+                return {**data, "replicas": max(1, sum(counts))}  # type: ignore[arg-type]
+        return data
+
+    @model_validator(mode="after")
+    def _roles_fixed(self) -> BaseModelSpec:
+        if self.roles is not None:
+            if isinstance(self.replicas, ScalingSpec):
+                raise ValueError("roles: a model with roles has a fixed number of replicas (prefill + decode), not "
+                                 "an autoscaled one: leave replicas out")
+            if self.replicas != self.roles.replicas:
+                raise ValueError(f"roles: prefill {self.roles.prefill} + decode {self.roles.decode} replicas, but "
+                                 f"replicas is {self.replicas} (leave replicas out)")
+        return self
+
+    def role_of(self, replica: int) -> Role | None:
+        """A replica's role in a disaggregated model (spec/roles.py); None: it does both (no roles)."""
+        return self.roles.role_of(replica) if self.roles is not None else None
 
     @property
     def scaling(self) -> ScalingSpec | None:

@@ -240,3 +240,12 @@ def test_kustomization_lists_every_file_and_host_path_weights() -> None:
 
 def test_the_default_spec_loads() -> None:
     assert load_spec(SPECS["default"]).models
+
+
+def test_a_model_with_roles_is_not_rendered_yet() -> None:
+    from modelyard.deploy.kubernetes import RenderError, render
+    from modelyard.spec.loader import parse_spec
+
+    spec = parse_spec("models:\n  - {name: m, engine: simulator, roles: {prefill: 1, decode: 1}}\n")
+    with pytest.raises(RenderError, match=r"models\[0\]\.roles: not rendered for Kubernetes yet"):
+        render(spec)

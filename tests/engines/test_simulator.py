@@ -86,3 +86,14 @@ def test_kv_events_on_a_model_give_fresh_loopback_addresses_and_the_flags() -> N
     at = plan.argv.index("--kv-events")
     assert plan.argv[at + 1:at + 4] == [events.endpoint, "--kv-events-replay", events.replay]
     assert engine.tokenize_path == "/tokenize"
+
+
+def test_roles_launch_each_replica_in_its_role() -> None:
+    from modelyard.spec.loader import parse_spec
+
+    model = parse_spec("models:\n  - {name: m, engine: simulator, roles: {prefill: 1, decode: 2}}\n").models[0]
+    engine = get_engine("simulator")
+    roles = [engine.launch(model, "127.0.0.1", 9000, replica).argv for replica in range(3)]
+    assert [argv[argv.index("--role") + 1] for argv in roles] == ["prefill", "decode", "decode"]
+    plain = parse_spec("models:\n  - {name: m, engine: simulator}\n").models[0]
+    assert "--role" not in engine.launch(plain, "127.0.0.1", 9000, 0).argv

@@ -163,3 +163,19 @@ def test_kv_events_in_a_pod_bind_tcp_on_every_interface_and_are_reached_at_the_p
     seen = engine.kv_events_at(model, "10.244.1.17", 5557, 5558)
     assert seen is not None and (seen.endpoint, seen.replay) == ("tcp://10.244.1.17:5557", "tcp://10.244.1.17:5558")
     assert engine.kv_events_at(seed_model(tmp_path), "*", 5557, 5558) is None
+
+
+def test_roles_launch_every_replica_with_the_nixl_connector_on_its_own_side_channel(tmp_path: Path) -> None:
+    engine = get_engine("vllm")
+    model = seed_model(tmp_path, SEED.replace("replicas: 2", "roles: {prefill: 1, decode: 1}"))
+    assert engine.disaggregates(model) and not get_engine("sglang").disaggregates(model)
+    plans = [engine.launch(model, "127.0.0.1", 8000 + replica, replica) for replica in (0, 1)]
+    ports = set()
+    for plan in plans:
+        assert unknown_flags("vllm", plan.argv[3:]) == []
+        config = json.loads(options(plan.argv)["--kv-transfer-config"])
+        assert config == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}  # nixl_connector_usage.md
+        assert plan.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "127.0.0.1"
+        ports.add(plan.env["VLLM_NIXL_SIDE_CHANNEL_PORT"])
+    assert len(ports) == 2  # two replicas of one machine: one handshake port each
+    assert "--kv-transfer-config" not in engine.launch(seed_model(tmp_path), "127.0.0.1", 8000, 0).argv

@@ -121,10 +121,21 @@ def test_simulate_takes_kv_events_on_its_command_line() -> None:
     import modelyard.simulator.run as run
 
     serve = run.serve
-    run.serve = lambda profile, name, host, port, level, events: seen.update(events=events)  # type: ignore[assignment]
+    def fake(profile: object, name: str, host: str, port: int, level: str, events: object, role: object) -> None:
+        seen.update(events=events, role=role)
+
+    run.serve = fake  # type: ignore[assignment]
     try:
         result = CliRunner().invoke(cli.simulate, ["--kv-events", "tcp://127.0.0.1:6000", "--kv-events-topic", "t"])
     finally:
         run.serve = serve
     assert result.exit_code == 0, result.output
     assert seen["events"] == KVEventsConfig("tcp://127.0.0.1:6000", "tcp://127.0.0.1:6001", topic="t")
+    assert seen["role"] is None
+    run.serve = fake  # type: ignore[assignment]
+    try:
+        result = CliRunner().invoke(cli.simulate, ["--role", "decode"])
+    finally:
+        run.serve = serve
+    assert result.exit_code == 0 and seen["role"] == "decode", result.output
+    assert CliRunner().invoke(cli.simulate, ["--role", "both"]).exit_code == 2

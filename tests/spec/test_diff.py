@@ -81,3 +81,14 @@ def test_plan_exit_codes_against_the_serving_revision(tmp_path: Path) -> None:
     assert changed.exit_code == 2 and "models[chat].parallel: 4 -> 2" in changed.output
     spec.write_text(BASE.replace("parallel: 4", "parallel: 0"))
     assert runner.invoke(main, ["plan", "-f", str(spec)]).exit_code == 1
+
+
+def test_a_model_with_roles_is_replaced_only_by_a_restart() -> None:
+    base = "models:\n  - {name: m, engine: simulator, roles: {prefill: 1, decode: 1}%s}\n"
+    serving = parse_spec(base % "")
+    engine_change = plan(serving, parse_spec(base % ", profile: llama-3.1-8b-h100"))
+    assert engine_change.models == () and [c.path for c in engine_change.needs_restart] == ["models[m].profile"]
+    more = plan(serving, parse_spec(base.replace("decode: 1", "decode: 2") % ""))
+    assert more.models == () and more.needs_restart  # roles: their numbering is the replicas'
+    routed = plan(serving, parse_spec(base % ", routing: round-robin"))
+    assert [m.action for m in routed.models] == ["in_place"] and not routed.needs_restart
