@@ -45,6 +45,9 @@ class SimulatorEngine(VLLMSleep):
             argv += ["--param", f"seed={replica}"]  # replicas differ in their jitter and failure draws
         if model.task:
             argv += ["--task", model.task]
+        tokenizer = self.tokenizer_dir(model)
+        if tokenizer is not None:  # the same tokenizer as the gateway's: its block keys are the events' keys
+            argv += ["--tokenizer", str(tokenizer)]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
     def publishes_kv_events(self, model: BaseModelSpec) -> bool:

@@ -32,10 +32,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--kv-events-replay", "kv_replay", default=None, metavar="ADDRESS",
               help="The replay (ROUTER) address; default: the --kv-events port + 1; 'none': no replay.")
 @click.option("--kv-events-topic", "kv_topic", default="", show_default=True, help="The events' topic frame.")
+@click.option("--tokenizer", "tokenizer_dir", default=None, metavar="DIR",
+              help="The model's own tokenizer: a directory with tokenizer.json (and tokenizer_config.json with its "
+                   "chat template); prompts are then tokenized as vLLM does (/tokenize, the prefix cache, KV events).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], task: str | None,
-             kv_events: str | None, kv_replay: str | None, kv_topic: str, log_level: str) -> None:
+             kv_events: str | None, kv_replay: str | None, kv_topic: str, tokenizer_dir: str | None,
+             log_level: str) -> None:
     """Run a simulated vLLM server (OpenAI API, vLLM metrics, sleep/wake) with a modelled latency, on CPU."""
     from modelyard.simulator.run import serve
 
@@ -55,4 +59,12 @@ def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[
 
         replay = default_replay(kv_events) if kv_replay is None else None if kv_replay == "none" else kv_replay
         events = KVEventsConfig(endpoint=kv_events, replay_endpoint=replay, topic=kv_topic)
-    serve(resolved, model_name, host, port, log_level, events)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from modelyard.local_tokenizer import LocalTokenizer, TokenizerError
+
+        try:
+            tokenizer = LocalTokenizer(tokenizer_dir)
+        except TokenizerError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tokenizer") from None
+    serve(resolved, model_name, host, port, log_level, events, tokenizer)

@@ -121,7 +121,8 @@ def test_simulate_takes_kv_events_on_its_command_line() -> None:
     import modelyard.simulator.run as run
 
     serve = run.serve
-    run.serve = lambda profile, name, host, port, level, events: seen.update(events=events)  # type: ignore[assignment]
+    run.serve = lambda profile, name, host, port, level, events, tokenizer=None: seen.update(  # type: ignore[assignment]
+        events=events)
     try:
         result = CliRunner().invoke(cli.simulate, ["--kv-events", "tcp://127.0.0.1:6000", "--kv-events-topic", "t"])
     finally:
