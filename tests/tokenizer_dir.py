@@ -21,7 +21,7 @@ TEXT = (
 )
 
 
-def make_tokenizer_dir(directory: Path, vocab_size: int = 400) -> Path:
+def make_tokenizer_dir(directory: Path, vocab_size: int = 400, chat_template: str = CHAT_TEMPLATE) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -37,7 +37,7 @@ def make_tokenizer_dir(directory: Path, vocab_size: int = 400) -> Path:
     tokenizer.save(str(directory / "tokenizer.json"))
     config = {"bos_token": {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False,
                             "single_word": False, "special": True},
-              "eos_token": "<|im_end|>", "unk_token": "<unk>", "chat_template": CHAT_TEMPLATE,
+              "eos_token": "<|im_end|>", "unk_token": "<unk>", "chat_template": chat_template,
               "tokenizer_class": "PreTrainedTokenizerFast"}
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     return directory
