@@ -89,6 +89,9 @@ class LocalTokenizer:
             self.tokenizer = Tokenizer.from_file(str(file))
         except Exception as exc:  # the library's error for a JSON that is not a tokenizer
             raise TokenizerError(f"{file}: not a tokenizer ({exc})") from None
+        # transformers sets both per call, off unless asked: the file's own (a sentence model's 512) never apply
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
         self.special = {name: text for name in SPECIAL_NAMES if (text := _token_text(config.get(name))) is not None}
         self.template_source = _template_of(config, self.directory)
         self._env: Any = None

@@ -46,6 +46,7 @@ def test_a_chat_is_rendered_with_its_template_and_encoded_without_added_tokens(d
     assert ids[:len(bare)] == bare and ids[len(bare)] == start  # then "<|im_start|>assistant\n"
     assert tokenizer.prompt_ids({"prompt": "hi"})[0] == bos  # a completion gets the post-processor's <s>
     assert tokenizer.prompt_ids({"prompt": "hi", "add_special_tokens": False})[0] != bos
+    assert len(tokenizer.prompt_ids({"prompt": SYSTEM})) > 64  # the file's truncation is not applied
 
 
 def test_continue_final_message_and_the_templates_own_errors(directory: Path) -> None:
@@ -131,3 +132,11 @@ def test_local_ids_are_the_simulators_tokenize_ids_and_its_event_keys(directory:
     finally:
         sub.close(linger=0)
         ctx.term()
+
+
+def test_a_long_prompt_gets_the_same_ids_from_a_worker_thread(directory: Path) -> None:
+    tokenizer = LocalTokenizer(directory)
+    long = {"prompt": SYSTEM * 40}  # past routing/tokenize.py's INLINE_BYTES
+    keys, count = asyncio.run(EngineTokens().prompt(long, "m", "", "", 16, "0", tokenizer))
+    ids = tokenizer.prompt_ids(long)
+    assert count == len(ids) and keys == BlockHasher("0").keys(ids, 16)

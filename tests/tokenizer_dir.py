@@ -33,6 +33,7 @@ def make_tokenizer_dir(directory: Path, vocab_size: int = 400, chat_template: st
     bos = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[
         ("<s>", bos)])
+    tokenizer.enable_truncation(64)  # as sentence models' files have it: transformers (and the gateway) ignore it
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
     config = {"bos_token": {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False,

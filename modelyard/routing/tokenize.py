@@ -8,9 +8,10 @@ so a repeated prompt costs a digest. The client is a plain HTTP/1.1 POST with `C
 loopback port (no session to own or close).
 
 A model with its tokenizer loaded in the gateway (modelyard/local_tokenizer.py, `tokenizer: local`) gets the same
-ids without the round trip (`local`); an engine whose tokenize takes text only (llama.cpp: `{"content": ...}`) has
-its chat template applied through its `template` path first. Each answer also gives the prompt's token count
-(`prompt`, `count`: exact reservations for keys with token limits, gateway/prompt_count.py).
+ids without the round trip (`local`; a prompt over INLINE_BYTES in a worker thread); an engine whose tokenize
+takes text only (llama.cpp: `{"content": ...}`) has its chat template applied through its `template` path first.
+Each answer also gives the prompt's token count (`prompt`, `count`: exact reservations for keys with token limits,
+gateway/prompt_count.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from modelyard.kv_hash import BlockHasher
 from modelyard.local_tokenizer import LocalTokenizer, TokenizerError
 
 TIMEOUT_S = 2.0
+INLINE_BYTES = 8192  # a local tokenizer takes prompts up to this size on the event loop (about 1 ms), longer ones in
+# a worker thread
 CHAT_OPTIONS = ("add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs", "tools")
 
 
@@ -132,8 +135,8 @@ class EngineTokens:
             self._cache.move_to_end(digest)
             return cached
         if local is not None:
-            try:
-                tokens = local.ids(body)
+            try:  # a long prompt in a thread (the library releases the GIL): the event loop keeps relaying
+                tokens = await asyncio.to_thread(local.ids, body) if len(raw) > INLINE_BYTES else local.ids(body)
             except TokenizerError as exc:
                 raise TokenizeError(f"{local.directory}: {exc}") from None
         else:
