@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import yaml
 
+from modelyard.fleet.process import free_port
 from tests.cluster import API_KEY, Cluster
 from tests.tokenizer_dir import CHAT_TEMPLATE, make_tokenizer_dir
 
@@ -115,3 +120,17 @@ def test_concurrent_requests_cannot_pass_a_budget_on_a_low_estimate(cluster: Clu
 def replica_url(cluster: Cluster, model: str) -> str:
     text = (cluster.tmp / "state" / "logs" / f"{model}-0.log").read_text()
     return "http://127.0.0.1:" + re.findall(rf"starting {model}/0 on port (\d+)", text)[-1]
+
+
+def test_up_refuses_a_broken_tokenizer_naming_the_file(tmp_path: Path) -> None:
+    directory = make_tokenizer_dir(tmp_path / "tokenizer")
+    (directory / "tokenizer_config.json").write_text('{"chat_template": ')
+    spec = {"version": 1, "state_dir": str(tmp_path / "state"), "gateway": {"port": free_port()},
+            "models": [{"name": "sim", "engine": "simulator", "tokenizer": "local", "tokenizer_path": str(directory)}]}
+    (tmp_path / "yard.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "modelyard", "up", "-f", str(tmp_path / "yard.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert f"model 'sim': tokenizer: {directory}/tokenizer_config.json: not valid JSON" in output
+    assert "Traceback" not in output
