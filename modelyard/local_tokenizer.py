@@ -92,7 +92,11 @@ class LocalTokenizer:
         # transformers sets both per call, off unless asked: the file's own (a sentence model's 512) never apply
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.special = {name: text for name in SPECIAL_NAMES if (text := _token_text(config.get(name))) is not None}
+        self.special: dict[str, Any] = {
+            name: text for name in SPECIAL_NAMES if (text := _token_text(config.get(name))) is not None}
+        extra = config.get("additional_special_tokens")
+        if isinstance(extra, list):
+            self.special["additional_special_tokens"] = [t for t in map(_token_text, extra) if t is not None]
         self.template_source = _template_of(config, self.directory)
         self._env: Any = None
         self._templates: dict[str, Any] = {}
@@ -187,6 +191,7 @@ def _environment() -> Any:
     """transformers' template environment: sandboxed, trim_blocks and lstrip_blocks, loop controls, its globals."""
     import jinja2
     import jinja2.ext
+    import jinja2.nodes
     import jinja2.sandbox
 
     def raise_exception(message: str) -> None:
@@ -199,8 +204,21 @@ def _environment() -> Any:
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)
 
+    class Generation(jinja2.ext.Extension):
+        """transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant's tokens): the body as is."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> Any:
+            return caller()
+
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[jinja2.ext.loopcontrols])
+                                                       extensions=[jinja2.ext.loopcontrols, Generation])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now

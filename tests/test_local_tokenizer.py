@@ -56,6 +56,8 @@ def test_continue_final_message_and_the_templates_own_errors(directory: Path) ->
     with pytest.raises(TokenizerError, match="system goes first"):
         tokenizer.render([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
     assert tokenizer.render(messages, chat_template="{{ messages | length }}") == "2"  # a request's own template
+    marked = "{% for m in messages %}{% generation %}{{ m['content'] | tojson }}{% endgeneration %}{% endfor %}"
+    assert tokenizer.render(messages, chat_template=marked) == '"hi""The bolts are"'  # transformers' extension
 
 
 @pytest.mark.parametrize(("setup", "message"), [

@@ -86,3 +86,13 @@ def test_kv_events_on_a_model_give_fresh_loopback_addresses_and_the_flags() -> N
     at = plan.argv.index("--kv-events")
     assert plan.argv[at + 1:at + 4] == [events.endpoint, "--kv-events-replay", events.replay]
     assert engine.tokenize_path == "/tokenize"
+
+
+def test_a_simulator_with_a_local_tokenizer_runs_with_the_same_directory() -> None:
+    from modelyard.spec import parse_spec
+
+    spec = parse_spec("models:\n  - name: s\n    engine: simulator\n    tokenizer: local\n    tokenizer_path: /tok\n")
+    plan = get_engine("simulator").launch(spec.models[0], "127.0.0.1", 8000, 0)
+    assert plan.argv[plan.argv.index("--tokenizer") + 1] == "/tok"
+    plain = parse_spec("models:\n  - name: s\n    engine: simulator\n")
+    assert "--tokenizer" not in get_engine("simulator").launch(plain.models[0], "127.0.0.1", 8000, 0).argv

@@ -152,3 +152,21 @@ def test_kv_events_on_private_ipc_sockets_with_the_chain_a_router_computes(tmp_p
     assert opts["--prefix-caching-hash-algo"] == "sha256_cbor"
     assert json.loads(opts["--kv-events-config"])["endpoint"] == events.endpoint
     assert plan.env["PYTHONHASHSEED"] == "5" and plan.env["VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES"] == "1"
+
+
+def test_a_local_tokenizer_comes_from_the_weights_directory_by_default(tmp_path: Path) -> None:
+    engine = get_engine("vllm")
+    model = seed_model(tmp_path)
+    assert engine.tokenizer_dir(model) is None  # tokenizer: engine (its /tokenize)
+    local = seed_model(tmp_path, SEED + "    tokenizer: local\n")
+    assert engine.tokenizer_dir(local) == tmp_path / "qwen"
+    chosen = seed_model(tmp_path, SEED + "    tokenizer: local\n    tokenizer_path: /tok\n")
+    assert engine.tokenizer_dir(chosen) == Path("/tok")
+    hub = parse_spec(SEED.replace("model: {path: MODEL_DIR}", f"model: {{name: Qwen/Qwen3-8B, cache_dir: {tmp_path}}}")
+                     + "    tokenizer: local\n").models[0]
+    repo = tmp_path / "models--Qwen--Qwen3-8B"
+    (repo / "snapshots" / "old").mkdir(parents=True)
+    (repo / "snapshots" / "new").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("new\n")
+    assert engine.tokenizer_dir(hub) == repo / "snapshots" / "new"  # the snapshot refs/main names
