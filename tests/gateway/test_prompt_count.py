@@ -11,6 +11,7 @@ import pytest
 from modelyard.engines import get_engine
 from modelyard.fleet.process import free_port
 from modelyard.gateway.prompt_count import PromptCounts, counts_tokens
+from modelyard.kv_hash import BlockHasher
 from modelyard.local_tokenizer import LocalTokenizer, TokenizerError, load_tokenizers
 from modelyard.routing.contracts import RouteRequest
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
@@ -88,3 +89,25 @@ def test_a_missing_tokenizer_names_the_model_and_the_file(tmp_path: Path) -> Non
                       f"    tokenizer_path: {tmp_path}\n")
     with pytest.raises(TokenizerError, match=f"model 'm': tokenizer: {tmp_path}/tokenizer.json: no such file"):
         load_tokenizers(spec)
+
+
+def test_with_a_local_tokenizer_the_precise_router_asks_the_engine_nothing(tmp_path: Path) -> None:
+    directory = make_tokenizer_dir(tmp_path / "t")
+    spec = parse_spec(f"models:\n  - name: m\n    engine: simulator\n    kv_events: true\n    tokenizer: local\n"
+                      f"    tokenizer_path: {directory}\n")
+    config = KVEventsConfig(f"tcp://127.0.0.1:{free_port()}", None)
+    local = LocalTokenizer(directory)
+    with SimulatorThread(PROFILE, "m", kv_events=config, tokenizer=local) as sim:
+        table = table_of(sim, config.endpoint)
+        router, route = Router(spec, table, tokenizers=load_tokenizers(spec)), RouteRequest("m", CHAT)
+
+        async def run() -> int | None:
+            try:
+                return await PromptCounts().count(route, spec.models[0], router, get_engine("simulator"), table)
+            finally:
+                await router.close()
+
+        ids = local.chat_ids(CHAT)
+        assert asyncio.run(run()) == len(ids) == len(sim.app._prompt(dict(CHAT))[0])
+        scorer = next(p for p in router.pipelines["m"].preparing if isinstance(p, PrecisePrefixScorer))
+        assert route.kv_keys == BlockHasher("0").keys(ids, PROFILE.block_size) and scorer.tokens.round_trips == 0
