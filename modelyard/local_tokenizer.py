@@ -4,9 +4,10 @@ The directory holds `tokenizer.json` (the `tokenizers` library's file, which eve
 saves) and `tokenizer_config.json` (its special tokens and `chat_template`; a `chat_template.jinja` beside it wins,
 as in transformers). A chat request is rendered as transformers' `apply_chat_template` renders it (jinja2, sandboxed,
 `trim_blocks` and `lstrip_blocks`, the special tokens, `add_generation_prompt`, `tools`, `chat_template_kwargs`,
-`continue_final_message`), then encoded without special tokens (the template writes them), as vLLM's chat and
-/tokenize endpoints do; a completion prompt is encoded with them (`add_special_tokens`, vLLM's default for
-completions). Message content given as parts is joined with newlines, vLLM's "string" content format.
+`continue_final_message`; never a template sent with the request), then encoded without special tokens (the
+template writes them), as vLLM's chat and /tokenize endpoints do; a completion prompt is encoded with them
+(`add_special_tokens`, vLLM's default for completions). Message content given as parts is joined with newlines,
+vLLM's "string" content format.
 
 `tokenizers` and `jinja2` are imported when a model asks for its tokenizer, never on import of this module.
 """
@@ -139,16 +140,18 @@ class LocalTokenizer:
         return ids
 
     def chat_ids(self, body: Mapping[str, Any]) -> list[int]:
-        """A chat request's (or vLLM /tokenize's) token ids: its messages rendered, then encoded."""
+        """A chat request's (or vLLM /tokenize's) token ids: its messages rendered, then encoded. A template sent
+        with the request is not rendered (a client's template can burn the gateway's CPU; vLLM too refuses one
+        unless started with --trust-request-chat-template)."""
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise TokenizerError("messages must be a list")
+        if body.get("chat_template") is not None:
+            raise TokenizerError("a chat_template sent with the request is not rendered: the model's own is used")
         continued = bool(body.get("continue_final_message", False))
         kwargs = body.get("chat_template_kwargs")
-        template = body.get("chat_template")
         text = self.render(messages, bool(body.get("add_generation_prompt", not continued)), body.get("tools"),
-                           template if isinstance(template, str) else None,
-                           kwargs if isinstance(kwargs, dict) else None, continued)
+                           None, kwargs if isinstance(kwargs, dict) else None, continued)
         return self.encode(text, bool(body.get("add_special_tokens", False)))
 
     def prompt_ids(self, body: Mapping[str, Any]) -> list[int]:

@@ -55,7 +55,9 @@ def test_continue_final_message_and_the_templates_own_errors(directory: Path) ->
     assert tokenizer.render(messages, False, continue_final_message=True).endswith("assistant\nThe bolts are")
     with pytest.raises(TokenizerError, match="system goes first"):
         tokenizer.render([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
-    assert tokenizer.render(messages, chat_template="{{ messages | length }}") == "2"  # a request's own template
+    assert tokenizer.render(messages, chat_template="{{ messages | length }}") == "2"
+    with pytest.raises(TokenizerError, match="not rendered"):  # a client's template could burn the CPU
+        tokenizer.chat_ids({"messages": messages, "chat_template": "{% for i in range(99999) %}{% endfor %}"})
     marked = "{% for m in messages %}{% generation %}{{ m['content'] | tojson }}{% endgeneration %}{% endfor %}"
     assert tokenizer.render(messages, chat_template=marked) == '"hi""The bolts are"'  # transformers' extension
 
