@@ -5,6 +5,9 @@
 used_tokens from the store. Run it with the checkout to measure on PYTHONPATH:
 
     PYTHONPATH=. .venv/bin/python benchmarks/budget_concurrency.py --out benchmarks/results/budget-<date>.json
+
+`--baseline-code DIR` runs the same waves first with `modelyard up` from another copy of the package (e.g. `git
+archive <commit> modelyard | tar -x -C DIR`), in the same run, and reports both.
 """
 
 from __future__ import annotations
@@ -65,14 +68,7 @@ async def used(db: Path) -> int:
         await store.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--budget", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--max-tokens", type=int, default=10)
-    parser.add_argument("--prompt", default="Write one sentence about the sea.")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+def measure(args: argparse.Namespace, code: str | None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         port = free_port()
@@ -82,9 +78,11 @@ def main() -> None:
                             "context_length": 1024, "parallel": 4, "threads": 1, "replicas": 1}]}
         (work / "yard.yaml").write_text(yaml.safe_dump(spec))
         env = {**os.environ, "MODELYARD_API_KEY": "bench-" + "k" * 30}
+        if code is not None:
+            env["PYTHONPATH"] = code
         with (work / "up.log").open("wb") as log:
             up = subprocess.Popen([sys.executable, "-m", "modelyard", "up", "-f", str(work / "yard.yaml")],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=code)
             try:
                 url = f"http://127.0.0.1:{port}"
                 for _ in range(600):
@@ -96,14 +94,28 @@ def main() -> None:
                     time.sleep(0.25)
                 db = work / "state" / "modelyard.db"
                 secret = asyncio.run(key(db, args.budget))
-                served, sent = asyncio.run(waves(url, secret, args.concurrency, args.max_tokens,
-                                                   args.prompt))
+                served, sent = asyncio.run(waves(url, secret, args.concurrency, args.max_tokens, args.prompt))
                 total = asyncio.run(used(db))
             finally:
                 up.send_signal(signal.SIGINT)
                 up.wait(60)
-    result = {"budget": args.budget, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
-              "prompt": args.prompt, "served": served, "waves": sent, "used_tokens": total}
+    return {"served": served, "waves": sent, "used_tokens": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--max-tokens", type=int, default=10)
+    parser.add_argument("--prompt", default="Write one sentence about the sea.")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--baseline-code", default=None, help="a copy of the package to measure first, as a baseline")
+    args = parser.parse_args()
+    result: dict[str, object] = {"budget": args.budget, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                                 "prompt": args.prompt, "command": " ".join(sys.argv)}
+    if args.baseline_code is not None:
+        result["baseline"] = measure(args, args.baseline_code)
+    result.update(measure(args, None))
     print(json.dumps(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

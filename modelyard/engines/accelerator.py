@@ -146,6 +146,22 @@ class AcceleratorEngine(EngineAdapter):
     def can_sleep(self, model: BaseModelSpec) -> bool:
         return self._model(model).sleep_mode
 
+    def tokenizer_dir(self, model: BaseModelSpec) -> Path | None:
+        """`tokenizer_path`, else the weights directory (a hub model's snapshot: the one refs/main names)."""
+        accelerated = self._model(model)
+        if accelerated.tokenizer != "local" or accelerated.tokenizer_path is not None:
+            return super().tokenizer_dir(model)
+        source = accelerated.model
+        if source.path is not None:
+            return Path(source.path).expanduser()
+        assert source.name is not None
+        repo = hub_cache(accelerated) / f"models--{source.name.replace('/', '--')}"
+        ref = repo / "refs" / "main"
+        if ref.is_file():
+            return repo / "snapshots" / ref.read_text().strip()
+        snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
+        return snapshots[-1] if snapshots else repo / "snapshots"
+
     def container_launch(self, model: BaseModelSpec, host: str, port: int) -> LaunchPlan:
         """A pod's: the weights from the mounted volume (a hub model without cache_dir from CONTAINER_HUB_CACHE, not
         this machine's $HF_HUB_CACHE), its GPUs the nvidia.com/gpu it was given (no CUDA_VISIBLE_DEVICES)."""

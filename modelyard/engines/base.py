@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -157,6 +158,18 @@ class EngineAdapter:
     def tokenizer(self, model: BaseModelSpec) -> str | None:
         """The POST path that tokenizes a prompt for this model as vLLM's /tokenize does, or None."""
         return self.tokenize_path
+
+    def tokenizer_dir(self, model: BaseModelSpec) -> Path | None:
+        """The directory of the tokenizer.json that the gateway loads for this model (`tokenizer: local`), or None."""
+        if model.tokenizer != "local" or model.tokenizer_path is None:
+            return None
+        return Path(model.tokenizer_path).expanduser()
+
+    def prompt_counter(self, model: BaseModelSpec) -> tuple[str, str | None] | None:
+        """How a replica counts a prompt's tokens: (its vLLM-shaped /tokenize, None), or for an engine whose tokenize
+        takes text (llama.cpp), (that path, the path that applies its chat template); None: it cannot."""
+        path = self.tokenizer(model)
+        return (path, None) if path else None
 
     def with_kv_events(self, model: BaseModelSpec, plan: LaunchPlan, events: KVEvents) -> LaunchPlan:
         """The launch plan that makes the replica publish its KV events as `events` says."""

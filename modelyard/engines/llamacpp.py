@@ -136,6 +136,10 @@ class LlamaCppEngine(EngineAdapter):
         assert isinstance(model, LlamaCppModel)
         return Resources(cpus=float(model.threads or os.cpu_count() or 1), memory_gib=model.memory_gib or 0.0)
 
+    def prompt_counter(self, model: BaseModelSpec) -> tuple[str, str | None] | None:
+        """llama-server's /tokenize takes text ({"content": ...}); /apply-template renders chat messages first."""
+        return "/tokenize", "/apply-template"
+
     def answer_status(self, status: int, body: bytes) -> int:
         return 400 if status == 500 and any(mark in body for mark in CLIENT_ERRORS_AS_500) else status
 

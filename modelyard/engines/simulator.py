@@ -48,6 +48,9 @@ class SimulatorEngine(VLLMSleep):
             argv += ["--task", model.task]
         if (role := model.role_of(replica)) is not None:
             argv += ["--role", role]
+        tokenizer = self.tokenizer_dir(model)
+        if tokenizer is not None:  # the same tokenizer as the gateway's: its block keys are the events' keys
+            argv += ["--tokenizer", str(tokenizer)]
         return LaunchPlan(argv=argv, env={"PYTHONUNBUFFERED": "1"})
 
     def publishes_kv_events(self, model: BaseModelSpec) -> bool:

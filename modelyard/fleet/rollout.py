@@ -108,15 +108,21 @@ class Rollout:
             return outcome
 
     def _prepare(self, new: YardSpec, names: list[str]) -> None:
-        """The engines of the models to start can launch (binary, weights), or nothing changes."""
+        """The engines of the models to start can launch (binary, weights), and a tokenizer the gateway is to load
+        is sound, or nothing changes."""
         from modelyard.engines import EngineError, get_engine
+        from modelyard.local_tokenizer import LocalTokenizer, TokenizerError
 
         for name in names:
             model = new.model(name)
             assert model is not None
             try:
-                get_engine(model.engine).prepare(model)
-            except EngineError as exc:
+                engine = get_engine(model.engine)
+                engine.prepare(model)
+                directory = engine.tokenizer_dir(model)
+                if directory is not None:
+                    LocalTokenizer(directory)
+            except (EngineError, TokenizerError) as exc:
                 raise ApplyError(f"model {name!r}: {exc}") from None
 
     async def _carry_out(self, result: Plan, new: YardSpec, keys: dict[str, str], progress: Progress,

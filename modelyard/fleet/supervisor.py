@@ -15,6 +15,7 @@ from modelyard.engines import EngineError, LaunchPlan, get_engine
 from modelyard.fleet.child_env import secret_names
 from modelyard.fleet.process import free_port
 from modelyard.fleet.replica import ReplicaRunner
+from modelyard.local_tokenizer import TokenizerError, load_tokenizers
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import AnyModel, BaseModelSpec, YardSpec
 
@@ -53,13 +54,18 @@ class Supervisor:
         self._session: aiohttp.ClientSession | None = None
 
     def prepare(self) -> None:
-        """Checks that every engine can launch (binary, weights) before anything starts."""
+        """Checks that every engine can launch (binary, weights), and that a tokenizer the gateway loads is there
+        and sound, before anything starts."""
         problems = []
         for model in self.spec.models:
             try:
                 get_engine(model.engine).prepare(model)
             except EngineError as exc:
                 problems.append(f"model {model.name!r}: {exc}")
+        try:
+            load_tokenizers(self.spec)
+        except TokenizerError as exc:
+            problems.append(str(exc))
         if problems:
             raise EngineError("\n".join(problems))
 

@@ -35,6 +35,7 @@ from modelyard.gateway.failover import (
 from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
+from modelyard.gateway.prompt_count import PromptCounts, counts_tokens
 from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
 from modelyard.gateway.request import (
     GENERATION_PATHS,
@@ -50,6 +51,7 @@ from modelyard.gateway.slo import RecentLatency
 from modelyard.gateway.tenancy import Tenancy, refuse_twice
 from modelyard.gateway.upstream import Connection, StaleConnection, UpstreamPool, request_head
 from modelyard.gateway.usage import UsageWriter, charge, parse_usage, texts
+from modelyard.local_tokenizer import load_tokenizers
 from modelyard.observability.exposition import MetricsEndpoint
 from modelyard.observability.metrics import GatewayMetrics
 from modelyard.observability.recent import RecentTraffic, rejection_kind
@@ -99,7 +101,9 @@ class Gateway:
         self.spec, self.table, self.store = spec, table, store
         self.workers = workers  # gateway processes sharing the port: each admits its share of a model's capacity
         self.metrics = metrics or GatewayMetrics()
-        self.router = Router(spec, table, self.metrics.routing, processes=workers)
+        self.tokenizers = load_tokenizers(spec)  # by model, those loaded here (`tokenizer: local`)
+        self.router = Router(spec, table, self.metrics.routing, processes=workers, tokenizers=self.tokenizers)
+        self.prompt_counts = PromptCounts()  # exact prompt counts for keys with token limits
         self.engines, self.serves, self.holds = per_model(spec)
         self.scraper = MetricsScraper(table, {name: engine.metrics for name, engine in self.engines.items()})
         self.limiter = limiter or LocalLimiter()
@@ -134,9 +138,14 @@ class Gateway:
         flight keeps what it holds (its model's spec, its admission slot); a model's queue, and its waiters, stay."""
         routing_changed = spec.routing != self.spec.routing or [(m.name, m.routing, m.roles) for m in spec.models] != [
             (m.name, m.routing, m.roles) for m in self.spec.models]
+        tokenizers_changed = [(m.name, m.tokenizer, m.tokenizer_path) for m in spec.models] != [
+            (m.name, m.tokenizer, m.tokenizer_path) for m in self.spec.models]
+        if tokenizers_changed:
+            self.tokenizers, self.prompt_counts = load_tokenizers(spec), PromptCounts()
         self.spec = spec
-        if routing_changed:
-            self.router = Router(spec, self.table, self.metrics.routing, processes=self.workers)
+        if routing_changed or tokenizers_changed:
+            self.router = Router(spec, self.table, self.metrics.routing, processes=self.workers,
+                                 tokenizers=self.tokenizers)
         self.engines, self.serves, self.holds = per_model(spec)
         self.scraper.names = {name: engine.metrics for name, engine in self.engines.items()}
         for m in spec.models:
@@ -258,7 +267,10 @@ class Gateway:
                                 headers={"Retry-After": "2"})
         if model.admission.max_concurrency is None:
             self.queues[model_name].set_capacity(self._capacity(model, ready))
-        ticket = await self.tenancy.admit(key, model_name, payload, body_size, generates=call.path in STREAMED_PATHS)
+        exact = (await self.prompt_counts.count(call.route, model, self.router, self.engines[model_name], self.table)
+                 if counts_tokens(key) else None)  # a key with token limits reserves the prompt's real count
+        ticket = await self.tenancy.admit(key, model_name, payload, body_size, generates=call.path in STREAMED_PATHS,
+                                          prompt_tokens=exact)
         if isinstance(ticket, Response):
             self.metrics.requests.labels(model_name, key.name, str(ticket.status_code)).inc()
             self.recent.reject(model_name, rejection_kind(ticket.status_code))

@@ -180,13 +180,13 @@ class Tenancy:
         return key
 
     async def admit(self, key: KeyRecord, model: str, payload: dict[str, object],
-                    body_size: int, generates: bool = True) -> Ticket | Response:
+                    body_size: int, generates: bool = True, prompt_tokens: int | None = None) -> Ticket | Response:
         denial = check_key(key, model)
         if denial is not None:
             self.metrics.rejections.labels(model, key.name, denial.code).inc()
             return openai_error(denial.status, denial.message, denial.code,
                                 headers=dict(denial.headers) if denial.headers else None)
-        reservation = self.prompts.reserve(model, payload, body_size, generates)
+        reservation = self.prompts.reserve(model, payload, body_size, generates, prompt_tokens)
         try:
             asking = self.limiter.admit(key, reservation.total)
             # a limiter that waits (Redis) is not abandoned half-way by a client that leaves; one that never waits

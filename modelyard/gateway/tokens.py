@@ -16,7 +16,8 @@ from each usage that an engine reported), so that concurrent requests reserve at
 and a budget is not overshot. The ratio is shared by every key of the model and capped at `MAX_RATIO`. Still an
 estimate: a request much smaller than those recently seen, for a model whose template adds many tokens, can be
 estimated below its real count (the key is then charged the real count, so only the requests admitted alongside
-it can pass the budget).
+it can pass the budget). So a key with token limits reserves the prompt's real count instead wherever one is cheap
+(the model's tokenizer, the precise router's tokens, the engine's /tokenize: gateway/prompt_count.py).
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ class PromptEstimates:
     def estimate(self, model: str, basis: int) -> int:
         return max(1, math.ceil(basis * self._largest.get(model, FIRST_RATIO)))
 
-    def reserve(self, model: str, payload: dict[str, object], body_size: int, generates: bool = True) -> Reservation:
-        """Embeddings and rerank generate nothing: their prompt only."""
-        return Reservation(self.estimate(model, body_size), completion_bound(payload) if generates else 0, body_size)
+    def reserve(self, model: str, payload: dict[str, object], body_size: int, generates: bool = True,
+                exact: int | None = None) -> Reservation:
+        """Embeddings and rerank generate nothing: their prompt only. `exact`: the prompt's real count, where one
+        was cheap to get (gateway/prompt_count.py), reserved instead of the estimate."""
+        prompt = exact if exact is not None else self.estimate(model, body_size)
+        return Reservation(prompt, completion_bound(payload) if generates else 0, body_size)
 
     def learn(self, model: str, basis: int, prompt_tokens: int) -> None:
         """A real prompt count that an engine reported for a request of `basis` body bytes."""

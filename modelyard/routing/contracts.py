@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from modelyard.local_tokenizer import LocalTokenizer
 from modelyard.routing.endpoints import Endpoint
 
 SESSION_HEADER = "x-session-id"
@@ -60,7 +61,7 @@ def block_hashes(text: str, block_chars: int, max_blocks: int) -> tuple[int, ...
 class RouteRequest:
     """One request to route: its model, its prompt text and prefix hashes (computed once, when first asked)."""
 
-    __slots__ = ("model", "payload", "session", "role", "kv_keys", "_text", "_hashes", "_hashes_key")
+    __slots__ = ("model", "payload", "session", "role", "kv_keys", "prompt_tokens", "_text", "_hashes", "_hashes_key")
 
     def __init__(self, model: str, payload: Mapping[str, Any] | None = None, session: str | None = None,
                  role: str | None = None) -> None:
@@ -72,6 +73,7 @@ class RouteRequest:
         # the prompt's block keys as its engine computes them (token ids, vLLM's block chain), when a plugin's
         # `prepare` found them (routing/tokenize.py); None: not asked
         self.kv_keys: tuple[int, ...] | None = None
+        self.prompt_tokens: int | None = None  # the prompt's exact token count, found with the keys
         self._text: str | None = None
         self._hashes: tuple[int, ...] = ()
         self._hashes_key: tuple[int, int] | None = None
@@ -109,6 +111,7 @@ class Context:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     processes: int = 1
+    tokenizer: LocalTokenizer | None = None  # the model's own, loaded in the gateway (`tokenizer: local`)
 
 
 class Filter(Protocol):

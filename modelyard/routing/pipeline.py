@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from itertools import repeat
 from operator import add, mul
 from time import perf_counter
 from typing import cast
 
+from modelyard.local_tokenizer import LocalTokenizer
 from modelyard.observability.metrics import FastHistogram, RoutingTimings
 from modelyard.routing import registry
 from modelyard.routing.contracts import Context, Filter, Picker, Preparing, RouteRequest, Scorer, Stateful
@@ -111,14 +112,16 @@ class Router:
 
     def __init__(self, spec: YardSpec, table: EndpointTable, timings: RoutingTimings | None = None,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 processes: int = 1) -> None:
+                 processes: int = 1, tokenizers: Mapping[str, LocalTokenizer] | None = None) -> None:
         self.table = table
+        self.tokenizers = dict(tokenizers or {})  # by model: those loaded in the gateway (`tokenizer: local`)
         self.timings = timings if timings is not None else RoutingTimings()
         profiles = registry.profiles(spec.routing)
         source = rng or random.Random()
         self.pipelines = {
             model.name: Pipeline(model.name, profiles[registry.profile_name(model, spec.routing)], spec.routing,
-                                 Context(model.name, clock, random.Random(source.random()), processes), self.timings)
+                                 Context(model.name, clock, random.Random(source.random()), processes,
+                                         self.tokenizers.get(model.name)), self.timings)
             for model in spec.models}
         # a disaggregated model's decode leg routes with a profile of its own (spec/roles.py; its prefill leg, with
         # the model's); a leg's candidates are the replicas of its role

@@ -6,6 +6,12 @@ carries) or the completion prompt; a prompt of token ids needs no round trip. An
 of `cache_size` entries, keyed by a 16-byte BLAKE2 digest of what was tokenized, holding the keys, not the tokens),
 so a repeated prompt costs a digest. The client is a plain HTTP/1.1 POST with `Connection: close` on the engine's
 loopback port (no session to own or close).
+
+A model with its tokenizer loaded in the gateway (modelyard/local_tokenizer.py, `tokenizer: local`) gets the same
+ids without the round trip (`local`; a prompt over INLINE_BYTES in a worker thread); an engine whose tokenize
+takes text only (llama.cpp: `{"content": ...}`) has its chat template applied through its `template` path first.
+Each answer also gives the prompt's token count (`prompt`, `count`: exact reservations for keys with token limits,
+gateway/prompt_count.py).
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from typing import Any
 import orjson
 
 from modelyard.kv_hash import BlockHasher
+from modelyard.local_tokenizer import LocalTokenizer, TokenizerError
 
 TIMEOUT_S = 2.0
+INLINE_BYTES = 8192  # a local tokenizer takes prompts up to this size on the event loop (about 1 ms), longer ones in
+# a worker thread
 CHAT_OPTIONS = ("add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs", "tools")
 
 
@@ -86,11 +95,12 @@ def _dechunk(data: bytes) -> bytes:
 
 
 class EngineTokens:
-    """Block keys for one model's prompts through its engine's tokenizer, cached per prompt."""
+    """Block keys (and the token count) for one model's prompts through its engine's tokenizer, or its local one,
+    cached per prompt."""
 
     def __init__(self, cache_size: int = 4096, max_blocks: int | None = None) -> None:
         self.cache_size, self.max_blocks = cache_size, max_blocks
-        self._cache: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[tuple[int, ...], int]] = OrderedDict()  # digest: (keys, tokens)
         self._hashers: dict[str, BlockHasher] = {}
         self.round_trips = 0
 
@@ -102,24 +112,54 @@ class EngineTokens:
 
     async def keys(self, payload: Mapping[str, Any], model: str, base_url: str, path: str, block_size: int,
                    seed: str) -> tuple[int, ...]:
+        return (await self.prompt(payload, model, base_url, path, block_size, seed))[0]
+
+    async def count(self, payload: Mapping[str, Any], model: str, base_url: str = "", path: str = "",
+                    local: LocalTokenizer | None = None, template: str | None = None) -> int | None:
+        """The prompt's token count (None: nothing to tokenize)."""
+        return (await self.prompt(payload, model, base_url, path, 0, "", local, template))[1] or None
+
+    async def prompt(self, payload: Mapping[str, Any], model: str, base_url: str, path: str, block_size: int,
+                     seed: str, local: LocalTokenizer | None = None,
+                     template: str | None = None) -> tuple[tuple[int, ...], int]:
+        """(block keys, token count); block_size 0: the count alone."""
         body = tokenize_body(payload, model)
         if body is None:
-            return ()
+            return (), 0
         if isinstance(body, list):
-            return self.keys_of_tokens(body, block_size, seed)
+            return (self.keys_of_tokens(body, block_size, seed) if block_size else ()), len(body)
         raw = orjson.dumps(body)
         digest = hashlib.blake2b(raw, digest_size=16, key=b"%d/%b" % (block_size, seed.encode())).digest()
         cached = self._cache.get(digest)
         if cached is not None:
             self._cache.move_to_end(digest)
             return cached
-        self.round_trips += 1
+        if local is not None:
+            try:  # a long prompt in a thread (the library releases the GIL): the event loop keeps relaying
+                tokens = await asyncio.to_thread(local.ids, body) if len(raw) > INLINE_BYTES else local.ids(body)
+            except TokenizerError as exc:
+                raise TokenizeError(f"{local.directory}: {exc}") from None
+        else:
+            self.round_trips += 1
+            tokens = await self._engine_tokens(body, raw, base_url, path, template)
+        entry = (self.keys_of_tokens(tokens, block_size, seed) if block_size else ()), len(tokens)
+        self._cache[digest] = entry
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    async def _engine_tokens(self, body: dict[str, Any], raw: bytes, base_url: str, path: str,
+                             template: str | None) -> list[int]:
+        if template is not None:  # an engine whose tokenize takes text: its chat template first
+            text = body.get("prompt")
+            if "messages" in body:
+                rendered = await post_json(base_url, template, raw)
+                text = rendered.get("prompt") if isinstance(rendered, dict) else None
+            if not isinstance(text, str):
+                raise TokenizeError(f"{base_url}{template} answered no prompt")
+            raw = orjson.dumps({"content": text, "add_special": True})
         answer = await post_json(base_url, path, raw)
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list):
             raise TokenizeError(f"{base_url}{path} answered no tokens")
-        keys = self.keys_of_tokens(tokens, block_size, seed)
-        self._cache[digest] = keys
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return keys
+        return tokens

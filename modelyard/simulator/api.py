@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from modelyard.local_tokenizer import LocalTokenizer, TokenizerError
 from modelyard.simulator.scheduler import Sequence
 from modelyard.simulator.tokens import FILLER_JSON, filler_start, filler_text, render_chat, tokenize
 
@@ -51,7 +52,23 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def prompt_of(body: dict[str, Any], chat: bool) -> list[int]:
+def local_prompt(body: dict[str, Any], chat: bool, tokenizer: LocalTokenizer) -> list[int] | None:
+    """The token ids by the model's own tokenizer (`--tokenizer`), as vLLM makes them; None: a prompt of ids."""
+    try:
+        if chat:
+            if not isinstance(body.get("messages"), list) or not body["messages"]:
+                raise ApiError(400, "messages must be a non-empty list", "messages")
+            return tokenizer.chat_ids(body)
+        if isinstance(body.get("prompt"), str):
+            return tokenizer.prompt_ids(body)
+    except TokenizerError as exc:
+        raise ApiError(400, str(exc), "messages" if chat else "prompt") from None
+    return None
+
+
+def prompt_of(body: dict[str, Any], chat: bool, tokenizer: LocalTokenizer | None = None) -> list[int]:
+    if tokenizer is not None and (local := local_prompt(body, chat, tokenizer)) is not None:
+        return local
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -70,8 +87,9 @@ def prompt_of(body: dict[str, Any], chat: bool) -> list[int]:
     raise ApiError(400, "prompt must be a string or a list of token ids (one prompt only)", "prompt")
 
 
-def parse_generation(body: dict[str, Any], chat: bool, max_model_len: int, default_max_tokens: int) -> Generation:
-    tokens = prompt_of(body, chat)
+def parse_generation(body: dict[str, Any], chat: bool, max_model_len: int, default_max_tokens: int,
+                     tokenizer: LocalTokenizer | None = None) -> Generation:
+    tokens = prompt_of(body, chat, tokenizer)
     if body.get("n", 1) not in (1, None):
         raise ApiError(400, "the simulator generates one choice only (n=1)", "n")
     requested = body.get("max_completion_tokens") if chat else None

@@ -36,10 +36,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Play one role of prefill/decode disaggregation with vLLM's NIXL connector protocol: a prefill "
                    "replica answers a request with kv_transfer_params.do_remote_decode with the params a decode "
                    "replica fetches its KV cache by; a decode replica given them skips the prefill.")
+@click.option("--tokenizer", "tokenizer_dir", default=None, metavar="DIR",
+              help="The model's own tokenizer: a directory with tokenizer.json (and tokenizer_config.json with its "
+                   "chat template); prompts are then tokenized as vLLM does (/tokenize, the prefix cache, KV events).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[str, ...], task: str | None,
-             kv_events: str | None, kv_replay: str | None, kv_topic: str, role: str | None, log_level: str) -> None:
+             kv_events: str | None, kv_replay: str | None, kv_topic: str, role: str | None, tokenizer_dir: str | None,
+             log_level: str) -> None:
     """Run a simulated vLLM server (OpenAI API, vLLM metrics, sleep/wake) with a modelled latency, on CPU."""
     from modelyard.simulator.run import serve
 
@@ -59,4 +63,12 @@ def simulate(host: str, port: int, model_name: str, profile: str, params: tuple[
 
         replay = default_replay(kv_events) if kv_replay is None else None if kv_replay == "none" else kv_replay
         events = KVEventsConfig(endpoint=kv_events, replay_endpoint=replay, topic=kv_topic)
-    serve(resolved, model_name, host, port, log_level, events, role)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from modelyard.local_tokenizer import LocalTokenizer, TokenizerError
+
+        try:
+            tokenizer = LocalTokenizer(tokenizer_dir)
+        except TokenizerError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tokenizer") from None
+    serve(resolved, model_name, host, port, log_level, events, role, tokenizer)

@@ -8,6 +8,7 @@ from types import TracebackType
 
 import uvicorn
 
+from modelyard.local_tokenizer import LocalTokenizer
 from modelyard.simulator.kv_events import KVEventsConfig
 from modelyard.simulator.profiles import Profile
 from modelyard.simulator.server import Simulator, _exit_now
@@ -19,12 +20,13 @@ def uvicorn_config(app: Simulator, host: str, port: int, log_level: str = "warni
 
 
 def serve(profile: Profile, model_name: str, host: str, port: int, log_level: str = "warning",
-          kv_events: KVEventsConfig | None = None, role: str | None = None) -> None:
+          kv_events: KVEventsConfig | None = None, role: str | None = None,
+          tokenizer: LocalTokenizer | None = None) -> None:
     """Runs one simulated engine in the foreground: waits out the startup delay (weights loading: the port is not
     open yet, as with vLLM), then serves until SIGINT/SIGTERM."""
     if profile.startup_s > 0:
         time.sleep(profile.startup_s)
-    app = Simulator(profile, model_name, kv_events=kv_events, role=role)
+    app = Simulator(profile, model_name, kv_events=kv_events, role=role, tokenizer=tokenizer)
     uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()
 
 
@@ -33,8 +35,8 @@ class SimulatorThread:
 
     def __init__(self, profile: Profile, model_name: str = "sim", port: int = 0,
                  crash: Callable[[], None] = _exit_now, kv_events: KVEventsConfig | None = None,
-                 role: str | None = None) -> None:
-        self.app = Simulator(profile, model_name, crash=crash, kv_events=kv_events, role=role)
+                 role: str | None = None, tokenizer: LocalTokenizer | None = None) -> None:
+        self.app = Simulator(profile, model_name, crash=crash, kv_events=kv_events, role=role, tokenizer=tokenizer)
         self.server = uvicorn.Server(uvicorn_config(self.app, "127.0.0.1", port))
         self.thread = threading.Thread(target=self._run, name="simulator", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -11,7 +11,16 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from modelyard.simulator.api import ApiError, ChunkWriter, Generation, full_response, parse_generation, parse_json
+from modelyard.local_tokenizer import LocalTokenizer
+from modelyard.simulator.api import (
+    ApiError,
+    ChunkWriter,
+    Generation,
+    full_response,
+    local_prompt,
+    parse_generation,
+    parse_json,
+)
 from modelyard.simulator.disagg import KVConnector, transfer_params
 from modelyard.simulator.embeddings import Embedder, embedding_response, parse_embedding
 from modelyard.simulator.kv_events import KVEventsConfig, Publisher
@@ -35,8 +44,10 @@ class Simulator:
     """The ASGI app of one simulated vLLM server: OpenAI API, vLLM's operational endpoints, faults."""
 
     def __init__(self, profile: Profile, model_name: str, crash: Callable[[], None] = _exit_now,
-                 kv_events: KVEventsConfig | None = None, role: str | None = None) -> None:
+                 kv_events: KVEventsConfig | None = None, role: str | None = None,
+                 tokenizer: LocalTokenizer | None = None) -> None:
         self.profile, self.model_name, self.crash = profile, model_name, crash
+        self.tokenizer = tokenizer  # the model's own (--tokenizer): real token ids in /tokenize, the cache, events
         self.kv_events = kv_events
         self.publisher: Publisher | None = None
         self.metrics = EngineMetrics(model_name, profile.kv_blocks, profile.block_size)
@@ -147,6 +158,13 @@ class Simulator:
             raise ApiError(404, f"The model `{model}` does not exist.", "model")
 
     def _prompt(self, body: dict[str, Any]) -> tuple[list[int], str]:
+        tokenizer = self.tokenizer
+        if tokenizer is not None:
+            chat = "messages" in body
+            tokens = local_prompt(body, chat, tokenizer) if chat or isinstance(body.get("prompt"), str) else None
+            if tokens is None:
+                raise ApiError(400, "give prompt (a string) or messages", "prompt")
+            return tokens, ""
         if "messages" in body:
             messages = body["messages"]
             if not isinstance(messages, list):
@@ -165,9 +183,14 @@ class Simulator:
         self._check_model(body)
         tokens, text = self._prompt(body)
         answer: dict[str, Any] = {"count": len(tokens), "max_model_len": self.profile.max_model_len,
-                                  "tokens": tokens, "token_strs": token_strs(text) if body.get("return_token_strs")
-                                  else None}
+                                  "tokens": tokens, "token_strs": self._token_strs(tokens, text)
+                                  if body.get("return_token_strs") else None}
         await respond(send, 200, orjson.dumps(answer))
+
+    def _token_strs(self, tokens: list[int], text: str) -> list[str]:
+        if self.tokenizer is None:
+            return token_strs(text)
+        return [self.tokenizer.tokenizer.id_to_token(t) or "" for t in tokens]
 
     async def _detokenize(self, body: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
         # hashed word pieces cannot be turned back into text; answer vLLM's shape with placeholders
@@ -182,7 +205,8 @@ class Simulator:
         chat = scope["path"].startswith("/v1/chat/")
         self._check_serves(("chat",), "Chat Completions" if chat else "Completions")
         self._check_model(body)
-        gen = parse_generation(body, chat, self.profile.max_model_len, self.profile.default_max_tokens)
+        gen = parse_generation(body, chat, self.profile.max_model_len, self.profile.default_max_tokens,
+                               self.tokenizer)
         prefix = "chatcmpl-" if chat else "cmpl-"
         answer = {"request_id": prefix + os.urandom(8).hex(), "token_ids": gen.prompt_tokens, "features": None,
                   "sampling_params": {"max_tokens": gen.max_tokens,
@@ -229,7 +253,7 @@ class Simulator:
         self._check_serves(("chat",), "Chat Completions" if chat else "Completions")
         self._check_model(body)
         profile = self.profile
-        gen = parse_generation(body, chat, profile.max_model_len, profile.default_max_tokens)
+        gen = parse_generation(body, chat, profile.max_model_len, profile.default_max_tokens, self.tokenizer)
         self._check_fits(len(gen.prompt_tokens), gen.max_tokens)
         if self.sleep_level:
             raise ApiError(503, "The engine is sleeping; call /wake_up before sending requests.")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -192,6 +192,22 @@ class BaseModelSpec(Strict):
         """A replica's role in a disaggregated model (spec/roles.py); None: it does both (no roles)."""
         return self.roles.role_of(replica) if self.roles is not None else None
 
+    # where the gateway gets a prompt's token ids (exact block keys for precise routing, exact token reservations):
+    # "engine", its /tokenize; "local", the model's tokenizer.json loaded in the gateway (modelyard/local_tokenizer.py)
+    # from tokenizer_path, by default the model's weights directory (vllm, sglang)
+    tokenizer: Literal["engine", "local"] = "engine"
+    tokenizer_path: str | None = None
+    has_weights_dir: ClassVar[bool] = False  # a local tokenizer's default directory: the weights' (AcceleratorModel)
+
+    @model_validator(mode="after")
+    def _tokenizer_dir(self) -> BaseModelSpec:
+        if self.tokenizer_path is not None and self.tokenizer != "local":
+            raise ValueError("tokenizer_path goes with tokenizer: local")
+        if self.tokenizer == "local" and self.tokenizer_path is None and not self.has_weights_dir:
+            raise ValueError("tokenizer: local needs tokenizer_path (the directory holding tokenizer.json): this "
+                             "engine's model has no weights directory to take it from")
+        return self
+
     @property
     def scaling(self) -> ScalingSpec | None:
         return self.replicas if isinstance(self.replicas, ScalingSpec) else None
@@ -326,6 +342,7 @@ class AcceleratorModel(BaseModelSpec):
     gpus: tuple[Annotated[int, Field(ge=0)], ...] = ()  # GPU indices; replica i takes the i-th group of tp x pp
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    has_weights_dir: ClassVar[bool] = True
 
     @property
     def gpus_per_replica(self) -> int:

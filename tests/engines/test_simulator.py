@@ -97,3 +97,13 @@ def test_roles_launch_each_replica_in_its_role() -> None:
     assert [argv[argv.index("--role") + 1] for argv in roles] == ["prefill", "decode", "decode"]
     plain = parse_spec("models:\n  - {name: m, engine: simulator}\n").models[0]
     assert "--role" not in engine.launch(plain, "127.0.0.1", 9000, 0).argv
+
+
+def test_a_simulator_with_a_local_tokenizer_runs_with_the_same_directory() -> None:
+    from modelyard.spec import parse_spec
+
+    spec = parse_spec("models:\n  - name: s\n    engine: simulator\n    tokenizer: local\n    tokenizer_path: /tok\n")
+    plan = get_engine("simulator").launch(spec.models[0], "127.0.0.1", 8000, 0)
+    assert plan.argv[plan.argv.index("--tokenizer") + 1] == "/tok"
+    plain = parse_spec("models:\n  - name: s\n    engine: simulator\n")
+    assert "--tokenizer" not in get_engine("simulator").launch(plain.models[0], "127.0.0.1", 8000, 0).argv

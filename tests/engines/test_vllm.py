@@ -179,3 +179,21 @@ def test_roles_launch_every_replica_with_the_nixl_connector_on_its_own_side_chan
         ports.add(plan.env["VLLM_NIXL_SIDE_CHANNEL_PORT"])
     assert len(ports) == 2  # two replicas of one machine: one handshake port each
     assert "--kv-transfer-config" not in engine.launch(seed_model(tmp_path), "127.0.0.1", 8000, 0).argv
+
+
+def test_a_local_tokenizer_comes_from_the_weights_directory_by_default(tmp_path: Path) -> None:
+    engine = get_engine("vllm")
+    model = seed_model(tmp_path)
+    assert engine.tokenizer_dir(model) is None  # tokenizer: engine (its /tokenize)
+    local = seed_model(tmp_path, SEED + "    tokenizer: local\n")
+    assert engine.tokenizer_dir(local) == tmp_path / "qwen"
+    chosen = seed_model(tmp_path, SEED + "    tokenizer: local\n    tokenizer_path: /tok\n")
+    assert engine.tokenizer_dir(chosen) == Path("/tok")
+    hub = parse_spec(SEED.replace("model: {path: MODEL_DIR}", f"model: {{name: Qwen/Qwen3-8B, cache_dir: {tmp_path}}}")
+                     + "    tokenizer: local\n").models[0]
+    repo = tmp_path / "models--Qwen--Qwen3-8B"
+    (repo / "snapshots" / "old").mkdir(parents=True)
+    (repo / "snapshots" / "new").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("new\n")
+    assert engine.tokenizer_dir(hub) == repo / "snapshots" / "new"  # the snapshot refs/main names

@@ -121,7 +121,8 @@ def test_simulate_takes_kv_events_on_its_command_line() -> None:
     import modelyard.simulator.run as run
 
     serve = run.serve
-    def fake(profile: object, name: str, host: str, port: int, level: str, events: object, role: object) -> None:
+    def fake(profile: object, name: str, host: str, port: int, level: str, events: object, role: object,
+             tokenizer: object = None) -> None:
         seen.update(events=events, role=role)
 
     run.serve = fake  # type: ignore[assignment]

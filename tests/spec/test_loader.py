@@ -119,3 +119,16 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_openai_engine_needs_http_urls() -> None:
     text = "models:\n  - name: ext\n    engine: openai\n    urls: [ftp://x]\n"
     assert problems(text) == ["models[0].urls: 'ftp://x' is not an http(s) URL (yard.yaml:4)"]
+
+
+def test_a_local_tokenizer_needs_a_directory_where_the_engine_has_no_weights_directory() -> None:
+    sim = "models:\n  - name: sim\n    engine: simulator\n    tokenizer: local\n"
+    assert problems(sim) == ["models[0]: tokenizer: local needs tokenizer_path (the directory holding "
+                             "tokenizer.json): this engine's model has no weights directory to take it from "
+                             "(yard.yaml:2)"]
+    assert parse_spec(sim + "    tokenizer_path: /w/tok\n").models[0].tokenizer_path == "/w/tok"
+    vllm = parse_spec("models:\n  - name: big\n    engine: vllm\n    model: {path: /w/big}\n    tokenizer: local\n")
+    assert vllm.models[0].tokenizer == "local"  # its weights directory's tokenizer.json
+    assert "tokenizer_path goes with tokenizer: local" in problems(
+        "models:\n  - name: sim\n    engine: simulator\n    tokenizer_path: /w\n")[0]
+    assert "tokenizer" in problems("models:\n  - name: sim\n    engine: simulator\n    tokenizer: remote\n")[0]

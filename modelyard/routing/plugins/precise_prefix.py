@@ -1,7 +1,8 @@
 """Scores replicas by the longest prefix of the request that the engine says it holds: held leading blocks / the
 request's blocks, from the replicas' own KV events (routing/kv_events.py into routing/kv_index.py), with the
-request's block keys computed as the engine computes them (its /tokenize, then vLLM's block chain:
-routing/tokenize.py). Replicas that publish no events score 0 (their models keep the approximate `default`).
+request's block keys computed as the engine computes them (its /tokenize, or the model's tokenizer loaded in the
+gateway with `tokenizer: local`, then vLLM's block chain: routing/tokenize.py). Replicas that publish no events
+score 0 (their models keep the approximate `default`).
 
 A prompt that no replica holds much of (best under `cold_below`) is placed by rendezvous hashing of its head's key
 among the replicas whose load is within `cold_slack` of the mean: the same choice in every gateway process and for
@@ -71,15 +72,16 @@ class PrecisePrefixScorer:
                 await asyncio.wait([asyncio.ensure_future(s.joined.wait()) for s in new], timeout=JOIN_WAIT_S)
         if request.kv_keys is not None:
             return
-        target = min((e for e in endpoints if e.ready and e.kv_events and e.tokenize_path),
+        local = self.context.tokenizer  # the model's tokenizer in the gateway: no round trip (any replica's events)
+        target = min((e for e in endpoints if e.ready and e.kv_events and (local or e.tokenize_path)),
                      key=lambda e: e.in_flight, default=None)
-        if target is None or target.tokenize_path is None:
+        if target is None or (local is None and target.tokenize_path is None):
             return
         block_size = target.kv_block_size or self.index.block_sizes.get(target.replica) or DEFAULT_BLOCK_SIZE
         try:
-            request.kv_keys = await self.tokens.keys(request.payload, target.upstream_model or request.model,
-                                                     target.url, target.tokenize_path, block_size,
-                                                     target.kv_hash_seed or "0")
+            request.kv_keys, request.prompt_tokens = await self.tokens.prompt(
+                request.payload, target.upstream_model or request.model, target.url, target.tokenize_path or "",
+                block_size, target.kv_hash_seed or "0", local)
         except TokenizeError as exc:
             log.warning("no block keys for a request to %s: %s", request.model, exc)
             request.kv_keys = ()
