@@ -27,7 +27,8 @@ from modelyard.gateway.failover import BROKEN_STREAM, OutlierDetector, RetryBudg
 from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
-from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
+from modelyard.gateway.protocol import CLIENT_EXTENSION
+from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, Pipe, UpstreamStream, WriteBatch
 from modelyard.gateway.request import (
     GENERATION_PATHS,
     MAX_BODY_BYTES,
@@ -217,7 +218,8 @@ class Gateway:
         stream = payload.get("stream") is True and path in STREAMED_PATHS
         call = Call(path, body, payload, model, stream, None,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
-                    arrived=time.perf_counter(), request_id=request_id)
+                    arrived=time.perf_counter(), request_id=request_id,
+                    client=scope.get("extensions", {}).get(CLIENT_EXTENSION))
         watch = call.watch = ClientWatch(scope, receive)  # from here on, the request holds (or waits for) something
         try:
             return await self._serve(call, key, len(body))
@@ -318,8 +320,12 @@ class Gateway:
                 data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
             endpoint.in_flight += 1
             self._child(self.metrics.in_flight, model).inc()
+            pipe = None
+            if call.stream and call.client is not None:  # its response starts as soon as the first chunk is read
+                pipe = Pipe(outcome, call.keep_usage, call.model.store_text, self.writes, call.client,
+                            [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)])
             try:
-                upstream, first = await self._send(endpoint, call, data, outcome.started)
+                upstream, first = await self._send(endpoint, call, data, outcome.started, pipe)
             except UPSTREAM_ERRORS as exc:
                 self._release(endpoint, model)
                 last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
@@ -342,7 +348,7 @@ class Gateway:
                     continue
             elif not call.stream or upstream.status != 200:  # a stream is judged at its end (`_respond`)
                 self.outliers.success(endpoint, self.table.of(model))  # an answer about the request too
-            return await self._respond(upstream, first, endpoint, call, outcome)
+            return await self._respond(upstream, first, endpoint, call, outcome, pipe)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
             outcome.status, outcome.error = 504, "timeout"
             self._record(call, outcome)
@@ -358,8 +364,8 @@ class Gateway:
     def _ejected(self, endpoint: Endpoint) -> None:
         self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
-    async def _send(self, endpoint: Endpoint, call: Call, data: bytes,
-                    started: float) -> tuple[Connection, bytes]:
+    async def _send(self, endpoint: Endpoint, call: Call, data: bytes, started: float,
+                    pipe: Pipe | None = None) -> tuple[Connection, bytes]:
         """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
         timeouts = call.model.timeouts
         target = self.upstream.target(endpoint.url)
@@ -375,6 +381,8 @@ class Gateway:
         deadline = loop.time() + wait
         conn = await self.upstream.connect(target, min(timeouts.connect_s, wait))
         timer = loop.call_at(deadline, conn.expire)  # one timer, cheaper than a timeout context per request
+        if pipe is not None:
+            conn.on_first = pipe.begin
         try:
             conn.send(cached[1], data, b"X-Request-Id: %b\r\n" % call.request_id)
             status = await conn.head()
@@ -387,7 +395,7 @@ class Gateway:
         return conn, first
 
     async def _respond(self, upstream: Connection, first: bytes, endpoint: Endpoint, call: Call,
-                       outcome: Outcome) -> Response:
+                       outcome: Outcome, pipe: Pipe | None = None) -> Response:
         model = call.model.name
 
         def finish(done: Outcome) -> None:
@@ -402,13 +410,11 @@ class Gateway:
 
         outcome.status, outcome.replica = upstream.status, endpoint.id
         outcome.first_byte = time.perf_counter()
-        if call.stream and upstream.status == 200:
-            return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
-                                  outcome, finish, self.writes, capture=call.model.store_text,
-                                  headers=[(REQUEST_ID_HEADER, call.request_id)])
+        if pipe is not None and upstream.status == 200:
+            return UpstreamStream(upstream, pipe, first, call.model.timeouts, finish)  # type: ignore[return-value]
         try:
             async with asyncio.timeout(max(0.0, call.model.timeouts.total_s - (time.perf_counter() - outcome.started))):
-                content = await upstream.read()
+                content = first + await upstream.read()  # (a stream served by another server than ours)
         except UPSTREAM_ERRORS as exc:
             upstream.close()
             outcome.status, outcome.error = 502, type(exc).__name__

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from starlette.types import Receive, Scope, Send
 
 from modelyard.gateway.errors import sse_error
-from modelyard.gateway.protocol import CLIENT_EXTENSION, Exchange
+from modelyard.gateway.protocol import Exchange
 from modelyard.gateway.sse import SseUsage
 from modelyard.gateway.upstream import Connection
-from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
 log = logging.getLogger("modelyard.gateway")
@@ -83,10 +82,10 @@ class WriteBatch:
     __slots__ = ("pipes", "scheduled")
 
     def __init__(self) -> None:
-        self.pipes: list[_Pipe] = []
+        self.pipes: list[Pipe] = []
         self.scheduled = False
 
-    def add(self, pipe: _Pipe) -> None:
+    def add(self, pipe: Pipe) -> None:
         self.pipes.append(pipe)
         if not self.scheduled:
             self.scheduled = True
@@ -104,26 +103,44 @@ class WriteBatch:
                     pipe.disconnect()
 
 
-class _Pipe:
+class Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`), the client's exchange
-    (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task."""
+    (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
+    sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "batch", "out", "queued", "wake",
-                 "finished", "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "batch", "headers", "out", "queued",
+                 "wake", "started", "finished", "error", "disconnected", "paused", "watchdog")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
-                 capture: bool, batch: WriteBatch, client: Exchange) -> None:
-        self.loop, self.conn, self.outcome = loop, conn, outcome
+    def __init__(self, outcome: Outcome, keep_usage: bool, capture: bool, batch: WriteBatch, client: Exchange,
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.conn: Connection | None = None
+        self.outcome = outcome
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.client = client
         self.batch = batch
+        self.headers = headers  # the response's own, after content-type and cache-control
         self.out: list[bytes] = []  # chunks for the batch to write
         self.queued = False  # in the batch's list
         self.wake: asyncio.Future[None] = loop.create_future()
-        self.finished = self.disconnected = self.paused = False
+        self.started = self.finished = self.disconnected = self.paused = False
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
+
+    def begin(self, conn: Connection, first: bytes = b"") -> None:
+        """Starts the client's response and relays what `conn` sends from now on: the head and what arrived so far
+        in one write. Called by the connection itself, in the callback that read a 200 answer's first bytes
+        (`Connection.on_first`), or else by the relay's task with the chunk it read."""
+        self.started, self.conn, client = True, conn, self.client
+        client.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                           *self.headers])
+        client.on_disconnect(self.disconnect)
+        client.on_shutdown(self.shutdown)
+        if first:
+            self.feed(first)
+        conn.attach(self.feed, self.ended)  # what it read already is fed now
+        self.write_out()
 
     def _wake(self) -> None:
         if not self.wake.done():
@@ -170,7 +187,7 @@ class _Pipe:
             self.pause()
 
     def pause(self) -> None:
-        if not self.paused:
+        if not self.paused and self.conn is not None:
             self.paused = True
             self.conn.pause()
             if self.watchdog is not None:
@@ -178,7 +195,7 @@ class _Pipe:
             self._wake()
 
     def resume(self) -> None:
-        if self.paused:
+        if self.paused and self.conn is not None:
             self.paused = False
             self.conn.resume()
             if self.watchdog is not None:
@@ -203,52 +220,47 @@ class _Pipe:
     def _stop(self, error: BaseException) -> None:
         if not self.finished:
             self.finished, self.error = True, error
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
             self._wake()
 
     def disconnect(self) -> None:
         """The client went away: the engine's connection is closed at once, which aborts its work."""
         if not self.disconnected:
             self.disconnected = self.finished = True
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
             self._wake()
 
 
 class UpstreamStream:
     """An ASGI response that relays an engine's SSE stream chunk by chunk, as it arrives, without parsing it.
 
-    The first chunk was already read (before it, a failure is retried on another replica). After it, each piece
-    the engine sends goes from its connection's callback straight to the client's socket (through the
-    request's `protocol.Exchange`, our server's public per-request API: `scope["extensions"]["modelyard.client"]`),
-    and the client's back-pressure pauses reading from the engine. A client that
-    disconnects closes the upstream connection at once, which aborts the engine's work. An upstream that fails
-    mid-stream ends the stream with an SSE error event: no retry once tokens went out. The usage event that the
-    gateway asked for on the client's behalf is recorded and not passed on unless the client asked for it too.
+    Its `Pipe` was made before the request went out, and usually started already: the engine's connection calls
+    `Pipe.begin` in the callback that reads the first chunk (before it, a failure is retried on another replica),
+    so the head and that chunk go out at once, not when the request's task next runs. After it, each piece the
+    engine sends goes from its connection's callback to the client's socket (through the request's
+    `protocol.Exchange`, our server's public per-request API: `scope["extensions"]["modelyard.client"]`), and the
+    client's back-pressure pauses reading from the engine. A client that disconnects closes the upstream
+    connection at once, which aborts the engine's work. An upstream that fails mid-stream ends the stream with an
+    SSE error event: no retry once tokens went out. The usage event that the gateway asked for on the client's
+    behalf is recorded and not passed on unless the client asked for it too.
     """
 
-    def __init__(self, conn: Connection, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
-                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], batch: WriteBatch,
-                 capture: bool = False, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.conn, self.first, self.endpoint, self.timeouts = conn, first, endpoint, timeouts
-        self.keep_usage, self.outcome, self.finish, self.capture = keep_usage, outcome, finish, capture
-        self.batch, self.headers = batch, headers or []
+    def __init__(self, conn: Connection, pipe: Pipe, first: bytes, timeouts: Timeouts,
+                 finish: Callable[[Outcome], None]) -> None:
+        self.conn, self.pipe, self.first, self.timeouts, self.finish = conn, pipe, first, timeouts, finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        conn, outcome = self.conn, self.outcome
-        client: Exchange = scope["extensions"][CLIENT_EXTENSION]
-        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture, self.batch, client)
+        conn, pipe = self.conn, self.pipe
+        outcome, client = pipe.outcome, pipe.client
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
-            client.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                               (b"x-modelyard-replica", self.endpoint.id.encode()), *self.headers])
-            client.on_disconnect(pipe.disconnect)
-            client.on_shutdown(pipe.shutdown)
-            pipe.feed(self.first)
-            pipe.write_out()  # the head and the first chunk at once, not in the next turn
-            if not pipe.finished:
-                conn.attach(pipe.feed, pipe.ended)
+            if not pipe.started:
+                pipe.begin(conn, self.first)
+            client.on_shutdown(pipe.shutdown)  # (the request's watch gave its own back before this response ran)
             while not pipe.finished:
                 if pipe.paused:
                     # the client's socket is full: wait until it drains, or the watchdog's total deadline ends it

@@ -44,6 +44,7 @@ class Call:
     request_id: bytes = b""
     recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written
     watch: ClientWatch | None = None
+    client: Any = None  # the client's `protocol.Exchange` (our server's), which a stream's relay writes to
 
 
 def read_headers(scope: Scope) -> tuple[str | Twice | None, str | None, bytes]:

@@ -85,7 +85,9 @@ class Connection(asyncio.Protocol):
     """One connection to an engine, answering one request at a time.
 
     Its answer is read either by awaiting (`head`, `chunk`, `read`) or, once `attach`ed, pushed to a sink as each
-    piece arrives; `ended` is then called once with None (the answer is complete) or the error.
+    piece arrives; `ended` is then called once with None (the answer is complete) or the error. `on_first`, when
+    set, is called with the connection as soon as a 200 answer's first body bytes are read, in that read's
+    callback (a stream's relay attaches itself there, so its first chunk goes out without waiting for a task).
     """
 
     def __init__(self, pool: UpstreamPool, target: Target) -> None:
@@ -99,6 +101,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.paused = False  # reading paused (the relay's client could not keep up)
+        self.on_first: Callable[[Connection], None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -106,6 +109,8 @@ class Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.buffer: list[bytes] = []
         self.got_head = self.complete = self.received = self.until_eof = self.keep_alive = False
+        self.streamed = False  # attached: the body goes to the sink
+        self.on_first = None
         self.error: BaseException | None = None
 
     # --- the caller's side ---
@@ -137,9 +142,10 @@ class Connection(asyncio.Protocol):
         return None
 
     async def chunk(self) -> bytes:
-        """What arrived of the body since the last call, waiting for some; b"" at its end."""
+        """What arrived of the body since the last call, waiting for some; b"" at its end, or once the body goes to
+        a sink (`attach`, or `on_first`'s callback attached one)."""
         while not self.buffer:
-            if self.complete:
+            if self.complete or self.streamed:
                 return b""
             if self.error is not None:
                 raise self.error
@@ -162,7 +168,7 @@ class Connection(asyncio.Protocol):
         """From now on the body goes to `sink` as it arrives (what already arrived first), then `ended` is called."""
         pending = b"".join(self.buffer)
         self.buffer.clear()
-        self.sink, self.ended = sink, ended
+        self.sink, self.ended, self.streamed, self.on_first = sink, ended, True, None
         if pending:
             sink(pending)
         if self.complete:
@@ -212,6 +218,9 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"the engine's answer is not valid HTTP ({exc})"))
             self.close()
+        if self.on_first is not None and self.buffer and self.status == 200 and self.sink is None:
+            on_first, self.on_first = self.on_first, None
+            on_first(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle:
