@@ -69,49 +69,15 @@ class Watchdog:
         self.handle.cancel()
 
 
-class WriteBatch:
-    """The relay's writes to clients, made once per event-loop turn instead of in each engine connection's callback.
-
-    The engines' chunks are read in the loop's I/O phase, which, under load, goes on as long as sockets are ready
-    (libuv polls again at once, up to 48 times, while a poll fills its 1,024 events); a write made there would keep
-    the tasks that answer new requests (run between polls) waiting behind every stream's writes. Here a chunk is
-    queued, and one callback writes every queued stream's chunks (several of one stream as one HTTP chunk) in the
-    turn's task phase, in order with those tasks.
-    """
-
-    __slots__ = ("pipes", "scheduled")
-
-    def __init__(self) -> None:
-        self.pipes: list[Pipe] = []
-        self.scheduled = False
-
-    def add(self, pipe: Pipe) -> None:
-        self.pipes.append(pipe)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        pipes, self.pipes = self.pipes, []
-        for pipe in pipes:
-            if pipe.queued:  # else its task wrote it already
-                try:
-                    pipe.write_out()
-                except Exception:  # one broken stream must not keep the others' chunks unwritten
-                    log.exception("writing to a client failed; the stream is dropped")
-                    pipe.disconnect()
-
-
 class Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`), the client's exchange
     (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
     sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "batch", "headers", "out", "queued",
-                 "wake", "started", "finished", "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "headers", "out", "wake", "started",
+                 "finished", "error", "disconnected", "paused", "watchdog")
 
-    def __init__(self, outcome: Outcome, keep_usage: bool, capture: bool, batch: WriteBatch, client: Exchange,
+    def __init__(self, outcome: Outcome, keep_usage: bool, capture: bool, client: Exchange,
                  headers: list[tuple[bytes, bytes]]) -> None:
         self.loop = loop = asyncio.get_running_loop()
         self.conn: Connection | None = None
@@ -119,10 +85,8 @@ class Pipe:
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.client = client
-        self.batch = batch
         self.headers = headers  # the response's own, after content-type and cache-control
-        self.out: list[bytes] = []  # chunks for the batch to write
-        self.queued = False  # in the batch's list
+        self.out: list[bytes] = []  # what goes out with the end of the response (the relay's task writes it)
         self.wake: asyncio.Future[None] = loop.create_future()
         self.started = self.finished = self.disconnected = self.paused = False
         self.error: BaseException | None = None
@@ -139,8 +103,7 @@ class Pipe:
         client.on_shutdown(self.shutdown)
         if first:
             self.feed(first)
-        conn.attach(self.feed, self.ended)  # what it read already is fed now
-        self.write_out()
+        conn.attach(self.feed, self.ended)  # what it read already is fed now, with the head
 
     def _wake(self) -> None:
         if not self.wake.done():
@@ -158,33 +121,38 @@ class Pipe:
             self._queue(chunk)
 
     def _queue(self, chunk: bytes) -> None:
-        self.out.append(chunk)
-        if not self.queued:
-            self.queued = True
-            self.batch.add(self)
-
-    def write_out(self, final: bool = False) -> None:
-        """Writes what `feed` queued (after the response's head, the first time) to the client as one HTTP chunk;
-        `final`: with the end of the response."""
-        self.queued = False
+        """Writes a piece of the stream at once, as one HTTP chunk (the connection hands over what one read brought
+        in one piece), with the response's head the first time; the last piece, read with the answer's end, waits
+        for the relay's task to write it with the end of the response."""
+        conn = self.conn
+        if conn is None or conn.complete or self.finished:
+            self.out.append(chunk)
+            return
         client = self.client
         if self.disconnected or client.disconnected:
-            self.out.clear()
-            if final:
-                client.end()
-            else:
-                self.disconnect()
+            self.disconnect()
             return
-        body = b""
         if self.out:
-            body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+            self.out.append(chunk)
+            chunk = b"".join(self.out)
             self.out.clear()
-        if final:
-            client.end(body)
+        try:
+            client.write(chunk)
+        except Exception:  # one broken client must not break the engine connection's callback
+            log.exception("writing to a client failed; the stream is dropped")
+            self.disconnect()
             return
-        client.write(body)
         if client.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
+
+    def end_response(self) -> None:
+        """Ends the client's response with what is left to write (and the head, if nothing was written yet)."""
+        client = self.client
+        body = b""
+        if self.out and not (self.disconnected or client.disconnected):
+            body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        self.out.clear()
+        client.end(body)
 
     def pause(self) -> None:
         if not self.paused and self.conn is not None:
@@ -292,7 +260,7 @@ class UpstreamStream:
             else:
                 conn.close()
             try:
-                pipe.write_out(final=True)  # what the last callback queued, with the end of the response
+                pipe.end_response()  # what the last callback left, with the end of the response
             except Exception:  # a client's socket that fails must not keep the request from being recorded
                 log.exception("ending a stream failed")
             self.finish(outcome)

@@ -108,6 +108,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.buffer: list[bytes] = []
+        self.pending: list[bytes] = []  # the pieces one read brought, for the sink
         self.got_head = self.complete = self.received = self.until_eof = self.keep_alive = False
         self.streamed = False  # attached: the body goes to the sink
         self.on_first = None
@@ -204,6 +205,7 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Drops the connection (an engine stops working on a request whose connection closed)."""
         self.sink = self.ended = None
+        self.pending.clear()
         if self.transport is not None:
             self.transport.close()
 
@@ -218,6 +220,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"the engine's answer is not valid HTTP ({exc})"))
             self.close()
+        if self.pending:
+            self._deliver()
         if self.on_first is not None and self.buffer and self.status == 200 and self.sink is None:
             on_first, self.on_first = self.on_first, None
             on_first(self)
@@ -250,7 +254,7 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
-            self.sink(body)
+            self.pending.append(body)  # handed over once per read (`data_received`), in one piece
         else:
             self.buffer.append(body)
             self._wake()
@@ -275,7 +279,16 @@ class Connection(asyncio.Protocol):
             else:
                 self._wake()
 
+    def _deliver(self) -> None:
+        pending, sink = self.pending, self.sink
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        if sink is not None:
+            sink(data)
+
     def _end(self, exc: BaseException | None) -> None:
+        if self.pending:
+            self._deliver()
         ended, self.sink, self.ended = self.ended, None, None
         if ended is not None:
             ended(exc)
