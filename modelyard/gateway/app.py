@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,7 +28,7 @@ from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
 from modelyard.gateway.protocol import CLIENT_EXTENSION
-from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, Pacer, Pipe, UpstreamStream
+from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, Pipe, UpstreamStream
 from modelyard.gateway.request import (
     GENERATION_PATHS,
     MAX_BODY_BYTES,
@@ -117,7 +116,6 @@ class Gateway:
         self.recent = RecentTraffic(self.metrics.multiprocess_dir)  # the status page's last minutes (/ui)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
-        self.pacer = Pacer(int(os.environ.get("MODELYARD_PACE", "64")))  # (MEASUREMENT ONLY: removed after the A/B)
         self._tasks: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -323,7 +321,7 @@ class Gateway:
             self._child(self.metrics.in_flight, model).inc()
             pipe = None
             if call.stream and call.client is not None:  # its response starts as soon as the first chunk is read
-                pipe = Pipe(outcome, call.keep_usage, call.model.store_text, call.client, self.pacer,
+                pipe = Pipe(outcome, call.keep_usage, call.model.store_text, call.client,
                             [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)])
             try:
                 upstream, first = await self._send(endpoint, call, data, outcome.started, pipe)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +17,6 @@ from modelyard.spec.schema import Timeouts
 log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 CLOCK_SLACK_S = 0.001
-PACE_PER_TURN = 64  # streams relayed per loop turn before the others wait for the next turn (Pacer)
 
 
 class Shutdown(Exception):
@@ -71,52 +69,15 @@ class Watchdog:
         self.handle.cancel()
 
 
-class Pacer:
-    """Bounds the streams relayed in one loop turn, so that a saturated gateway's turns stay short and new requests
-    (their heads read, their engines' first chunks relayed as the bytes arrive) wait behind at most `per_turn`
-    streams' writes, not behind every stream's.
-
-    Each stream that had a read relayed counts once; past `per_turn` in a turn, the stream's engine connection stops
-    being read (the engine's tokens wait in the socket, and go out together later) and the stream waits in line;
-    each turn, the first `per_turn` in line are read again. Under `per_turn` streams relayed per turn (an unsaturated
-    gateway's turns are short) nothing waits.
-    """
-
-    __slots__ = ("per_turn", "count", "waiting", "scheduled")
-
-    def __init__(self, per_turn: int = PACE_PER_TURN) -> None:
-        self.per_turn = per_turn
-        self.count = 0
-        self.waiting: deque[Pipe] = deque()
-        self.scheduled = False
-
-    def relayed(self, pipe: Pipe) -> None:
-        self.count += 1
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self._turn)
-        if self.count > self.per_turn and pipe.hold():
-            self.waiting.append(pipe)
-
-    def _turn(self) -> None:
-        self.count = 0
-        waiting = self.waiting
-        for _ in range(min(len(waiting), self.per_turn)):
-            waiting.popleft().unhold()
-        self.scheduled = bool(waiting)
-        if waiting:  # the rest next turn, whether or not anything is relayed meanwhile
-            asyncio.get_running_loop().call_soon(self._turn)
-
-
 class Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`), the client's exchange
     (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
     sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "pacer", "headers", "out", "wake",
-                 "started", "finished", "error", "disconnected", "paused", "held", "watchdog")
+    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "headers", "out", "wake", "started",
+                 "finished", "error", "disconnected", "paused", "watchdog")
 
-    def __init__(self, outcome: Outcome, keep_usage: bool, capture: bool, client: Exchange, pacer: Pacer,
+    def __init__(self, outcome: Outcome, keep_usage: bool, capture: bool, client: Exchange,
                  headers: list[tuple[bytes, bytes]]) -> None:
         self.loop = loop = asyncio.get_running_loop()
         self.conn: Connection | None = None
@@ -124,12 +85,10 @@ class Pipe:
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.client = client
-        self.pacer = pacer
         self.headers = headers  # the response's own, after content-type and cache-control
         self.out: list[bytes] = []  # what goes out with the end of the response (the relay's task writes it)
         self.wake: asyncio.Future[None] = loop.create_future()
         self.started = self.finished = self.disconnected = self.paused = False
-        self.held = False  # waiting in the pacer's line, its engine connection unread
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
 
@@ -185,24 +144,6 @@ class Pipe:
             return
         if client.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
-        else:
-            self.pacer.relayed(self)
-
-    def hold(self) -> bool:
-        """The pacer's: stop reading the engine until `unhold` (False: nothing to hold, the stream is ending)."""
-        conn = self.conn
-        if self.held or conn is None or conn.complete or self.finished:
-            return False
-        self.held = True
-        if not self.paused:
-            conn.pause()
-        return True
-
-    def unhold(self) -> None:
-        if self.held:
-            self.held = False
-            if not self.paused and not self.finished and self.conn is not None:
-                self.conn.resume()
 
     def end_response(self) -> None:
         """Ends the client's response with what is left to write (and the head, if nothing was written yet)."""
@@ -224,8 +165,7 @@ class Pipe:
     def resume(self) -> None:
         if self.paused and self.conn is not None:
             self.paused = False
-            if not self.held:
-                self.conn.resume()
+            self.conn.resume()
             if self.watchdog is not None:
                 self.watchdog.waiting_since = self.loop.time()
 
