@@ -249,3 +249,30 @@ def test_on_first_attaches_in_the_read_of_a_200_answers_first_bytes_and_not_for_
         conn.release()
 
     run(handler, test)
+
+
+def test_what_one_read_brings_reaches_the_sink_as_one_piece() -> None:
+    """Several HTTP chunks in one read are handed to an attached sink joined (the relay writes them to the client
+    as one HTTP chunk); the pieces read with the answer's end come before `ended`."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 0\n\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"".join(b"9\r\ndata: %d\n\n\r\n" % i for i in (1, 2, 3)))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"9\r\ndata: 4\n\n\r\n9\r\ndata: 5\n\n\r\n0\r\n\r\n")
+        await reader.read()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        conn = await ask(pool, target)
+        assert await conn.chunk() == b"data: 0\n\n"
+        got: list[bytes] = []
+        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        conn.attach(got.append, ended.set_result)
+        assert await ended is None
+        assert got == [b"data: 1\n\ndata: 2\n\ndata: 3\n\n", b"data: 4\n\ndata: 5\n\n"]
+        conn.release()
+
+    run(handler, test)
