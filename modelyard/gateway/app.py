@@ -319,12 +319,8 @@ class Gateway:
                 data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
             endpoint.in_flight += 1
             self._child(self.metrics.in_flight, model).inc()
-            pipe = None
-            if call.stream and call.client is not None:  # its response starts as soon as the first chunk is read
-                pipe = Pipe(outcome, call.keep_usage, call.model.store_text, call.client,
-                            [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)])
             try:
-                upstream, first = await self._send(endpoint, call, data, outcome.started, pipe)
+                upstream, first = await self._send(endpoint, call, data, outcome.started)
             except UPSTREAM_ERRORS as exc:
                 self._release(endpoint, model)
                 last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
@@ -347,7 +343,7 @@ class Gateway:
                     continue
             elif not call.stream or upstream.status != 200:  # a stream is judged at its end (`_respond`)
                 self.outliers.success(endpoint, self.table.of(model))  # an answer about the request too
-            return await self._respond(upstream, first, endpoint, call, outcome, pipe)
+            return await self._respond(upstream, first, endpoint, call, outcome)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
             outcome.status, outcome.error = 504, "timeout"
             self._record(call, outcome)
@@ -363,8 +359,8 @@ class Gateway:
     def _ejected(self, endpoint: Endpoint) -> None:
         self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
-    async def _send(self, endpoint: Endpoint, call: Call, data: bytes, started: float,
-                    pipe: Pipe | None = None) -> tuple[Connection, bytes]:
+    async def _send(self, endpoint: Endpoint, call: Call, data: bytes,
+                    started: float) -> tuple[Connection, bytes]:
         """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
         timeouts = call.model.timeouts
         target = self.upstream.target(endpoint.url)
@@ -380,8 +376,10 @@ class Gateway:
         deadline = loop.time() + wait
         conn = await self.upstream.connect(target, min(timeouts.connect_s, wait))
         timer = loop.call_at(deadline, conn.expire)  # one timer, cheaper than a timeout context per request
-        if pipe is not None:
-            conn.on_first = pipe.begin
+        if call.stream and call.client is not None:  # its response starts in the callback that reads the first chunk
+            call.pipe = Pipe(call.keep_usage, call.model.store_text, call.client,
+                             [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)])
+            conn.on_first = call.pipe.begin
         try:
             conn.send(cached[1], data, b"X-Request-Id: %b\r\n" % call.request_id)
             status = await conn.head()
@@ -394,7 +392,7 @@ class Gateway:
         return conn, first
 
     async def _respond(self, upstream: Connection, first: bytes, endpoint: Endpoint, call: Call,
-                       outcome: Outcome, pipe: Pipe | None = None) -> Response:
+                       outcome: Outcome) -> Response:
         model = call.model.name
 
         def finish(done: Outcome) -> None:
@@ -409,8 +407,8 @@ class Gateway:
 
         outcome.status, outcome.replica = upstream.status, endpoint.id
         outcome.first_byte = time.perf_counter()
-        if pipe is not None and upstream.status == 200:
-            return UpstreamStream(upstream, pipe, first, call.model.timeouts, finish)  # type: ignore[return-value]
+        if call.stream and call.pipe is not None and upstream.status == 200:
+            return UpstreamStream(upstream, call.pipe, first, call.model.timeouts, outcome, finish)  # type: ignore[return-value]
         try:
             async with asyncio.timeout(max(0.0, call.model.timeouts.total_s - (time.perf_counter() - outcome.started))):
                 content = first + await upstream.read()  # (a stream served by another server than ours)

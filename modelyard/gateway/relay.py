@@ -74,14 +74,12 @@ class Pipe:
     (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
     sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "headers", "out", "wake", "started",
-                 "finished", "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "sse", "captured", "client", "headers", "out", "wake", "started", "finished",
+                 "error", "disconnected", "paused", "watchdog")
 
-    def __init__(self, outcome: Outcome, keep_usage: bool, capture: bool, client: Exchange,
-                 headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, keep_usage: bool, capture: bool, client: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
         self.loop = loop = asyncio.get_running_loop()
         self.conn: Connection | None = None
-        self.outcome = outcome
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.client = client
@@ -112,9 +110,7 @@ class Pipe:
     def feed(self, chunk: bytes) -> None:
         if self.captured is not None:
             self.captured.append(chunk)
-        sse = self.sse
-        chunk = sse.feed(chunk)
-        self.outcome.events, self.outcome.usage = sse.events, sse.usage
+        chunk = self.sse.feed(chunk)
         if self.watchdog is not None and not self.paused:
             self.watchdog.waiting_since = self.loop.time()
         if chunk:
@@ -172,7 +168,6 @@ class Pipe:
     def ended(self, error: BaseException | None) -> None:
         if not self.finished:
             if error is None and (rest := self.sse.end()):  # a last event without its blank line
-                self.outcome.events, self.outcome.usage = self.sse.events, self.sse.usage
                 self._queue(rest)
             self.finished, self.error = True, error
             self._wake()
@@ -215,14 +210,14 @@ class UpstreamStream:
     behalf is recorded and not passed on unless the client asked for it too.
     """
 
-    def __init__(self, conn: Connection, pipe: Pipe, first: bytes, timeouts: Timeouts,
+    def __init__(self, conn: Connection, pipe: Pipe, first: bytes, timeouts: Timeouts, outcome: Outcome,
                  finish: Callable[[Outcome], None]) -> None:
-        self.conn, self.pipe, self.first, self.timeouts, self.finish = conn, pipe, first, timeouts, finish
+        self.conn, self.pipe, self.first, self.timeouts = conn, pipe, first, timeouts
+        self.outcome, self.finish = outcome, finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        conn, pipe = self.conn, self.pipe
-        outcome, client = pipe.outcome, pipe.client
+        conn, pipe, outcome, client = self.conn, self.pipe, self.outcome, self.pipe.client
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
@@ -251,6 +246,7 @@ class UpstreamStream:
                 pipe.out.append(sse_error(message, outcome.error))
         finally:
             watchdog.cancel()
+            outcome.events, outcome.usage = pipe.sse.events, pipe.sse.usage
             if pipe.captured:
                 outcome.body = b"".join(pipe.captured)
             if pipe.disconnected:

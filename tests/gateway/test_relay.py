@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from modelyard.gateway.relay import Outcome, Pipe
+from modelyard.gateway.relay import Pipe
 from modelyard.gateway.upstream import UpstreamPool, request_head
 
 
@@ -53,7 +53,7 @@ def test_the_first_chunk_goes_out_with_the_head_in_the_read_that_brought_it_then
         target = pool.target(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
         try:
             client = Client()
-            pipe = Pipe(Outcome(), True, False, cast(Any, client), [(b"x-modelyard-replica", b"r0")])
+            pipe = Pipe(True, False, cast(Any, client), [(b"x-modelyard-replica", b"r0")])
             conn = await pool.connect(target, 1)
             conn.on_first = pipe.begin
             conn.send(request_head(target, "/v1/chat/completions", {}), b"{}")
@@ -67,7 +67,7 @@ def test_the_first_chunk_goes_out_with_the_head_in_the_read_that_brought_it_then
             assert client.writes[1:] == [b"data: 1\n\ndata: 2\n\n"]  # one read, one write
             pipe.end_response()
             assert client.writes[2:] == [b"data: 3\n\n<end>"]  # read with the answer's end: written with it
-            assert pipe.error is None and pipe.outcome.events == 4
+            assert pipe.error is None and pipe.sse.events == 4
         finally:
             pool.close()
             server.close()
