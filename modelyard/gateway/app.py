@@ -406,7 +406,7 @@ class Gateway:
             self._record(call, done)
 
         outcome.status, outcome.replica = upstream.status, endpoint.id
-        outcome.first_byte = time.perf_counter()
+        outcome.first_byte = call.pipe.began if call.stream and call.pipe and call.pipe.began else time.perf_counter()
         if call.stream and call.pipe is not None and upstream.status == 200:
             return UpstreamStream(upstream, call.pipe, first, call.model.timeouts, outcome, finish)  # type: ignore[return-value]
         try:

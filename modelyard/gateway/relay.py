@@ -74,8 +74,8 @@ class Pipe:
     (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
     sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "sse", "captured", "client", "headers", "out", "wake", "started", "finished",
-                 "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "sse", "captured", "client", "headers", "out", "wake", "started", "began",
+                 "finished", "error", "disconnected", "paused", "watchdog")
 
     def __init__(self, keep_usage: bool, capture: bool, client: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
         self.loop = loop = asyncio.get_running_loop()
@@ -87,6 +87,7 @@ class Pipe:
         self.out: list[bytes] = []  # what goes out with the end of the response (the relay's task writes it)
         self.wake: asyncio.Future[None] = loop.create_future()
         self.started = self.finished = self.disconnected = self.paused = False
+        self.began = 0.0  # time.perf_counter() when the response started: the first byte's time
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
 
@@ -95,6 +96,7 @@ class Pipe:
         in one write. Called by the connection itself, in the callback that read a 200 answer's first bytes
         (`Connection.on_first`), or else by the relay's task with the chunk it read."""
         self.started, self.conn, client = True, conn, self.client
+        self.began = time.perf_counter()
         client.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                            *self.headers])
         client.on_disconnect(self.disconnect)
