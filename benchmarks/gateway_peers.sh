@@ -12,8 +12,9 @@
 # the rest. One `modelyard bench` invocation group per level, every target loaded at once for --duration seconds.
 # Writes results.json, table.md and gateway_peers.png to benchmarks/results/gateway_peers-<date>/.
 #
-# usage: benchmarks/gateway_peers.sh [--levels 1,16,64,256] [--duration 15] [--no-litellm] [--clients K]
+# usage: benchmarks/gateway_peers.sh [--levels 1,16,64,256] [--duration 15] [--no-litellm] [--no-vllm-router] [--clients K]
 #                                    [--upstream-workers U] [--direct-up-to 256] [--soak [SECONDS]] [--out DIR]
+#   --no-vllm-router: modelyard and the direct target only (when the peer does not fit the device carry).
 #   --levels 1,16,64,256,1024 on the many-core machine; --soak: after the levels, SECONDS (default 600) at 64
 #   streams through modelyard alone, its RSS sampled every 10 s. Levels above --direct-up-to leave the direct
 #   target out: at 1,024 streams it alone would take most of the load generators' and the upstream's cores.
@@ -23,10 +24,10 @@
 #   samples the modelyard gateway; its top functions go to RESULTS/pyspy-modelyard.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LEVELS=1,16,64,256; DURATION=15; DIRECT_MAX=256; LITELLM_ON=1; CLIENTS=""; UPW=""; SOAK=0; OUTDIR=""
+LEVELS=1,16,64,256; DURATION=15; DIRECT_MAX=256; LITELLM_ON=1; VR_ON=1; CLIENTS=""; UPW=""; SOAK=0; OUTDIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --levels) LEVELS=$2; shift 2;; --duration) DURATION=$2; shift 2;; --no-litellm) LITELLM_ON=0; shift;;
+    --levels) LEVELS=$2; shift 2;; --duration) DURATION=$2; shift 2;; --no-litellm) LITELLM_ON=0; shift;; --no-vllm-router) VR_ON=0; shift;;
     --clients) CLIENTS=$2; shift 2;; --direct-up-to) DIRECT_MAX=$2; shift 2;; --upstream-workers) UPW=$2; shift 2;; --out) OUTDIR=$2; shift 2;;
     --soak) SOAK=600; if [[ "${2:-}" =~ ^[0-9]+$ ]]; then SOAK=$2; shift; fi; shift;;
     *) echo "unknown argument $1"; exit 2;;
@@ -36,7 +37,7 @@ PY="${PY:-.venv/bin/python}"; PEERS_VENV="${PEERS_VENV:-.peers-venv}"
 LITELLM_VERSION=1.103.0   # newer releases need certifi>=2026.10.19, which the registry here lacks
 VLLM_ROUTER_VERSION=0.1.17
 VLLM_ROUTER="${VLLM_ROUTER:-$PEERS_VENV/bin/vllm-router}"; LITELLM="${LITELLM:-$PEERS_VENV/bin/litellm}"
-if [ ! -x "$VLLM_ROUTER" ] || { [ $LITELLM_ON = 1 ] && [ ! -x "$LITELLM" ]; }; then
+if { [ $VR_ON = 1 ] && [ ! -x "$VLLM_ROUTER" ]; } || { [ $LITELLM_ON = 1 ] && [ ! -x "$LITELLM" ]; }; then
   echo "creating $PEERS_VENV with litellm[proxy]==$LITELLM_VERSION vllm-router==$VLLM_ROUTER_VERSION ..."
   python3 -m venv "$PEERS_VENV"
   "$PEERS_VENV/bin/pip" install -q "litellm[proxy]==$LITELLM_VERSION" "vllm-router==$VLLM_ROUTER_VERSION"
@@ -97,13 +98,18 @@ MODELYARD_API_KEY="static-$RANDOM$RANDOM" $(pin $CORE_MY) $PY -m modelyard up -f
     > "$WORK/modelyard.log" 2>&1 &
 PID_MY=$!; track $PID_MY
 
-$(pin $CORE_VR) "$VLLM_ROUTER" --host 127.0.0.1 --port "$P_VR" --worker-urls "http://127.0.0.1:$P_UP" \
-    --policy round_robin --prometheus-port "$P_VRM" --log-level warning > "$WORK/vllm-router.log" 2>&1 &
-PID_VR=$!; track $PID_VR
+if [ $VR_ON = 1 ]; then
+  $(pin $CORE_VR) "$VLLM_ROUTER" --host 127.0.0.1 --port "$P_VR" --worker-urls "http://127.0.0.1:$P_UP" \
+      --policy round_robin --prometheus-port "$P_VRM" --log-level warning > "$WORK/vllm-router.log" 2>&1 &
+  PID_VR=$!; track $PID_VR
+fi
 
-TARGETS=(--target "direct=http://127.0.0.1:$P_UP/v1@DIRECT_KEY" --target "modelyard=http://127.0.0.1:$P_MY/v1@MY_KEY"
-         --target "vllm-router=http://127.0.0.1:$P_VR/v1@DIRECT_KEY")
-PIDS_JSON="{\"upstream\": $PID_UP, \"modelyard\": $PID_MY, \"vllm-router\": $PID_VR"
+TARGETS=(--target "direct=http://127.0.0.1:$P_UP/v1@DIRECT_KEY" --target "modelyard=http://127.0.0.1:$P_MY/v1@MY_KEY")
+PIDS_JSON="{\"upstream\": $PID_UP, \"modelyard\": $PID_MY"
+if [ $VR_ON = 1 ]; then
+  TARGETS+=(--target "vllm-router=http://127.0.0.1:$P_VR/v1@DIRECT_KEY")
+  PIDS_JSON+=", \"vllm-router\": $PID_VR"
+fi
 if [ $LITELLM_ON = 1 ]; then
   cat > "$WORK/litellm.yaml" <<YAML
 model_list:
@@ -120,7 +126,8 @@ YAML
 fi
 PIDS_JSON+="}"
 NO_DIRECT=("${TARGETS[@]:2}")
-up "http://127.0.0.1:$P_MY/health" "$WORK/modelyard.log"; up "http://127.0.0.1:$P_VR/health" "$WORK/vllm-router.log"
+up "http://127.0.0.1:$P_MY/health" "$WORK/modelyard.log"
+if [ $VR_ON = 1 ]; then up "http://127.0.0.1:$P_VR/health" "$WORK/vllm-router.log"; fi
 if [ $LITELLM_ON = 1 ]; then up "http://127.0.0.1:$P_LL/health/liveliness" "$WORK/litellm.log"; fi
 echo "$PIDS_JSON" > "$WORK/pids.json"
 REPORT="$PY benchmarks/gateway_peers_report.py"

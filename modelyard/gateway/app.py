@@ -36,7 +36,8 @@ from modelyard.gateway.health import health_body, model_health
 from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
 from modelyard.gateway.prompt_count import PromptCounts, counts_tokens
-from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, UpstreamStream, WriteBatch
+from modelyard.gateway.protocol import CLIENT_EXTENSION
+from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, Pipe, UpstreamStream
 from modelyard.gateway.request import (
     GENERATION_PATHS,
     MAX_BODY_BYTES,
@@ -128,7 +129,6 @@ class Gateway:
         self.recent = RecentTraffic(self.metrics.multiprocess_dir)  # the status page's last minutes (/ui)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
-        self.writes = WriteBatch()
         self._tasks: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -237,7 +237,8 @@ class Gateway:
         stream = payload.get("stream") is True and path in STREAMED_PATHS
         call = Call(path, body, payload, model, stream, None,
                     RouteRequest.of(model_name, payload, {SESSION_HEADER: session} if session else None),
-                    arrived=time.perf_counter(), request_id=request_id)
+                    arrived=time.perf_counter(), request_id=request_id,
+                    client=scope.get("extensions", {}).get(CLIENT_EXTENSION))
         watch = call.watch = ClientWatch(scope, receive)  # from here on, the request holds (or waits for) something
         try:
             return await self._serve(call, key, len(body))
@@ -412,6 +413,10 @@ class Gateway:
         deadline = loop.time() + wait
         conn = await self.upstream.connect(target, min(timeouts.connect_s, wait))
         timer = loop.call_at(deadline, conn.expire)  # one timer, cheaper than a timeout context per request
+        if call.stream and call.client is not None:  # its response starts in the callback that reads the first chunk
+            call.pipe = Pipe(call.keep_usage, call.model.store_text, call.client,
+                             [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)])
+            conn.on_first = call.pipe.begin
         try:
             conn.send(cached[1], data, b"X-Request-Id: %b\r\n" % call.request_id)
             status = await conn.head()
@@ -438,14 +443,12 @@ class Gateway:
             self._record(call, done)
 
         outcome.status, outcome.replica = upstream.status, endpoint.id
-        outcome.first_byte = time.perf_counter()
-        if call.stream and upstream.status == 200:
-            return UpstreamStream(upstream, first, endpoint, call.model.timeouts, call.keep_usage,  # type: ignore[return-value]
-                                  outcome, finish, self.writes, capture=call.model.store_text,
-                                  headers=[(REQUEST_ID_HEADER, call.request_id)])
+        outcome.first_byte = call.pipe.began if call.stream and call.pipe and call.pipe.began else time.perf_counter()
+        if call.stream and call.pipe is not None and upstream.status == 200:
+            return UpstreamStream(upstream, call.pipe, first, call.model.timeouts, outcome, finish)  # type: ignore[return-value]
         try:
             async with asyncio.timeout(max(0.0, call.model.timeouts.total_s - (time.perf_counter() - outcome.started))):
-                content = await upstream.read()
+                content = first + await upstream.read()  # (a stream served by another server than ours)
         except UPSTREAM_ERRORS as exc:
             upstream.close()
             outcome.status, outcome.error = 502, type(exc).__name__

@@ -1,10 +1,11 @@
 """The gateway's HTTP/1.1 server side: one asyncio protocol per client connection, its requests parsed by httptools
 and run by the ASGI app (Starlette, `gateway/app.py`), as `gateway/upstream.py` owns the client side.
 
-Why our own: the relay writes each stream's chunks straight to the client's socket, once per loop turn
-(`relay.WriteBatch`), and watches the client's hang-up without a task per stream. uvicorn gives neither through a
-public API (the relay used to reach into uvicorn's private request cycle and into a private attribute of asyncio's
-events), and it has no bound on a request head's size, on headers, on slow clients or on open connections.
+Why our own: the relay writes each stream's chunks straight to the client's socket, from the engine connection's
+callback (one write per read of the engine's socket; the first with the response's head), and watches the client's
+hang-up without a task per stream. uvicorn gives neither through a public API (the relay used to reach into
+uvicorn's private request cycle and into a private attribute of asyncio's events), and it has no bound on a
+request head's size, on headers, on slow clients or on open connections.
 
 Each request is an `Exchange`: the ASGI `receive`/`send` for every route, and, in
 `scope["extensions"]["modelyard.client"]`, the same object as the hot path's public API:

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from starlette.types import Receive, Scope, Send
 
 from modelyard.gateway.errors import sse_error
-from modelyard.gateway.protocol import CLIENT_EXTENSION, Exchange
+from modelyard.gateway.protocol import Exchange
 from modelyard.gateway.sse import SseUsage
 from modelyard.gateway.upstream import Connection
-from modelyard.routing.endpoints import Endpoint
 from modelyard.spec.schema import Timeouts
 
 log = logging.getLogger("modelyard.gateway")
@@ -70,60 +69,41 @@ class Watchdog:
         self.handle.cancel()
 
 
-class WriteBatch:
-    """The relay's writes to clients, made once per event-loop turn instead of in each engine connection's callback.
-
-    The engines' chunks are read in the loop's I/O phase, which, under load, goes on as long as sockets are ready
-    (libuv polls again at once, up to 48 times, while a poll fills its 1,024 events); a write made there would keep
-    the tasks that answer new requests (run between polls) waiting behind every stream's writes. Here a chunk is
-    queued, and one callback writes every queued stream's chunks (several of one stream as one HTTP chunk) in the
-    turn's task phase, in order with those tasks.
-    """
-
-    __slots__ = ("pipes", "scheduled")
-
-    def __init__(self) -> None:
-        self.pipes: list[_Pipe] = []
-        self.scheduled = False
-
-    def add(self, pipe: _Pipe) -> None:
-        self.pipes.append(pipe)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        pipes, self.pipes = self.pipes, []
-        for pipe in pipes:
-            if pipe.queued:  # else its task wrote it already
-                try:
-                    pipe.write_out()
-                except Exception:  # one broken stream must not keep the others' chunks unwritten
-                    log.exception("writing to a client failed; the stream is dropped")
-                    pipe.disconnect()
-
-
-class _Pipe:
+class Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`), the client's exchange
-    (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task."""
+    (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
+    sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "outcome", "sse", "captured", "client", "batch", "out", "queued", "wake",
+    __slots__ = ("loop", "conn", "sse", "captured", "client", "headers", "out", "wake", "started", "began",
                  "finished", "error", "disconnected", "paused", "watchdog")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Connection, outcome: Outcome, keep_usage: bool,
-                 capture: bool, batch: WriteBatch, client: Exchange) -> None:
-        self.loop, self.conn, self.outcome = loop, conn, outcome
+    def __init__(self, keep_usage: bool, capture: bool, client: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.conn: Connection | None = None
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.client = client
-        self.batch = batch
-        self.out: list[bytes] = []  # chunks for the batch to write
-        self.queued = False  # in the batch's list
+        self.headers = headers  # the response's own, after content-type and cache-control
+        self.out: list[bytes] = []  # what goes out with the end of the response (the relay's task writes it)
         self.wake: asyncio.Future[None] = loop.create_future()
-        self.finished = self.disconnected = self.paused = False
+        self.started = self.finished = self.disconnected = self.paused = False
+        self.began = 0.0  # time.perf_counter() when the response started: the first byte's time
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
+
+    def begin(self, conn: Connection, first: bytes = b"") -> None:
+        """Starts the client's response and relays what `conn` sends from now on: the head and what arrived so far
+        in one write. Called by the connection itself, in the callback that read a 200 answer's first bytes
+        (`Connection.on_first`), or else by the relay's task with the chunk it read."""
+        self.started, self.conn, client = True, conn, self.client
+        self.began = time.perf_counter()
+        client.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                           *self.headers])
+        client.on_disconnect(self.disconnect)
+        client.on_shutdown(self.shutdown)
+        if first:
+            self.feed(first)
+        conn.attach(self.feed, self.ended)  # what it read already is fed now, with the head
 
     def _wake(self) -> None:
         if not self.wake.done():
@@ -132,45 +112,48 @@ class _Pipe:
     def feed(self, chunk: bytes) -> None:
         if self.captured is not None:
             self.captured.append(chunk)
-        sse = self.sse
-        chunk = sse.feed(chunk)
-        self.outcome.events, self.outcome.usage = sse.events, sse.usage
+        chunk = self.sse.feed(chunk)
         if self.watchdog is not None and not self.paused:
             self.watchdog.waiting_since = self.loop.time()
         if chunk:
             self._queue(chunk)
 
     def _queue(self, chunk: bytes) -> None:
-        self.out.append(chunk)
-        if not self.queued:
-            self.queued = True
-            self.batch.add(self)
-
-    def write_out(self, final: bool = False) -> None:
-        """Writes what `feed` queued (after the response's head, the first time) to the client as one HTTP chunk;
-        `final`: with the end of the response."""
-        self.queued = False
+        """Writes a piece of the stream at once, as one HTTP chunk (the connection hands over what one read brought
+        in one piece), with the response's head the first time; the last piece, read with the answer's end, waits
+        for the relay's task to write it with the end of the response."""
+        conn = self.conn
+        if conn is None or conn.complete or self.finished:
+            self.out.append(chunk)
+            return
         client = self.client
         if self.disconnected or client.disconnected:
-            self.out.clear()
-            if final:
-                client.end()
-            else:
-                self.disconnect()
+            self.disconnect()
             return
-        body = b""
         if self.out:
-            body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+            self.out.append(chunk)
+            chunk = b"".join(self.out)
             self.out.clear()
-        if final:
-            client.end(body)
+        try:
+            client.write(chunk)
+        except Exception:  # one broken client must not break the engine connection's callback
+            log.exception("writing to a client failed; the stream is dropped")
+            self.disconnect()
             return
-        client.write(body)
         if client.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
 
+    def end_response(self) -> None:
+        """Ends the client's response with what is left to write (and the head, if nothing was written yet)."""
+        client = self.client
+        body = b""
+        if self.out and not (self.disconnected or client.disconnected):
+            body = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        self.out.clear()
+        client.end(body)
+
     def pause(self) -> None:
-        if not self.paused:
+        if not self.paused and self.conn is not None:
             self.paused = True
             self.conn.pause()
             if self.watchdog is not None:
@@ -178,7 +161,7 @@ class _Pipe:
             self._wake()
 
     def resume(self) -> None:
-        if self.paused:
+        if self.paused and self.conn is not None:
             self.paused = False
             self.conn.resume()
             if self.watchdog is not None:
@@ -187,7 +170,6 @@ class _Pipe:
     def ended(self, error: BaseException | None) -> None:
         if not self.finished:
             if error is None and (rest := self.sse.end()):  # a last event without its blank line
-                self.outcome.events, self.outcome.usage = self.sse.events, self.sse.usage
                 self._queue(rest)
             self.finished, self.error = True, error
             self._wake()
@@ -203,52 +185,47 @@ class _Pipe:
     def _stop(self, error: BaseException) -> None:
         if not self.finished:
             self.finished, self.error = True, error
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
             self._wake()
 
     def disconnect(self) -> None:
         """The client went away: the engine's connection is closed at once, which aborts its work."""
         if not self.disconnected:
             self.disconnected = self.finished = True
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
             self._wake()
 
 
 class UpstreamStream:
     """An ASGI response that relays an engine's SSE stream chunk by chunk, as it arrives, without parsing it.
 
-    The first chunk was already read (before it, a failure is retried on another replica). After it, each piece
-    the engine sends goes from its connection's callback straight to the client's socket (through the
-    request's `protocol.Exchange`, our server's public per-request API: `scope["extensions"]["modelyard.client"]`),
-    and the client's back-pressure pauses reading from the engine. A client that
-    disconnects closes the upstream connection at once, which aborts the engine's work. An upstream that fails
-    mid-stream ends the stream with an SSE error event: no retry once tokens went out. The usage event that the
-    gateway asked for on the client's behalf is recorded and not passed on unless the client asked for it too.
+    Its `Pipe` was made before the request went out, and usually started already: the engine's connection calls
+    `Pipe.begin` in the callback that reads the first chunk (before it, a failure is retried on another replica),
+    so the head and that chunk go out at once, not when the request's task next runs. After it, each piece the
+    engine sends goes from its connection's callback to the client's socket (through the request's
+    `protocol.Exchange`, our server's public per-request API: `scope["extensions"]["modelyard.client"]`), and the
+    client's back-pressure pauses reading from the engine. A client that disconnects closes the upstream
+    connection at once, which aborts the engine's work. An upstream that fails mid-stream ends the stream with an
+    SSE error event: no retry once tokens went out. The usage event that the gateway asked for on the client's
+    behalf is recorded and not passed on unless the client asked for it too.
     """
 
-    def __init__(self, conn: Connection, first: bytes, endpoint: Endpoint, timeouts: Timeouts,
-                 keep_usage: bool, outcome: Outcome, finish: Callable[[Outcome], None], batch: WriteBatch,
-                 capture: bool = False, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.conn, self.first, self.endpoint, self.timeouts = conn, first, endpoint, timeouts
-        self.keep_usage, self.outcome, self.finish, self.capture = keep_usage, outcome, finish, capture
-        self.batch, self.headers = batch, headers or []
+    def __init__(self, conn: Connection, pipe: Pipe, first: bytes, timeouts: Timeouts, outcome: Outcome,
+                 finish: Callable[[Outcome], None]) -> None:
+        self.conn, self.pipe, self.first, self.timeouts = conn, pipe, first, timeouts
+        self.outcome, self.finish = outcome, finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        conn, outcome = self.conn, self.outcome
-        client: Exchange = scope["extensions"][CLIENT_EXTENSION]
-        pipe = _Pipe(loop, conn, outcome, self.keep_usage, self.capture, self.batch, client)
+        conn, pipe, outcome, client = self.conn, self.pipe, self.outcome, self.pipe.client
         deadline = loop.time() + self.timeouts.total_s - (time.perf_counter() - outcome.started)
         watchdog = pipe.watchdog = Watchdog(loop, pipe.expire, self.timeouts.between_chunks_s, deadline)
         try:
-            client.start(200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                               (b"x-modelyard-replica", self.endpoint.id.encode()), *self.headers])
-            client.on_disconnect(pipe.disconnect)
-            client.on_shutdown(pipe.shutdown)
-            pipe.feed(self.first)
-            pipe.write_out()  # the head and the first chunk at once, not in the next turn
-            if not pipe.finished:
-                conn.attach(pipe.feed, pipe.ended)
+            if not pipe.started:
+                pipe.begin(conn, self.first)
+            client.on_shutdown(pipe.shutdown)  # (the request's watch gave its own back before this response ran)
             while not pipe.finished:
                 if pipe.paused:
                     # the client's socket is full: wait until it drains, or the watchdog's total deadline ends it
@@ -271,6 +248,7 @@ class UpstreamStream:
                 pipe.out.append(sse_error(message, outcome.error))
         finally:
             watchdog.cancel()
+            outcome.events, outcome.usage = pipe.sse.events, pipe.sse.usage
             if pipe.captured:
                 outcome.body = b"".join(pipe.captured)
             if pipe.disconnected:
@@ -280,7 +258,7 @@ class UpstreamStream:
             else:
                 conn.close()
             try:
-                pipe.write_out(final=True)  # what the last callback queued, with the end of the response
+                pipe.end_response()  # what the last callback left, with the end of the response
             except Exception:  # a client's socket that fails must not keep the request from being recorded
                 log.exception("ending a stream failed")
             self.finish(outcome)

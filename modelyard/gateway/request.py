@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
@@ -16,6 +16,10 @@ from modelyard.gateway.scope import ClientWatch
 from modelyard.gateway.tenancy import Ticket
 from modelyard.routing.contracts import SESSION_HEADER, RouteRequest
 from modelyard.spec.schema import BaseModelSpec
+
+if TYPE_CHECKING:
+    from modelyard.gateway.protocol import Exchange
+    from modelyard.gateway.relay import Pipe
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 SESSION_HEADER_BYTES = SESSION_HEADER.encode()
@@ -40,6 +44,8 @@ class Call:
     ticket: Ticket | None  # once admitted
     route: RouteRequest
     keep_usage: bool = True
+    client: Exchange | None = None  # our server's per-request API (gateway/protocol.py), which a stream writes to
+    pipe: Pipe | None = None  # the stream of the attempt in flight (gateway/relay.py), made before its request is sent
     arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
     request_id: bytes = b""
     recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written

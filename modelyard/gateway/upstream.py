@@ -85,7 +85,9 @@ class Connection(asyncio.Protocol):
     """One connection to an engine, answering one request at a time.
 
     Its answer is read either by awaiting (`head`, `chunk`, `read`) or, once `attach`ed, pushed to a sink as each
-    piece arrives; `ended` is then called once with None (the answer is complete) or the error.
+    piece arrives; `ended` is then called once with None (the answer is complete) or the error. `on_first`, when
+    set, is called with the connection as soon as a 200 answer's first body bytes are read, in that read's
+    callback (a stream's relay attaches itself there, so its first chunk goes out without waiting for a task).
     """
 
     def __init__(self, pool: UpstreamPool, target: Target) -> None:
@@ -99,13 +101,17 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.paused = False  # reading paused (the relay's client could not keep up)
+        self.on_first: Callable[[Connection], None] | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.buffer: list[bytes] = []
+        self.pending: list[bytes] = []  # the pieces one read brought, for the sink
         self.got_head = self.complete = self.received = self.until_eof = self.keep_alive = False
+        self.streamed = False  # attached: the body goes to the sink
+        self.on_first = None
         self.error: BaseException | None = None
 
     # --- the caller's side ---
@@ -137,9 +143,10 @@ class Connection(asyncio.Protocol):
         return None
 
     async def chunk(self) -> bytes:
-        """What arrived of the body since the last call, waiting for some; b"" at its end."""
+        """What arrived of the body since the last call, waiting for some; b"" at its end, or once the body goes to
+        a sink (`attach`, or `on_first`'s callback attached one)."""
         while not self.buffer:
-            if self.complete:
+            if self.complete or self.streamed:
                 return b""
             if self.error is not None:
                 raise self.error
@@ -162,7 +169,7 @@ class Connection(asyncio.Protocol):
         """From now on the body goes to `sink` as it arrives (what already arrived first), then `ended` is called."""
         pending = b"".join(self.buffer)
         self.buffer.clear()
-        self.sink, self.ended = sink, ended
+        self.sink, self.ended, self.streamed, self.on_first = sink, ended, True, None
         if pending:
             sink(pending)
         if self.complete:
@@ -198,6 +205,7 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Drops the connection (an engine stops working on a request whose connection closed)."""
         self.sink = self.ended = None
+        self.pending.clear()
         if self.transport is not None:
             self.transport.close()
 
@@ -212,6 +220,11 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"the engine's answer is not valid HTTP ({exc})"))
             self.close()
+        if self.pending:
+            self._deliver()
+        if self.on_first is not None and self.buffer and self.status == 200 and self.sink is None:
+            on_first, self.on_first = self.on_first, None
+            on_first(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle:
@@ -241,7 +254,7 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
-            self.sink(body)
+            self.pending.append(body)  # handed over once per read (`data_received`), in one piece
         else:
             self.buffer.append(body)
             self._wake()
@@ -266,7 +279,16 @@ class Connection(asyncio.Protocol):
             else:
                 self._wake()
 
+    def _deliver(self) -> None:
+        pending, sink = self.pending, self.sink
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        if sink is not None:
+            sink(data)
+
     def _end(self, exc: BaseException | None) -> None:
+        if self.pending:
+            self._deliver()
         ended, self.sink, self.ended = self.ended, None, None
         if ended is not None:
             ended(exc)

@@ -200,3 +200,79 @@ def test_an_engine_that_dies_mid_stream_ends_the_sink_with_an_error_and_garbage_
             await conn.head()
 
     run(handler, test)
+
+
+def test_on_first_attaches_in_the_read_of_a_200_answers_first_bytes_and_not_for_other_answers() -> None:
+    """A stream's relay starts the client's response in the callback that reads the engine's first chunk (before
+    the request's task runs again); `chunk()` then says the body goes to the sink. A 503 keeps the buffer: it is
+    answered (or retried) by the task."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if b"busy" in body:
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 0\n\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"9\r\ndata: 1\n\n\r\n0\r\n\r\n")
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        got: list[bytes] = []
+        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        task_ran: list[bool] = []
+
+        def on_first(conn: Connection) -> None:
+            got.append(b"<head:%d>" % conn.status)
+            task_ran.append(False)
+            conn.attach(got.append, ended.set_result)
+
+        conn = await pool.connect(target, 1)
+        conn.on_first = on_first
+        conn.send(request_head(target, "/v1/completions", {}), b"{}")
+        assert await conn.head() == 200
+        assert got == [b"<head:200>", b"data: 0\n\n"]  # before this task resumed
+        assert await conn.chunk() == b""
+        assert await ended is None
+        assert got[2:] == [b"data: 1\n\n"]
+        conn.release()
+        conn = await pool.connect(target, 1)
+        assert conn.reused and conn.on_first is None  # a pooled connection forgets the last request's hook
+        conn.on_first = on_first
+        conn.send(request_head(target, "/v1/completions", {}), b'"busy"')
+        assert await conn.head() == 503
+        assert await conn.read() == b"busy"
+        assert len(task_ran) == 1  # not called for the 503
+        conn.release()
+
+    run(handler, test)
+
+
+def test_what_one_read_brings_reaches_the_sink_as_one_piece() -> None:
+    """Several HTTP chunks in one read are handed to an attached sink joined (the relay writes them to the client
+    as one HTTP chunk); the pieces read with the answer's end come before `ended`."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 0\n\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"".join(b"9\r\ndata: %d\n\n\r\n" % i for i in (1, 2, 3)))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"9\r\ndata: 4\n\n\r\n9\r\ndata: 5\n\n\r\n0\r\n\r\n")
+        await reader.read()
+
+    async def test(pool: UpstreamPool, target: Target) -> None:
+        conn = await ask(pool, target)
+        assert await conn.chunk() == b"data: 0\n\n"
+        got: list[bytes] = []
+        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        conn.attach(got.append, ended.set_result)
+        assert await ended is None
+        assert got == [b"data: 1\n\ndata: 2\n\ndata: 3\n\n", b"data: 4\n\ndata: 5\n\n"]
+        conn.release()
+
+    run(handler, test)
