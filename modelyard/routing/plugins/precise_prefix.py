@@ -3,17 +3,15 @@ request's blocks, from the replicas' own KV events (routing/kv_events.py into ro
 request's block keys computed as the engine computes them (its /tokenize, then vLLM's block chain:
 routing/tokenize.py). Replicas that publish no events score 0 (their models keep the approximate `default`).
 
-A prompt that no replica holds much of (best under `cold_below`) is placed by rendezvous hashing of its head's key
-among the replicas whose load is within `cold_slack` of the mean: the same choice in every gateway process and for
-every request of a burst that shares a new prefix, before any event about it has come back. Placement under
-capacity (`cold_room`, on by default): among those, the replica with room for the most copies of the prompt's
-blocks in its KV cache (its size from `vllm:cache_config_info`, what it holds from its events; without a size, the
-one that holds least) goes first, the hash order deciding among equals: new prefixes spread over the caches while
-they fill, instead of evicting prefixes still in use where the hash happens to point, and once every cache is full
-the hash order alone decides. Every gateway worker hears the same events, so they choose alike. Until the events of
-a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the scorer counts
-the blocks it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of a new prefix
-follows its first request) and against the replica's room.
+A prompt that no replica holds much of (best under `cold_below` of its blocks) is placed under capacity
+(routing/placement.py): among the replicas whose load is within `cold_slack` of the mean, in the order rendezvous
+hashing of its head gives them, the one with room for it beside the blocks in use there (`horizon_s`), else the one
+whose prefixes are coldest; without `cold_room`, the hash order alone. A prefix whose holders are all overloaded
+(`spill_load`, `spill_min`) is placed so on one more replica. Until the events of a placement come back (a prompt
+that waits in the engine's queue is stored only when admitted), the scorer counts the blocks it sent there, for
+`reserve_s`, in a second, pending index: they count as held (a burst of a new prefix follows its first request) and
+against the replica's room. With `head_keys` (on by default), a chat's keys are those of its system head, tokenized
+once per head (routing/head_keys.py): a request of a known system prompt needs no `/tokenize` round trip.
 """
 
 from __future__ import annotations
@@ -28,8 +26,10 @@ from pydantic import Field
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
 from modelyard.routing.endpoints import Endpoint
+from modelyard.routing.head_keys import HeadKeys
 from modelyard.routing.kv_events import KVEventFeed
 from modelyard.routing.kv_index import KVIndex
+from modelyard.routing.placement import Placement, WorkingSets
 from modelyard.routing.tokenize import EngineTokens, TokenizeError
 
 TYPE = "precise-prefix"
@@ -50,6 +50,10 @@ class Params(PluginParams):
     cold_slack: Annotated[float, Field(ge=0)] = 0.25
     cold_room: bool = True  # a cold prompt prefers a replica with room left in its KV cache
     reserve_s: Annotated[float, Field(ge=0)] = 2.0  # how long a cold placement is remembered before its events
+    horizon_s: Annotated[float, Field(gt=0)] = 30.0  # blocks sent to a replica this recently are in use there
+    spill_load: Annotated[float, Field(ge=1)] = 2.0  # a holder past this x the mean load (+ spill_min) is overloaded
+    spill_min: Annotated[int, Field(ge=0)] = 8
+    head_keys: bool = True  # a chat's keys from its system head, tokenized once per head
 
 
 class PrecisePrefixScorer:
@@ -58,9 +62,13 @@ class PrecisePrefixScorer:
         self.index = KVIndex(params.index_blocks)
         self.feed = KVEventFeed(self.index)
         self.tokens = EngineTokens(params.tokenize_cache, params.max_blocks)
-        self._synced_at = float("-inf")
+        self.heads = HeadKeys(self.tokens) if params.head_keys else None
+        self._synced_at = self._working_at = float("-inf")
         self.pending = KVIndex(params.index_blocks)  # blocks sent to replicas whose events may not have come yet
         self._expiry: deque[tuple[float, int, tuple[int, ...]]] = deque()  # (until, replica, keys), oldest first
+        self.working = WorkingSets(params.horizon_s, params.index_blocks)
+        self.placement = Placement(self.working, self._held, context.processes, params.cold_slack, params.cold_room,
+                                   params.spill_load, params.spill_min)
 
     async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
         now = self.context.clock()
@@ -77,7 +85,8 @@ class PrecisePrefixScorer:
             return
         block_size = target.kv_block_size or self.index.block_sizes.get(target.replica) or DEFAULT_BLOCK_SIZE
         try:
-            request.kv_keys = await self.tokens.keys(request.payload, target.upstream_model or request.model,
+            source = self.heads or self.tokens
+            request.kv_keys = await source.keys(request.payload, target.upstream_model or request.model,
                                                      target.url, target.tokenize_path, block_size,
                                                      target.kv_hash_seed or "0")
         except TokenizeError as exc:
@@ -95,42 +104,38 @@ class PrecisePrefixScorer:
         for replica, depth in self.pending.matches(keys).items():
             if depth > matched.get(replica, 0):
                 matched[replica] = depth
-        best = 0
+        holders = []
         if matched:
             replicas = [e.replica if e.kv_events else -1 for e in endpoints]
+            warm = self.params.cold_below * total
             for replica, depth in matched.items():
                 if replica in replicas:
-                    scores[replicas.index(replica)] = depth / total
-                    best = max(best, depth)
-        if best < self.params.cold_below * total:
-            chosen = self.rendezvous(keys, endpoints)
+                    at = replicas.index(replica)
+                    scores[at] = depth / total
+                    if depth >= warm:
+                        holders.append(at)
+        head = keys[min(self.params.head_blocks, total) - 1]
+        if not holders:
+            chosen = self.placement.place(keys, head, endpoints, matched)
             if chosen is not None:
                 scores[chosen] = 1.0
+        elif self.placement.overloaded(endpoints, holders):
+            chosen = self.placement.place(keys, head, endpoints, matched, exclude=holders)
+            if chosen is not None:
+                scores[chosen] = max(scores[i] for i in holders)
         return scores
 
-    def rendezvous(self, keys: Sequence[int], endpoints: Sequence[Endpoint]) -> int | None:
-        """The first candidate with events, in the order that highest-random-weight hashing of the head's key gives
-        them, whose load is within `cold_slack` of the mean (consistent hashing with bounded loads)."""
-        head = keys[min(self.params.head_blocks, len(keys)) - 1]
-        candidates = [i for i, e in enumerate(endpoints) if e.kv_events]
-        if not candidates:
-            return None
-        order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
-        loads = [max(e.in_flight, e.running + e.waiting) for e in endpoints]
-        bound = sum(loads[i] for i in candidates) / len(candidates) * (1.0 + self.params.cold_slack) + 1.0
-        within = [i for i in order if loads[i] <= bound] or order[:1]
-        if not self.params.cold_room:
-            return within[0]
-        need = len(keys)
-        return max(within, key=lambda i: self.room(endpoints[i]) // need)  # max keeps the first of equals
+    def _held(self, replica: int) -> int:
+        return self.index.blocks(replica) + self.pending.blocks(replica)
 
     def room(self, endpoint: Endpoint) -> int:
-        """Blocks its KV cache can take without evicting any; minus what it holds when its size is unknown."""
-        held = self.index.blocks(endpoint.replica) + self.pending.blocks(endpoint.replica)
-        return max(0, endpoint.kv_blocks - held) if endpoint.kv_blocks is not None else -held
+        return self.placement.room(endpoint)
 
     def _expire(self) -> None:
         now = self.context.clock()
+        if now - self._working_at >= self.working.refresh_s / 4:
+            self._working_at = now
+            self.working.expire(now)
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
             _, replica, keys = expiry.popleft()
@@ -138,7 +143,10 @@ class PrecisePrefixScorer:
 
     def routed(self, request: RouteRequest, endpoint: Endpoint) -> None:
         keys = request.kv_keys
-        if not keys or not endpoint.kv_events or self.index.holds(endpoint.replica, keys[-1]):
+        if not keys or not endpoint.kv_events:
+            return
+        self.working.touched(endpoint.replica, keys, self.context.clock())
+        if self.index.holds(endpoint.replica, keys[-1]):
             return  # nothing new there
         self.pending.stored(endpoint.replica, keys)
         self._expiry.append((self.context.clock() + self.params.reserve_s, endpoint.replica, keys))

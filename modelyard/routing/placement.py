@@ -1,0 +1,134 @@
+"""Where a prompt goes when no replica holds its prefix, and when a held prefix gets a second replica (issue 17, item
+3): the precise-prefix scorer's placement under capacity, apart from its scoring.
+
+A replica's LRU cache keeps a prefix until `capacity` other blocks have been used since its last use, so what a new
+prefix competes with there is not every block the engine holds (its events say the cache is always full once warm)
+but the blocks still in use: those that requests were sent with in the last `horizon_s` (`WorkingSets`, the
+router's own record per replica, refreshed at most every `horizon_s / 8` per chain). A replica's room is its
+capacity (`vllm:cache_config_info`) less the smaller of what it holds (its events and the pending placements) and
+what is in use there (times the gateway processes, each of which sees its share of the requests). A cold prompt
+goes, among the replicas whose load is within `cold_slack` of the mean (in the order that rendezvous hashing of its
+head gives them, the same in every process), to the one with room for it and the most room left; where none has
+room, to the one whose prefixes are coldest (fewest requests in the horizon): what it evicts is used least.
+
+A hot prefix: when every replica holding a request's prefix is overloaded (its engine queues, or it carries more
+than `spill_load` times the mean load plus `spill_min`), the request is placed as a cold one among the others, and
+scores there as it would where it is held: the load scorer sends it to the new copy, and the next requests of the
+prefix follow (the pending index), so the prefix is served from two replicas until they are both overloaded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+
+from modelyard.routing.endpoints import Endpoint
+
+
+def load_of(endpoint: Endpoint) -> int:
+    """The engine's requests (running + queued at the last scrape, freshened by the gateway's sends since), or the
+    gateway's in-flight count where that is larger (no scrape yet)."""
+    engine = endpoint.running + endpoint.waiting + endpoint.in_flight - endpoint.in_flight_at_scrape
+    return max(endpoint.in_flight, engine)
+
+
+class WorkingSets:
+    """Per replica, the block keys that requests were sent there with in the last `horizon_s` (oldest first), and
+    the times of those requests; bounded by `max_blocks` per replica."""
+
+    def __init__(self, horizon_s: float, max_blocks: int) -> None:
+        self.horizon_s, self.max_blocks = horizon_s, max_blocks
+        self.refresh_s = horizon_s / 8
+        self._blocks: dict[int, OrderedDict[int, float]] = {}
+        self._requests: dict[int, deque[float]] = {}
+
+    def touched(self, replica: int, keys: Sequence[int], now: float) -> None:
+        blocks = self._blocks.get(replica)
+        if blocks is None:
+            blocks = self._blocks[replica] = OrderedDict()
+            self._requests[replica] = deque()
+        self._requests[replica].append(now)
+        if not keys:
+            return
+        stamp = blocks.get(keys[-1])
+        if stamp is not None and now - stamp < self.refresh_s:
+            return  # the whole chain was in use a moment ago (a chain's last key stands for its prefix)
+        move = blocks.move_to_end
+        for key in keys:
+            if key in blocks:
+                move(key)
+            blocks[key] = now
+        while len(blocks) > self.max_blocks:
+            blocks.popitem(last=False)
+
+    def expire(self, now: float) -> None:
+        cutoff = now - self.horizon_s
+        for blocks in self._blocks.values():
+            while blocks:
+                key, stamp = next(iter(blocks.items()))
+                if stamp >= cutoff:
+                    break
+                blocks.popitem(last=False)
+        for times in self._requests.values():
+            while times and times[0] < cutoff:
+                times.popleft()
+
+    def live(self, replica: int) -> int:
+        return len(self._blocks.get(replica, ()))
+
+    def requests(self, replica: int) -> int:
+        return len(self._requests.get(replica, ()))
+
+    def clear(self, replica: int) -> None:
+        self._blocks.pop(replica, None)
+        self._requests.pop(replica, None)
+
+
+class Placement:
+    """The choices of placement under capacity for one model's replicas (see the module's docstring)."""
+
+    def __init__(self, working: WorkingSets, held: Callable[[int], int], processes: int = 1,
+                 cold_slack: float = 0.25, room: bool = True, spill_load: float = 2.0, spill_min: int = 8) -> None:
+        self.working, self.held, self.processes = working, held, max(1, processes)
+        self.cold_slack, self.use_room = cold_slack, room
+        self.spill_load, self.spill_min = spill_load, spill_min
+
+    def room(self, endpoint: Endpoint) -> int:
+        """Blocks its cache can take without evicting a block in use; without a known size, minus what it uses."""
+        used = min(self.held(endpoint.replica), self.working.live(endpoint.replica) * self.processes)
+        return endpoint.kv_blocks - used if endpoint.kv_blocks is not None else -used
+
+    def place(self, keys: Sequence[int], head: int, endpoints: Sequence[Endpoint], matched: dict[int, int],
+              exclude: Sequence[int] = ()) -> int | None:
+        """The index of the endpoint a prompt with these keys should go to, among those with events and not in
+        `exclude`; None when there is none. `matched`: replica -> leading blocks it holds already."""
+        candidates = [i for i, e in enumerate(endpoints) if e.kv_events and i not in exclude]
+        if not candidates:
+            return None
+        order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
+        loads = [load_of(endpoints[i]) for i in order]
+        bound = sum(loads) / len(loads) * (1.0 + self.cold_slack) + 1.0
+        within = [i for i, load in zip(order, loads, strict=True) if load <= bound] or order[:1]
+        if not self.use_room or len(within) == 1:
+            return within[0]
+        total = len(keys)
+        left = {i: self.room(endpoints[i]) - (total - matched.get(endpoints[i].replica, 0)) for i in within}
+        fits = [i for i in within if left[i] >= 0]
+        if fits:
+            return max(fits, key=left.__getitem__)  # max keeps the first of equals: the hash order decides ties
+        return min(within, key=lambda i: self.working.requests(endpoints[i].replica))
+
+    def overloaded(self, endpoints: Sequence[Endpoint], holders: Sequence[int]) -> bool:
+        """Whether every holder of a prefix is past what it can serve (its engine queues, or its load is over
+        `spill_load` x the mean of the replicas with events + `spill_min`) while another replica is not."""
+        loads = {i: load_of(endpoints[i]) for i in holders}
+        if any(loads[i] <= self.spill_min and endpoints[i].waiting_now() <= 0 for i in holders):
+            return False  # the usual case, answered without the others' loads
+        others = {i: load_of(e) for i, e in enumerate(endpoints) if e.kv_events and i not in loads}
+        bound = self.spill_load * (sum(loads.values()) + sum(others.values())) / (len(loads) + len(others))
+        bound += self.spill_min
+
+        def over(i: int, load: int) -> bool:
+            return endpoints[i].waiting_now() > 0 or load > bound
+
+        return all(over(i, load) for i, load in loads.items()) and not all(over(i, v) for i, v in others.items())
