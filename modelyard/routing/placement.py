@@ -25,13 +25,6 @@ from collections.abc import Callable, Sequence
 from modelyard.routing.endpoints import Endpoint
 
 
-def load_of(endpoint: Endpoint) -> int:
-    """The engine's requests (running + queued at the last scrape, freshened by the gateway's sends since), or the
-    gateway's in-flight count where that is larger (no scrape yet)."""
-    engine = endpoint.running + endpoint.waiting + endpoint.in_flight - endpoint.in_flight_at_scrape
-    return max(endpoint.in_flight, engine)
-
-
 class WorkingSets:
     """Per replica, the block keys that requests were sent there with in the last `horizon_s` (oldest first), and
     the times of those requests; bounded by `max_blocks` per replica."""
@@ -87,48 +80,73 @@ class WorkingSets:
 class Placement:
     """The choices of placement under capacity for one model's replicas (see the module's docstring)."""
 
-    def __init__(self, working: WorkingSets, held: Callable[[int], int], processes: int = 1,
-                 cold_slack: float = 0.25, room: bool = True, spill_load: float = 2.0, spill_min: int = 8) -> None:
-        self.working, self.held, self.processes = working, held, max(1, processes)
+    ROOM_TTL_S = 0.05  # a replica's room is recomputed this often, and when the scorer sends it new blocks
+
+    def __init__(self, working: WorkingSets, held: Callable[[int], int], clock: Callable[[], float],
+                 processes: int = 1, cold_slack: float = 0.25, room: bool = True, spill_load: float = 1.5,
+                 spill_min: int = 8) -> None:
+        self.working, self.held, self.clock, self.processes = working, held, clock, max(1, processes)
         self.cold_slack, self.use_room = cold_slack, room
         self.spill_load, self.spill_min = spill_load, spill_min
+        self._rooms: dict[int, tuple[float, int]] = {}  # replica -> (when, room)
+
+    def forget(self, replica: int) -> None:
+        self._rooms.pop(replica, None)
 
     def room(self, endpoint: Endpoint) -> int:
         """Blocks its cache can take without evicting a block in use; without a known size, minus what it uses."""
+        now = self.clock()
+        memo = self._rooms.get(endpoint.replica)
+        if memo is not None and now - memo[0] < self.ROOM_TTL_S:
+            return memo[1]
         used = min(self.held(endpoint.replica), self.working.live(endpoint.replica) * self.processes)
-        return endpoint.kv_blocks - used if endpoint.kv_blocks is not None else -used
+        room = endpoint.kv_blocks - used if endpoint.kv_blocks is not None else -used
+        self._rooms[endpoint.replica] = (now, room)
+        return room
 
     def place(self, keys: Sequence[int], head: int, endpoints: Sequence[Endpoint], matched: dict[int, int],
               exclude: Sequence[int] = ()) -> int | None:
         """The index of the endpoint a prompt with these keys should go to, among those with events and not in
         `exclude`; None when there is none. `matched`: replica -> leading blocks it holds already."""
-        candidates = [i for i, e in enumerate(endpoints) if e.kv_events and i not in exclude]
-        if not candidates:
+        loads = [(i, max(e.in_flight, e.running + e.waiting + e.in_flight - e.in_flight_at_scrape))
+                 for i, e in enumerate(endpoints) if e.kv_events and i not in exclude]
+        if not loads:
             return None
-        order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
-        loads = [load_of(endpoints[i]) for i in order]
-        bound = sum(loads) / len(loads) * (1.0 + self.cold_slack) + 1.0
-        within = [i for i, load in zip(order, loads, strict=True) if load <= bound] or order[:1]
-        if not self.use_room or len(within) == 1:
-            return within[0]
-        total = len(keys)
-        left = {i: self.room(endpoints[i]) - (total - matched.get(endpoints[i].replica, 0)) for i in within}
-        fits = [i for i in within if left[i] >= 0]
-        if fits:
-            return max(fits, key=left.__getitem__)  # max keeps the first of equals: the hash order decides ties
-        return min(within, key=lambda i: self.working.requests(endpoints[i].replica))
+        bound = sum(load for _, load in loads) / len(loads) * (1.0 + self.cold_slack) + 1.0
+        total, use_room = len(keys), self.use_room
+        best, best_key = None, (0, 0, 0)
+        for i, load in loads:
+            if load > bound:
+                continue
+            replica = endpoints[i].replica
+            order = hash((head, replica))  # rendezvous hashing: the tie-break, the same in every process
+            if not use_room:
+                key = (1, 0, order)
+            else:
+                left = self.room(endpoints[i]) - (total - matched.get(replica, 0))
+                key = (1, left, order) if left >= 0 else (0, -self.working.requests(replica), order)
+            if best is None or key > best_key:
+                best, best_key = i, key
+        return best
 
     def overloaded(self, endpoints: Sequence[Endpoint], holders: Sequence[int]) -> bool:
-        """Whether every holder of a prefix is past what it can serve (its engine queues, or its load is over
-        `spill_load` x the mean of the replicas with events + `spill_min`) while another replica is not."""
-        loads = {i: load_of(endpoints[i]) for i in holders}
-        if any(loads[i] <= self.spill_min and endpoints[i].waiting_now() <= 0 for i in holders):
-            return False  # the usual case, answered without the others' loads
-        others = {i: load_of(e) for i, e in enumerate(endpoints) if e.kv_events and i not in loads}
-        bound = self.spill_load * (sum(loads.values()) + sum(others.values())) / (len(loads) + len(others))
-        bound += self.spill_min
+        """Whether every holder of a prefix is past what it can serve (its load over `spill_load` x the mean of the
+        replicas with events, + `spill_min` unless its engine queues) while another replica is not."""
+        spill_min = self.spill_min
+        for i in holders:
+            e = endpoints[i]
+            if e.waiting_now() <= 0 and e.in_flight <= spill_min and \
+                    e.running + e.waiting + e.in_flight - e.in_flight_at_scrape <= spill_min:
+                return False  # the usual case, answered without the others' loads
+        loads = [max(e.in_flight, e.running + e.waiting + e.in_flight - e.in_flight_at_scrape) if e.kv_events else -1
+                 for e in endpoints]
+        live = [load for load in loads if load >= 0]
+        bound = self.spill_load * sum(live) / max(1, len(live))
 
-        def over(i: int, load: int) -> bool:
-            return endpoints[i].waiting_now() > 0 or load > bound
+        def over(i: int) -> bool:
+            return loads[i] > bound + (0 if endpoints[i].waiting_now() > 0 else spill_min)
 
-        return all(over(i, load) for i, load in loads.items()) and not all(over(i, v) for i, v in others.items())
+        if not all(over(i) for i in holders):
+            return False
+        held = set(holders)
+        return any(load >= 0 and i not in held and not over(i) for i, load in enumerate(loads))

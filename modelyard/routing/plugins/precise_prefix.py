@@ -51,7 +51,7 @@ class Params(PluginParams):
     cold_room: bool = True  # a cold prompt prefers a replica with room left in its KV cache
     reserve_s: Annotated[float, Field(ge=0)] = 2.0  # how long a cold placement is remembered before its events
     horizon_s: Annotated[float, Field(gt=0)] = 30.0  # blocks sent to a replica this recently are in use there
-    spill_load: Annotated[float, Field(ge=1)] = 2.0  # a holder past this x the mean load (+ spill_min) is overloaded
+    spill_load: Annotated[float, Field(ge=1)] = 1.5  # a holder past this x the mean load (+ spill_min) is overloaded
     spill_min: Annotated[int, Field(ge=0)] = 8
     head_keys: bool = True  # a chat's keys from its system head, tokenized once per head
 
@@ -67,8 +67,8 @@ class PrecisePrefixScorer:
         self.pending = KVIndex(params.index_blocks)  # blocks sent to replicas whose events may not have come yet
         self._expiry: deque[tuple[float, int, tuple[int, ...]]] = deque()  # (until, replica, keys), oldest first
         self.working = WorkingSets(params.horizon_s, params.index_blocks)
-        self.placement = Placement(self.working, self._held, context.processes, params.cold_slack, params.cold_room,
-                                   params.spill_load, params.spill_min)
+        self.placement = Placement(self.working, self._held, context.clock, context.processes, params.cold_slack,
+                                   params.cold_room, params.spill_load, params.spill_min)
 
     async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
         now = self.context.clock()
@@ -106,11 +106,11 @@ class PrecisePrefixScorer:
                 matched[replica] = depth
         holders = []
         if matched:
-            replicas = [e.replica if e.kv_events else -1 for e in endpoints]
+            positions = {e.replica: i for i, e in enumerate(endpoints) if e.kv_events}
             warm = self.params.cold_below * total
             for replica, depth in matched.items():
-                if replica in replicas:
-                    at = replicas.index(replica)
+                at = positions.get(replica)
+                if at is not None:
                     scores[at] = depth / total
                     if depth >= warm:
                         holders.append(at)
@@ -149,6 +149,7 @@ class PrecisePrefixScorer:
         if self.index.holds(endpoint.replica, keys[-1]):
             return  # nothing new there
         self.pending.stored(endpoint.replica, keys)
+        self.placement.forget(endpoint.replica)
         self._expiry.append((self.context.clock() + self.params.reserve_s, endpoint.replica, keys))
 
     def finished(self, request: RouteRequest, endpoint: Endpoint) -> None:
