@@ -22,7 +22,9 @@
 #        level, the workload's first N requests at once through the policy under test, then the counters: the level
 #        measures a warm cluster, not the first request of each system prompt), TENANTS (a tenant mix: one key per
 #        tenant and one bench per tenant at once, "SHARE|WORKLOAD ARGS;SHARE|..." with each tenant's share of
-#        NUM_REQUESTS and of the rate, PRIME per tenant as "SHARE|PRIME|ARGS"; benchmarks/routing_proof.sh makes it)
+#        NUM_REQUESTS and of the rate, PRIME per tenant as "SHARE|PRIME|ARGS"; benchmarks/routing_proof.sh makes it),
+#        POLICY_RATES (other rates for some policies, "POLICY=R,R POLICY=R": a policy that saturates early need not
+#        run its slowest levels), DRAIN_S (how long a level waits for its last answers, default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES="${1:-4,8,12,16,24}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
@@ -46,7 +48,11 @@ fi
 SIM_PARAMS=(prefill_overhead_s=0.01 prefill_s_per_token=0.0002 itl_base_s=0.02 itl_per_seq_s=0 kv_blocks=480
             block_size=16 max_num_seqs=64 max_model_len=4096)
 if [ -n "${SIM_PARAMS_ARGS:-}" ]; then read -r -a SIM_PARAMS <<< "$SIM_PARAMS_ARGS"; fi
-PRIME="${PRIME:-0}"; TENANTS="${TENANTS:-}"
+PRIME="${PRIME:-0}"; TENANTS="${TENANTS:-}"; DRAIN_S="${DRAIN_S:-60}"; POLICY_RATES="${POLICY_RATES:-}"
+rates_of() {  # POLICY: its rates
+  local entry; for entry in $POLICY_RATES; do [ "${entry%%=*}" = "$1" ] && { echo "${entry#*=}"; return; }; done
+  echo "$RATES"
+}
 # 11 groups (coprime with the replica count, so that round-robin does not pin groups to replicas by accident),
 # 6 conversations of 3 turns each: 198 requests, ordered turn by turn, round-robin over groups
 WORKLOAD=(--dataset shared-prefix --prefix-groups 11 --prefix-len 800 --prefix-conversations 6 --prefix-turns 3
@@ -156,7 +162,7 @@ bench() {  # OUT_DIR URL MODEL RATE N MAX_S KEY_VAR WORKLOAD_ARGS...: one open-l
   local out=$1 url=$2 model=$3 rate=$4 n=$5 max_s=$6 key=$7; shift 7
   local load=(--rate "$rate"); [ "$rate" = 0 ] && load=(--concurrency "$n")
   $PY -m modelyard bench --target "$name=$url${key:+@$key}" --model "$model" "$@" "${load[@]}" \
-      --num-requests "$n" --max-duration "$max_s" --warmup 0 --drain-timeout 60 --no-progress --no-plots \
+      --num-requests "$n" --max-duration "$max_s" --warmup 0 --drain-timeout "$DRAIN_S" --no-progress --no-plots \
       --output-dir "$out"
 }
 
@@ -201,14 +207,16 @@ for policy in ${POLICIES//,/ }; do
   echo "== $name"
   if [ "$kind" = modelyard ]; then
     grep -q "name: $profile," "$WORK/yard.yaml" || continue
-    for rate in ${RATES//,/ }; do run_level "$name" "http://127.0.0.1:$P_GW/v1" "$profile" "$rate"; done
+    rates=$(rates_of "$policy")
+    for rate in ${rates//,/ }; do run_level "$name" "http://127.0.0.1:$P_GW/v1" "$profile" "$rate"; done
   else
     "$PEER_VENV/bin/vllm-router" --host 127.0.0.1 --port "$P_VR" --worker-urls "${SIMS[@]}" --policy "$profile" \
         --prometheus-host 127.0.0.1 --prometheus-port "$P_VR_PROM" --worker-startup-check-interval 1 \
         --log-level warning > "$WORK/vllm-router-$profile.log" 2>&1 &
     VR_PID=$!; track $VR_PID
     wait_up "http://127.0.0.1:$P_VR/health"
-    for rate in ${RATES//,/ }; do
+    rates=$(rates_of "$policy")
+    for rate in ${rates//,/ }; do
       run_level "$name" "http://127.0.0.1:$P_VR/v1" sim "$rate" "http://127.0.0.1:$P_VR_PROM"
     done
     kill -INT "$VR_PID" 2>/dev/null || true; wait "$VR_PID" 2>/dev/null || true

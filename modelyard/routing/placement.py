@@ -11,10 +11,11 @@ goes, among the replicas whose load is within `cold_slack` of the mean (in the o
 head gives them, the same in every process), to the one with room for it and the most room left; where none has
 room, to the one whose prefixes are coldest (fewest requests in the horizon): what it evicts is used least.
 
-A hot prefix: when every replica holding a request's prefix is overloaded (its engine queues, or it carries more
-than `spill_load` times the mean load plus `spill_min`), the request is placed as a cold one among the others, and
-scores there as it would where it is held: the load scorer sends it to the new copy, and the next requests of the
-prefix follow (the pending index), so the prefix is served from two replicas until they are both overloaded.
+A hot prefix: when every replica holding a request's prefix has been overloaded for `spill_after_s` (it carries
+more than `spill_load` times the mean load, plus `spill_min` unless its engine queues) while another replica is
+not, the request is placed as a cold one among the others, and scores there as it would where it is held: the load
+scorer sends it to the new copy, and the next requests of the prefix follow (the pending index), so the prefix is
+served from two replicas until they are both overloaded.
 """
 
 from __future__ import annotations
@@ -84,11 +85,24 @@ class Placement:
 
     def __init__(self, working: WorkingSets, held: Callable[[int], int], clock: Callable[[], float],
                  processes: int = 1, cold_slack: float = 0.25, room: bool = True, spill_load: float = 1.5,
-                 spill_min: int = 8) -> None:
+                 spill_min: int = 8, spill_after_s: float = 0.5) -> None:
         self.working, self.held, self.clock, self.processes = working, held, clock, max(1, processes)
         self.cold_slack, self.use_room = cold_slack, room
-        self.spill_load, self.spill_min = spill_load, spill_min
+        self.spill_load, self.spill_min, self.spill_after_s = spill_load, spill_min, spill_after_s
         self._rooms: dict[int, tuple[float, int]] = {}  # replica -> (when, room)
+        self._over_since: dict[int, float] = {}  # a prefix's head key -> since when its holders are overloaded
+
+    def spill(self, head: int, endpoints: Sequence[Endpoint], holders: Sequence[int]) -> bool:
+        """Whether the prefix gets one more replica: its holders have been overloaded for `spill_after_s` (a
+        moment's burst does not copy a prefix)."""
+        if not self.overloaded(endpoints, holders):
+            self._over_since.pop(head, None)
+            return False
+        now = self.clock()
+        since = self._over_since.setdefault(head, now)
+        if len(self._over_since) > 4096:  # bounded: the oldest goes
+            self._over_since.pop(next(iter(self._over_since)))
+        return now - since >= self.spill_after_s
 
     def forget(self, replica: int) -> None:
         self._rooms.pop(replica, None)

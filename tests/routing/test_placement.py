@@ -112,6 +112,8 @@ def test_a_hot_prefix_gets_a_second_replica_when_its_holder_cannot_serve_its_rat
     assert script.send(prefix(0)) == home  # a holder that keeps up keeps it
     hot = script.replicas[home]
     hot.running, hot.waiting, hot.scraped_at = 32, 6, 1.0  # its engine queues; the others are idle
+    assert script.scorer.score(request(prefix(0)), script.replicas).count(1.0) == 1  # a moment's burst: not yet
+    script.now += 0.6  # still overloaded past spill_after_s
     scores = script.scorer.score(request(prefix(0)), script.replicas)
     second = max((i for i in range(4) if i != home), key=scores.__getitem__)
     assert scores[second] == scores[home] == 1.0  # as good a place, for the load scorer to choose between
@@ -127,8 +129,10 @@ def test_no_second_replica_when_every_replica_is_as_loaded() -> None:
     home = script.send(prefix(0))
     for endpoint in script.replicas:
         endpoint.running, endpoint.waiting = 30, 3
-    scores = script.scorer.score(request(prefix(0)), script.replicas)
-    assert scores.count(1.0) == 1 and scores[home] == 1.0
+    for _ in range(3):
+        scores = script.scorer.score(request(prefix(0)), script.replicas)
+        assert scores.count(1.0) == 1 and scores[home] == 1.0
+        script.now += 0.5
 
 
 def test_working_sets_forget_what_the_horizon_passed_and_stay_bounded() -> None:

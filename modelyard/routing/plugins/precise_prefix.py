@@ -7,11 +7,12 @@ A prompt that no replica holds much of (best under `cold_below` of its blocks) i
 (routing/placement.py): among the replicas whose load is within `cold_slack` of the mean, in the order rendezvous
 hashing of its head gives them, the one with room for it beside the blocks in use there (`horizon_s`), else the one
 whose prefixes are coldest; without `cold_room`, the hash order alone. A prefix whose holders are all overloaded
-(`spill_load`, `spill_min`) is placed so on one more replica. Until the events of a placement come back (a prompt
-that waits in the engine's queue is stored only when admitted), the scorer counts the blocks it sent there, for
-`reserve_s`, in a second, pending index: they count as held (a burst of a new prefix follows its first request) and
-against the replica's room. With `head_keys` (on by default), a chat's keys are those of its system head, tokenized
-once per head (routing/head_keys.py): a request of a known system prompt needs no `/tokenize` round trip.
+(`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica. Until the events of a placement
+come back (a prompt that waits in the engine's queue is stored only when admitted), the scorer counts the blocks
+it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of a new prefix follows its
+first request) and against the replica's room. With `head_keys` (on by default), a chat's keys are those of its
+system head, tokenized once per head (routing/head_keys.py): a request of a known system prompt needs no
+`/tokenize` round trip.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Params(PluginParams):
     horizon_s: Annotated[float, Field(gt=0)] = 30.0  # blocks sent to a replica this recently are in use there
     spill_load: Annotated[float, Field(ge=1)] = 1.5  # a holder past this x the mean load (+ spill_min) is overloaded
     spill_min: Annotated[int, Field(ge=0)] = 8
+    spill_after_s: Annotated[float, Field(ge=0)] = 0.5  # for so long overloaded before a second replica
     head_keys: bool = True  # a chat's keys from its system head, tokenized once per head
 
 
@@ -68,7 +70,7 @@ class PrecisePrefixScorer:
         self._expiry: deque[tuple[float, int, tuple[int, ...]]] = deque()  # (until, replica, keys), oldest first
         self.working = WorkingSets(params.horizon_s, params.index_blocks)
         self.placement = Placement(self.working, self._held, context.clock, context.processes, params.cold_slack,
-                                   params.cold_room, params.spill_load, params.spill_min)
+                                   params.cold_room, params.spill_load, params.spill_min, params.spill_after_s)
 
     async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
         now = self.context.clock()
@@ -119,7 +121,7 @@ class PrecisePrefixScorer:
             chosen = self.placement.place(keys, head, endpoints, matched)
             if chosen is not None:
                 scores[chosen] = 1.0
-        elif self.placement.overloaded(endpoints, holders):
+        elif self.placement.spill(head, endpoints, holders):
             chosen = self.placement.place(keys, head, endpoints, matched, exclude=holders)
             if chosen is not None:
                 scores[chosen] = max(scores[i] for i in holders)
