@@ -6,24 +6,31 @@
 # the commit to measure (.whl/place/src.commit names it).
 # usage (device tool, carry [".whl"]): bash .whl/place/device_routing_proof.sh
 #   env: BASE_RATES (default 30,60,90,120), VARIANT_RATES (tenants and ru, default 40,80), the limits BASE_S,
-#        VARIANT_S (seconds per variant, default 250 and 110)
+#        VARIANT_S (seconds per variant, default 250 and 110); to try it elsewhere at a tiny scale: SKIP_INSTALL=1
+#        PY=.venv/bin/python PEER_VENV=... OUT=/tmp/x NUM_REQUESTS=32 BASE_RATES=8 ...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-mkdir -p /tmp/src && tar xzf .whl/place/src.tar.gz -C /tmp/src
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl .whl/place/*.whl || exit 1
-tar xJf .whl/vllm_router.tar.xz -C /tmp/site
-mkdir -p /tmp/site/bin
-printf '#!/usr/bin/env python3\nfrom vllm_router.launch_router import main\nmain()\n' > /tmp/site/bin/vllm-router
-chmod +x /tmp/site/bin/vllm-router
-export PYTHONPATH="/tmp/site:/tmp/src" PYTHONUNBUFFERED=1 PY=python3 PEER_VENV=/tmp/site
+rm -rf /tmp/src && mkdir -p /tmp/src && tar xzf .whl/place/src.tar.gz -C /tmp/src
+if [ -z "${SKIP_INSTALL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl .whl/place/*.whl || exit 1
+  tar xJf .whl/vllm_router.tar.xz -C /tmp/site
+  mkdir -p /tmp/site/bin
+  printf '#!/usr/bin/env python3\nfrom vllm_router.launch_router import main\nmain()\n' > /tmp/site/bin/vllm-router
+  chmod +x /tmp/site/bin/vllm-router
+  export PYTHONPATH="/tmp/site:/tmp/src"
+else
+  export PYTHONPATH=/tmp/src
+fi
+export PYTHONUNBUFFERED=1 PY="${PY:-python3}" PEER_VENV="${PEER_VENV:-/tmp/site}" OUT="${OUT:-/tmp}"
 export COMMIT; COMMIT=$(cat "$root/.whl/place/src.commit")
+case "$PY" in /*) ;; */*) PY="$root/$PY" ;; esac
 cd /tmp/src
 echo "measuring commit $COMMIT on $(nproc) cores, $(python3 --version)"
-python3 benchmarks/routing_decision.py --replicas 64 --requests 5000 --out "$OUT/decision-head.json" | grep -v '^->'
-python3 benchmarks/routing_decision.py --replicas 64 --requests 5000 --whole-keys --out "$OUT/decision-whole.json" \
-    | grep -v '^->'
+"$PY" benchmarks/routing_decision.py --replicas 64 --requests "${DECISIONS:-5000}" --out "$OUT/decision-head.json"
+"$PY" benchmarks/routing_decision.py --replicas 64 --requests "${DECISIONS:-5000}" --whole-keys \
+    --out "$OUT/decision-whole.json"
 run() {  # VARIANT RATES LIMIT_S POLICIES
   local res=/tmp/results/routing_proof-$1-device
   mkdir -p /tmp/results

@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 VARIANT=${1:-base}; RATES=${2:-20,40,60,80}
 RESULTS=${3:-benchmarks/results/routing_proof-$VARIANT-$(date +%Y%m%d-%H%M%S)}
 PY="${PY:-.venv/bin/python}"
-export SIM_PARAMS_ARGS="${SIM_PARAMS_ARGS:-prefill_overhead_s=0.005 prefill_s_per_token=0.0002 itl_base_s=0.008
-  itl_per_seq_s=0.0015 kv_blocks=576 block_size=16 max_num_seqs=48 max_model_len=8192}"
+SIM="prefill_overhead_s=0.005 prefill_s_per_token=0.0002 itl_base_s=0.008 itl_per_seq_s=0.0015 kv_blocks=576"
+export SIM_PARAMS_ARGS="${SIM_PARAMS_ARGS:-$SIM block_size=16 max_num_seqs=48 max_model_len=8192}"
 export POLICIES="${POLICIES:-modelyard:default,modelyard:precise,modelyard:round-robin,vllm-router:cache_aware}"
 export NUM_REQUESTS="${NUM_REQUESTS:-384}" PRIME="${PRIME:-16}"
 BASE="--prefix-groups 16 --prefix-len 2000 --prefix-conversations 8 --prefix-turns 3 --input-len 16 --output-len 16"
