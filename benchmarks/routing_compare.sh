@@ -107,7 +107,9 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
   [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]] && TUNED=1
   # precise-noroom: the precise profile without placement under capacity (issue 17, item 3), to measure it
   [[ ",$POLICIES," == *",modelyard:precise-noroom,"* ]] && [ -n "$KV" ] && NOROOM=1
-  if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM)) -gt 0 ]; then
+  # precise-nospill: the precise profile that never gives a hot prefix a second replica (spill_load 1000)
+  NOSPILL=0; [[ ",$POLICIES," == *",modelyard:precise-nospill,"* ]] && [ -n "$KV" ] && NOSPILL=1
+  if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM + NOSPILL)) -gt 0 ]; then
     echo "routing:"
     echo "  plugins:"
     if [ "$TUNED" = 1 ]; then
@@ -115,6 +117,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
       echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
     fi
     [ "$NOROOM" = 1 ] && echo "    - {name: precise-noroom-scorer, type: precise-prefix, params: {cold_room: false}}"
+    [ "$NOSPILL" = 1 ] && echo "    - {name: precise-nospill-scorer, type: precise-prefix, params: {spill_load: 1000}}"
     echo "  profiles:"
     if [ "$TUNED" = 1 ]; then
       echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
@@ -124,6 +127,10 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
       echo "    - {name: precise-noroom, filters: [ready, saturation-filter], picker: max-score,"
       echo "       scorers: [{plugin: precise-noroom-scorer, weight: 3}, {plugin: load, weight: 1}]}"
     fi
+    if [ "$NOSPILL" = 1 ]; then
+      echo "    - {name: precise-nospill, filters: [ready, saturation-filter], picker: max-score,"
+      echo "       scorers: [{plugin: precise-nospill-scorer, weight: 3}, {plugin: load, weight: 1}]}"
+    fi
   fi
   echo "models:"
   for policy in ${POLICIES//,/ }; do
@@ -131,7 +138,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
     profile=${policy#*:}; routing=""
     if [ "$HAS_ROUTING" = 1 ]; then routing=", routing: $profile"
     elif [ "$profile" != round-robin ]; then echo "skipping $policy: this modelyard has no routing profiles" >&2; continue; fi
-    events=""; if [ "$profile" = precise ] || [ "$profile" = precise-noroom ]; then
+    events=""; if [[ "$profile" == precise* ]]; then
       [ -n "$KV" ] || { echo "skipping $policy: this modelyard's simulator publishes no KV events" >&2; continue; }
       events=$KV
     fi
