@@ -42,6 +42,21 @@ def head_payload(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     return head
 
 
+def _chars(messages: list[Any]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+
+
+def tail_blocks(payload: Mapping[str, Any], head_blocks: int) -> int:
+    """About how many blocks a chat has past its system head, at the head's own characters per block (0 when it
+    has no head)."""
+    head = head_payload(payload)
+    if head is None or head_blocks <= 0:
+        return 0
+    count = len(head["messages"])
+    head_chars = _chars(head["messages"])
+    return (_chars(payload["messages"][count:]) * head_blocks) // max(1, head_chars)
+
+
 class HeadKeys:
     """Keys per head digest: a tuple of keys (a prefix of its prompts' keys), or None (it is not: tokenize whole)."""
 

@@ -35,23 +35,26 @@ class WorkingSets:
         self.refresh_s = horizon_s / 8
         self._blocks: dict[int, OrderedDict[int, float]] = {}
         self._requests: dict[int, deque[float]] = {}
+        self._unique = 0  # the keys of blocks no other request shares (negative: never a real block key)
 
-    def touched(self, replica: int, keys: Sequence[int], now: float) -> None:
+    def touched(self, replica: int, keys: Sequence[int], now: float, unique: int = 0) -> None:
+        """A request sent there with these keys, and `unique` blocks of its own beyond them (the rest of a chat
+        whose keys are its system head's: its own turns take room in that cache too, until LRU evicts them)."""
         blocks = self._blocks.get(replica)
         if blocks is None:
             blocks = self._blocks[replica] = OrderedDict()
             self._requests[replica] = deque()
         self._requests[replica].append(now)
-        if not keys:
-            return
-        stamp = blocks.get(keys[-1])
-        if stamp is not None and now - stamp < self.refresh_s:
-            return  # the whole chain was in use a moment ago (a chain's last key stands for its prefix)
-        move = blocks.move_to_end
-        for key in keys:
-            if key in blocks:
-                move(key)
-            blocks[key] = now
+        for _ in range(unique):
+            self._unique -= 1
+            blocks[self._unique] = now
+        stamp = blocks.get(keys[-1]) if keys else now
+        if stamp is None or now - stamp >= self.refresh_s:  # else the chain was in use a moment ago (its last key
+            move = blocks.move_to_end                       # stands for the whole prefix)
+            for key in keys:
+                if key in blocks:
+                    move(key)
+                blocks[key] = now
         while len(blocks) > self.max_blocks:
             blocks.popitem(last=False)
 

@@ -144,3 +144,30 @@ def test_working_sets_forget_what_the_horizon_passed_and_stay_bounded() -> None:
     assert working.live(0) == 80 and working.requests(0) == 1
     working.expire(now=16.0)
     assert working.live(0) == 0 and working.requests(0) == 0
+
+
+def test_the_turns_of_chats_routed_by_their_head_take_room_where_they_went() -> None:
+    """A hot system prompt's conversations fill its replica's cache with their own turns: a new prompt goes
+    elsewhere, though that replica holds no more system prompts than the others."""
+    scorer = PrecisePrefixScorer(Params(), Context("m"))
+    replicas, _ = cluster(4)
+    system = "word " * 400
+    for group in range(4):  # one system prompt on each replica, whose events say its cache is full (an LRU's is)
+        scorer.routed(request(prefix(group)), replicas[group])
+        scorer.index.stored(group, range(50_000 + 1000 * group, 50_576 + 1000 * group))
+    for turn in range(40):  # the first one's chats: 40 of them, each with its own turns past the head
+        chat = RouteRequest("m", {"messages": [{"role": "system", "content": system},
+                                               {"role": "user", "content": f"question {turn} " + "word " * 40}]})
+        chat.kv_keys = prefix(0)
+        scorer.routed(chat, replicas[0])
+    assert scorer.room(replicas[0]) < scorer.room(replicas[1]) - 300
+    placed = scorer.score(request(prefix(9)), replicas).index(1.0)
+    assert placed != 0
+
+
+def test_a_chats_tail_is_measured_in_its_heads_blocks() -> None:
+    from modelyard.routing.head_keys import tail_blocks
+
+    chat = {"messages": [{"role": "system", "content": "x" * 1000}, {"role": "user", "content": "y" * 250}]}
+    assert tail_blocks(chat, 40) == 10
+    assert tail_blocks({"prompt": "y" * 250}, 40) == 0

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
 from modelyard.routing.endpoints import Endpoint
-from modelyard.routing.head_keys import HeadKeys
+from modelyard.routing.head_keys import HeadKeys, tail_blocks
 from modelyard.routing.kv_events import KVEventFeed
 from modelyard.routing.kv_index import KVIndex
 from modelyard.routing.placement import Placement, WorkingSets
@@ -147,7 +147,8 @@ class PrecisePrefixScorer:
         keys = request.kv_keys
         if not keys or not endpoint.kv_events:
             return
-        self.working.touched(endpoint.replica, keys, self.context.clock())
+        unique = tail_blocks(request.payload, len(keys)) if self.heads is not None else 0
+        self.working.touched(endpoint.replica, keys, self.context.clock(), unique)
         if self.index.holds(endpoint.replica, keys[-1]):
             return  # nothing new there
         self.pending.stored(endpoint.replica, keys)
