@@ -5,7 +5,9 @@
 - precise, uncached: one POST /tokenize to the engine (a simulator process on loopback, its own core where there
   is one) for the chat prompt with its template, then vLLM's sha256_cbor chain over the token ids
   (routing/tokenize.py: EngineTokens with no cache), split into the round trip and the hashing;
-- precise, cached: the same prompt again (a 16-byte BLAKE2 digest of the request and a dict lookup).
+- precise, cached: the same prompt again (a 16-byte BLAKE2 digest of the request and a dict lookup);
+- precise, known head: a new question after a system prompt seen before (routing/head_keys.py: a BLAKE2 digest of
+  the head, no round trip).
 
 Each prompt is new (distinct words) for the uncached ways. Writes benchmarks/results/block_keys/<host>-<time>.json.
 
@@ -32,6 +34,7 @@ import orjson
 
 from modelyard.kv_hash import BlockHasher
 from modelyard.routing.contracts import RouteRequest
+from modelyard.routing.head_keys import HeadKeys
 from modelyard.routing.tokenize import EngineTokens, post_json, tokenize_body
 
 RESULTS = Path(__file__).parent / "results" / "block_keys"
@@ -70,9 +73,10 @@ async def measure(url: str, size: int, count: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     prompts = [payload(rng, size) for _ in range(count)]
     hasher = BlockHasher("0")
-    approx, approx_all, trip, hashing, total, cached = [], [], [], [], [], []
+    approx, approx_all, trip, hashing, total, cached, headed = [], [], [], [], [], [], []
     tokens_seen = []
     uncached, cache = EngineTokens(cache_size=0), EngineTokens()
+    heads = HeadKeys(EngineTokens())
     for p in prompts:
         approx.append(timed(lambda p=p: RouteRequest("sim", p).prefix_hashes(256, 64)))  # type: ignore[misc]
         approx_all.append(timed(lambda p=p: RouteRequest("sim", p).prefix_hashes(256, 1 << 20)))  # type: ignore[misc]
@@ -92,14 +96,21 @@ async def measure(url: str, size: int, count: int, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         await cache.keys(p, "sim", url, "/tokenize", 16, "0")
         cached.append(time.perf_counter() - start)
+        await heads.keys(p, "sim", url, "/tokenize", 16, "0")
+        other = {**p, "messages": [p["messages"][0], {"role": "user", "content": "And my invoice?"}]}
+        start = time.perf_counter()
+        await heads.keys(other, "sim", url, "/tokenize", 16, "0")
+        headed.append(time.perf_counter() - start)
     base = statistics.median(approx_all)
     out = {"prompt_tokens_median": statistics.median(tokens_seen),
            "approximate_capped_64_blocks": percentiles(approx), "approximate_whole_prompt": percentiles(approx_all),
            "precise_tokenize_round_trip": percentiles(trip), "precise_hashing": percentiles(hashing),
-           "precise_uncached_total": percentiles(total), "precise_cached": percentiles(cached)}
+           "precise_uncached_total": percentiles(total), "precise_cached": percentiles(cached),
+           "precise_known_head": percentiles(headed)}
     out["ratios_of_medians_to_approximate_whole_prompt"] = {
         k: statistics.median(v) / base for k, v in (("approximate_capped_64_blocks", approx),
                                                      ("precise_uncached_total", total), ("precise_cached", cached),
+                                                     ("precise_known_head", headed),
                                                      ("precise_hashing", hashing))}
     return out
 
