@@ -13,9 +13,10 @@ room, to the one whose prefixes are coldest (fewest requests in the horizon): wh
 
 A hot prefix: when every replica holding a request's prefix has been overloaded for `spill_after_s` (it carries
 more than `spill_load` times the mean load, plus `spill_min` unless its engine queues) while another replica is
-not, the request is placed as a cold one among the others, and scores there as it would where it is held: the load
-scorer sends it to the new copy, and the next requests of the prefix follow (the pending index), so the prefix is
-served from two replicas until they are both overloaded.
+not, the request is placed as a cold one among the others, if one has room for it (a copy that evicts other
+prompts cost more than it saved on the device machine's tenant mix: docs/benchmarks.md), and scores there as it
+would where it is held: the load scorer sends it to the new copy, and the next requests of the prefix follow (the
+pending index), so the prefix is served from two replicas until they are both overloaded.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ class Placement:
         return room
 
     def place(self, keys: Sequence[int], head: int, endpoints: Sequence[Endpoint], matched: dict[int, int],
-              exclude: Sequence[int] = ()) -> int | None:
+              exclude: Sequence[int] = (), fit: bool = False) -> int | None:
         """The index of the endpoint a prompt with these keys should go to, among those with events and not in
-        `exclude`; None when there is none. `matched`: replica -> leading blocks it holds already."""
+        `exclude`; None when there is none (with `fit`: none with room for it). `matched`: replica -> leading
+        blocks it holds already."""
         loads = [(i, max(e.in_flight, e.running + e.waiting + e.in_flight - e.in_flight_at_scrape))
                  for i, e in enumerate(endpoints) if e.kv_events and i not in exclude]
         if not loads:
@@ -144,6 +146,8 @@ class Placement:
                 key = (1, left, order) if left >= 0 else (0, -self.working.requests(replica), order)
             if best is None or key > best_key:
                 best, best_key = i, key
+        if fit and use_room and best is not None and best_key[0] == 0:
+            return None
         return best
 
     def overloaded(self, endpoints: Sequence[Endpoint], holders: Sequence[int]) -> bool:

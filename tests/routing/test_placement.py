@@ -171,3 +171,15 @@ def test_a_chats_tail_is_measured_in_its_heads_blocks() -> None:
     chat = {"messages": [{"role": "system", "content": "x" * 1000}, {"role": "user", "content": "y" * 250}]}
     assert tail_blocks(chat, 40) == 10
     assert tail_blocks({"prompt": "y" * 250}, 40) == 0
+
+
+def test_a_hot_prefix_gets_no_copy_that_would_evict_other_prompts() -> None:
+    script = Script(Params(), capacity=300)
+    home = script.send(prefix(0))
+    for group in range(1, 8):  # two prompts of 126 blocks on every replica: no room for a third
+        script.send(prefix(group))
+    hot = script.replicas[home]
+    hot.running, hot.waiting, hot.scraped_at = 32, 6, 1.0
+    for _ in range(3):
+        assert script.scorer.score(request(prefix(0)), script.replicas).count(1.0) == 1
+        script.now += 0.6

@@ -7,8 +7,8 @@ A prompt that no replica holds much of (best under `cold_below` of its blocks) i
 (routing/placement.py): among the replicas whose load is within `cold_slack` of the mean, in the order rendezvous
 hashing of its head gives them, the one with room for it beside the blocks in use there (`horizon_s`), else the one
 whose prefixes are coldest; without `cold_room`, the hash order alone. A prefix whose holders are all overloaded
-(`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica. Until the events of a placement
-come back (a prompt that waits in the engine's queue is stored only when admitted), the scorer counts the blocks
+(`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica, one with room for it. Until the
+events of a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the scorer counts the blocks
 it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of a new prefix follows its
 first request) and against the replica's room. With `head_keys` (on by default), a chat's keys are those of its
 system head, tokenized once per head (routing/head_keys.py): a request of a known system prompt needs no
@@ -122,7 +122,7 @@ class PrecisePrefixScorer:
             if chosen is not None:
                 scores[chosen] = 1.0
         elif self.placement.spill(head, endpoints, holders):
-            chosen = self.placement.place(keys, head, endpoints, matched, exclude=holders)
+            chosen = self.placement.place(keys, head, endpoints, matched, exclude=holders, fit=True)
             if chosen is not None:
                 scores[chosen] = max(scores[i] for i in holders)
         return scores
