@@ -10,9 +10,9 @@ whose prefixes are coldest; without `cold_room`, the hash order alone. A prefix 
 (`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica, one with room for it. Until the
 events of a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the
 scorer counts the blocks it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of
-a new prefix follows its first request) and against the replica's room. With `head_keys` (on by default), a chat's keys are those of its
-system head, tokenized once per head (routing/head_keys.py): a request of a known system prompt needs no
-`/tokenize` round trip.
+a new prefix follows its first request) and against the replica's room. With `head_keys` (on by default), a
+chat's keys are those of its system head, tokenized once per head (routing/head_keys.py): a request of a known
+system prompt needs no `/tokenize` round trip.
 """
 
 from __future__ import annotations
