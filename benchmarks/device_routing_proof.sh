@@ -41,5 +41,5 @@ run() {  # VARIANT RATES LIMIT_S POLICIES
 }
 ALL=modelyard:default,modelyard:precise,vllm-router:cache_aware
 run base "${BASE_RATES:-30,60,90,120,150}" "${BASE_S:-230}" "${BASE_POLICIES:-$ALL,modelyard:round-robin}"
-run tenants "${TENANT_RATES:-40,80}" "${TENANT_S:-130}" "${TENANT_POLICIES:-$ALL,modelyard:precise-nospill}"
+run tenants "${TENANT_RATES:-40,80}" "${TENANT_S:-130}" "${TENANT_POLICIES:-$ALL,modelyard:precise-spill}"
 run ru "${RU_RATES:-40,80}" "${RU_S:-100}" "${RU_POLICIES:-$ALL}"

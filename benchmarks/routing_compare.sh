@@ -107,8 +107,8 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
   [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]] && TUNED=1
   # precise-noroom: the precise profile without placement under capacity (issue 17, item 3), to measure it
   [[ ",$POLICIES," == *",modelyard:precise-noroom,"* ]] && [ -n "$KV" ] && NOROOM=1
-  # precise-nospill: the precise profile that never gives a hot prefix a second replica (spill_load 1000)
-  NOSPILL=0; [[ ",$POLICIES," == *",modelyard:precise-nospill,"* ]] && [ -n "$KV" ] && NOSPILL=1
+  # precise-spill: the precise profile that gives a hot prefix a second replica (spill: true; off by default)
+  NOSPILL=0; [[ ",$POLICIES," == *",modelyard:precise-spill,"* ]] && [ -n "$KV" ] && NOSPILL=1
   if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM + NOSPILL)) -gt 0 ]; then
     echo "routing:"
     echo "  plugins:"
@@ -117,7 +117,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
       echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
     fi
     [ "$NOROOM" = 1 ] && echo "    - {name: precise-noroom-scorer, type: precise-prefix, params: {cold_room: false}}"
-    [ "$NOSPILL" = 1 ] && echo "    - {name: precise-nospill-scorer, type: precise-prefix, params: {spill_load: 1000}}"
+    [ "$NOSPILL" = 1 ] && echo "    - {name: precise-spill-scorer, type: precise-prefix, params: {spill: true}}"
     echo "  profiles:"
     if [ "$TUNED" = 1 ]; then
       echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
@@ -128,8 +128,8 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
       echo "       scorers: [{plugin: precise-noroom-scorer, weight: 3}, {plugin: load, weight: 1}]}"
     fi
     if [ "$NOSPILL" = 1 ]; then
-      echo "    - {name: precise-nospill, filters: [ready, saturation-filter], picker: max-score,"
-      echo "       scorers: [{plugin: precise-nospill-scorer, weight: 3}, {plugin: load, weight: 1}]}"
+      echo "    - {name: precise-spill, filters: [ready, saturation-filter], picker: max-score,"
+      echo "       scorers: [{plugin: precise-spill-scorer, weight: 3}, {plugin: load, weight: 1}]}"
     fi
   fi
   echo "models:"

@@ -12,7 +12,7 @@ replica with a 25,000-block cache costs about 4 MB.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 BYTES_PER_BLOCK = 170  # measured with tracemalloc: two dict entries and the key's int (tests check the bound)
 
@@ -23,6 +23,7 @@ class KVIndex:
         self._held: dict[int, dict[int, None]] = {}  # replica -> its keys, oldest first
         self._holders: dict[int, int] = {}  # key -> bitmask of the replicas that hold it
         self.block_sizes: dict[int, int] = {}  # replica -> the block size its events said
+        self.on_clear: Callable[[int], None] | None = None  # told of each replica whose share is cleared
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self._held.values())
@@ -61,6 +62,8 @@ class KVIndex:
         if held:
             self._drop(1 << replica, list(held), {})
         self.block_sizes.pop(replica, None)
+        if self.on_clear is not None:
+            self.on_clear(replica)
 
     def _drop(self, bit: int, keys: list[int], held: dict[int, None]) -> None:
         holders = self._holders

@@ -6,9 +6,9 @@ routing/tokenize.py). Replicas that publish no events score 0 (their models keep
 A prompt that no replica holds much of (best under `cold_below` of its blocks) is placed under capacity
 (routing/placement.py): among the replicas whose load is within `cold_slack` of the mean, in the order rendezvous
 hashing of its head gives them, the one with room for it beside the blocks in use there (`horizon_s`), else the one
-whose prefixes are coldest; without `cold_room`, the hash order alone. A prefix whose holders are all overloaded
-(`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica, one with room for it. Until the
-events of a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the
+whose prefixes are coldest; without `cold_room`, the hash order alone. With `spill`, a prefix whose holders are all
+overloaded (`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica, one with room for it.
+Until the events of a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the
 scorer counts the blocks it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of
 a new prefix follows its first request) and against the replica's room. With `head_keys` (on by default), a
 chat's keys are those of its system head, tokenized once per head (routing/head_keys.py): a request of a known
@@ -52,6 +52,9 @@ class Params(PluginParams):
     cold_room: bool = True  # a cold prompt prefers a replica with room left in its KV cache
     reserve_s: Annotated[float, Field(ge=0)] = 2.0  # how long a cold placement is remembered before its events
     horizon_s: Annotated[float, Field(gt=0)] = 30.0  # blocks sent to a replica this recently are in use there
+    # a hot prefix's second replica: off by default (on the tenant mix at 3x saturation its copies evicted the other
+    # prompts: hit rate 0.62 against 0.94 without, docs/benchmarks.md)
+    spill: bool = False
     spill_load: Annotated[float, Field(ge=1)] = 1.5  # a holder past this x the mean load (+ spill_min) is overloaded
     spill_min: Annotated[int, Field(ge=0)] = 8
     spill_after_s: Annotated[float, Field(ge=0)] = 0.5  # for so long overloaded before a second replica
@@ -66,11 +69,20 @@ class PrecisePrefixScorer:
         self.tokens = EngineTokens(params.tokenize_cache, params.max_blocks)
         self.heads = HeadKeys(self.tokens) if params.head_keys else None
         self._synced_at = self._working_at = float("-inf")
+        self._overflow: int | None = None  # id() of the request just scored as an overflow (`routed` follows `score`)
         self.pending = KVIndex(params.index_blocks)  # blocks sent to replicas whose events may not have come yet
         self._expiry: deque[tuple[float, int, tuple[int, ...]]] = deque()  # (until, replica, keys), oldest first
         self.working = WorkingSets(params.horizon_s, params.index_blocks)
         self.placement = Placement(self.working, self._held, context.clock, context.processes, params.cold_slack,
                                    params.cold_room, params.spill_load, params.spill_min, params.spill_after_s)
+        self.index.on_clear = self._cleared
+
+    def _cleared(self, replica: int) -> None:
+        """The engine says it holds nothing (AllBlocksCleared, a restart, a gap it could not replay): what this
+        router believed in use or on its way there goes too, or a placement would count room that is free as taken."""
+        self.working.clear(replica)
+        self.pending.clear(replica)
+        self.placement.forget(replica)
 
     async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
         now = self.context.clock()
@@ -107,6 +119,7 @@ class PrecisePrefixScorer:
             if depth > matched.get(replica, 0):
                 matched[replica] = depth
         holders = []
+        held_elsewhere = False  # warm on a replica that is no candidate (a filter took it out: saturated)
         if matched:
             positions = {e.replica: i for i, e in enumerate(endpoints) if e.kv_events}
             warm = self.params.cold_below * total
@@ -116,12 +129,17 @@ class PrecisePrefixScorer:
                     scores[at] = depth / total
                     if depth >= warm:
                         holders.append(at)
+                elif depth >= warm:
+                    held_elsewhere = True
         head = keys[min(self.params.head_blocks, total) - 1]
+        self._overflow = id(request) if held_elsewhere and not holders else None
+        if self._overflow is not None:
+            return scores  # not a cold prompt: an overflow, left to the load scorer, and no new holder made of it
         if not holders:
             chosen = self.placement.place(keys, head, endpoints, matched)
             if chosen is not None:
                 scores[chosen] = 1.0
-        elif self.placement.spill(head, endpoints, holders):
+        elif self.params.spill and self.placement.spill(head, endpoints, holders):
             chosen = self.placement.place(keys, head, endpoints, matched, exclude=holders, fit=True)
             if chosen is not None:
                 scores[chosen] = max(scores[i] for i in holders)
@@ -149,8 +167,8 @@ class PrecisePrefixScorer:
             return
         unique = tail_blocks(request.payload, len(keys)) if self.heads is not None else 0
         self.working.touched(endpoint.replica, keys, self.context.clock(), unique)
-        if self.index.holds(endpoint.replica, keys[-1]):
-            return  # nothing new there
+        if self.index.holds(endpoint.replica, keys[-1]) or self._overflow == id(request):
+            return  # nothing new there; or an overflow of a saturated holder: its events say whether it stays
         self.pending.stored(endpoint.replica, keys)
         self.placement.forget(endpoint.replica)
         self._expiry.append((self.context.clock() + self.params.reserve_s, endpoint.replica, keys))
