@@ -9,6 +9,8 @@
 - local (`tokenizer: local`), uncached: the same keys with the model's tokenizer in the gateway (its chat template
   rendered with jinja2, then `tokenizers`' encode, then the same chain), split into the tokenizing and the hashing;
   and cached. The ratio `engine_over_local` is the engine way's uncached total over the local way's.
+- precise, known head: a new question after a system prompt seen before (routing/head_keys.py: a BLAKE2 digest of
+  the head, no round trip).
 
 The simulator is started with the same tokenizer (`--tokenizer`), so both ways tokenize with it and give the same
 ids: by default a real 30,522-token WordPiece (all-MiniLM-L6-v2's tokenizer.json, from the data package
@@ -41,6 +43,7 @@ import orjson
 from modelyard.kv_hash import BlockHasher
 from modelyard.local_tokenizer import LocalTokenizer
 from modelyard.routing.contracts import RouteRequest
+from modelyard.routing.head_keys import HeadKeys
 from modelyard.routing.tokenize import EngineTokens, post_json, tokenize_body
 
 RESULTS = Path(__file__).parent / "results" / "block_keys"
@@ -101,11 +104,12 @@ async def measure(url: str, size: int, count: int, seed: int, local: LocalTokeni
     words = words_for(size, local)
     prompts = [payload(rng, words) for _ in range(count)]
     hasher = BlockHasher("0")
-    approx, approx_all, trip, hashing, total, cached = [], [], [], [], [], []
+    approx, approx_all, trip, hashing, total, cached, headed = [], [], [], [], [], [], []
     local_ids, local_hashing, local_total, local_cached = [], [], [], []
     tokens_seen = []
     uncached, cache = EngineTokens(cache_size=0), EngineTokens()
     local_uncached, local_cache = EngineTokens(cache_size=0), EngineTokens()
+    heads = HeadKeys(EngineTokens())
     for p in prompts:
         approx.append(timed(lambda p=p: RouteRequest("sim", p).prefix_hashes(256, 64)))  # type: ignore[misc]
         approx_all.append(timed(lambda p=p: RouteRequest("sim", p).prefix_hashes(256, 1 << 20)))  # type: ignore[misc]
@@ -139,6 +143,11 @@ async def measure(url: str, size: int, count: int, seed: int, local: LocalTokeni
         start = time.perf_counter()
         await local_cache.prompt(p, "sim", "", "", 16, "0", local)
         local_cached.append(time.perf_counter() - start)
+        await heads.keys(p, "sim", url, "/tokenize", 16, "0")
+        other = {**p, "messages": [p["messages"][0], {"role": "user", "content": "And my invoice?"}]}
+        start = time.perf_counter()
+        await heads.keys(other, "sim", url, "/tokenize", 16, "0")
+        headed.append(time.perf_counter() - start)
     base = statistics.median(approx_all)
     out = {"prompt_tokens_median": statistics.median(tokens_seen),
            "approximate_capped_64_blocks": percentiles(approx), "approximate_whole_prompt": percentiles(approx_all),
@@ -146,10 +155,12 @@ async def measure(url: str, size: int, count: int, seed: int, local: LocalTokeni
            "precise_uncached_total": percentiles(total), "precise_cached": percentiles(cached),
            "local_tokenize": percentiles(local_ids), "local_hashing": percentiles(local_hashing),
            "local_uncached_total": percentiles(local_total), "local_cached": percentiles(local_cached),
-           "engine_over_local": statistics.median(total) / statistics.median(local_total)}
+           "engine_over_local": statistics.median(total) / statistics.median(local_total),
+           "precise_known_head": percentiles(headed)}
     out["ratios_of_medians_to_approximate_whole_prompt"] = {
         k: statistics.median(v) / base for k, v in (("approximate_capped_64_blocks", approx),
                                                      ("precise_uncached_total", total), ("precise_cached", cached),
+                                                     ("precise_known_head", headed),
                                                      ("precise_hashing", hashing),
                                                      ("local_uncached_total", local_total))}
     return out

@@ -17,7 +17,14 @@
 #        (gateway.workers, default 1; "auto" is one per CPU, each with its own routing state), POLICIES (default all
 #        five; add modelyard:default-tuned for the default profile with TUNED_SATURATION (default
 #        "{max_waiting: 16}") and TUNED_PREFIX (default "{}") as its plugins' params), PEER_VENV (vllm-router's
-#        venv), PY, COMMIT (the commit to record when the tree is not a git checkout)
+#        venv), PY, COMMIT (the commit to record when the tree is not a git checkout), SIM_PARAMS_ARGS (the
+#        simulators' parameters, "k=v k=v", instead of the ones below), WORKLOAD_ARGS (below), PRIME (N: before each
+#        level, the workload's first N requests at once through the policy under test, then the counters: the level
+#        measures a warm cluster, not the first request of each system prompt), TENANTS (a tenant mix: one key per
+#        tenant and one bench per tenant at once, "SHARE|WORKLOAD ARGS;SHARE|..." with each tenant's share of
+#        NUM_REQUESTS and of the rate, PRIME per tenant as "SHARE|PRIME|ARGS"; benchmarks/routing_proof.sh makes it),
+#        POLICY_RATES (other rates for some policies, "POLICY=R,R POLICY=R": a policy that saturates early need not
+#        run its slowest levels), DRAIN_S (how long a level waits for its last answers, default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES="${1:-4,8,12,16,24}"; RESULTS="${2:-benchmarks/results/routing_compare-$(date +%Y%m%d-%H%M%S)}"
@@ -40,6 +47,12 @@ fi
 # ~9 of the 11 system prompts (50 blocks each) with no room left, or one replica's share plus its conversations
 SIM_PARAMS=(prefill_overhead_s=0.01 prefill_s_per_token=0.0002 itl_base_s=0.02 itl_per_seq_s=0 kv_blocks=480
             block_size=16 max_num_seqs=64 max_model_len=4096)
+if [ -n "${SIM_PARAMS_ARGS:-}" ]; then read -r -a SIM_PARAMS <<< "$SIM_PARAMS_ARGS"; fi
+PRIME="${PRIME:-0}"; TENANTS="${TENANTS:-}"; DRAIN_S="${DRAIN_S:-60}"; POLICY_RATES="${POLICY_RATES:-}"
+rates_of() {  # POLICY: its rates
+  local entry; for entry in $POLICY_RATES; do [ "${entry%%=*}" = "$1" ] && { echo "${entry#*=}"; return; }; done
+  echo "$RATES"
+}
 # 11 groups (coprime with the replica count, so that round-robin does not pin groups to replicas by accident),
 # 6 conversations of 3 turns each: 198 requests, ordered turn by turn, round-robin over groups
 WORKLOAD=(--dataset shared-prefix --prefix-groups 11 --prefix-len 800 --prefix-conversations 6 --prefix-turns 3
@@ -81,14 +94,22 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
 {
   echo "state_dir: $WORK/state"
   # one gateway process by default: each process routes with its own state (prefix index, round-robin position)
-  echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS}"
+  if [ -n "$TENANTS" ]; then  # one key per tenant (TENANT_KEY_<i>), beside $MODELYARD_API_KEY
+    IFS=';' read -r -a TENANT_LIST <<< "$TENANTS"; keys=""
+    for i in "${!TENANT_LIST[@]}"; do export "TENANT_KEY_$i=tenant-key-$i"; keys="$keys{name: tenant$i, key_env: TENANT_KEY_$i}, "; done
+    echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS, keys: [${keys%, }]}"
+  else
+    echo "gateway: {host: 127.0.0.1, port: $P_GW, workers: $GATEWAY_WORKERS}"
+  fi
   # default-tuned: the default profile with other parameters for its saturation filter and prefix-affinity scorer
   # (TUNED_SATURATION, TUNED_PREFIX: YAML maps); used only when POLICIES names it
   TUNED=0; NOROOM=0
   [[ ",$POLICIES," == *",modelyard:default-tuned,"* ]] && TUNED=1
   # precise-noroom: the precise profile without placement under capacity (issue 17, item 3), to measure it
   [[ ",$POLICIES," == *",modelyard:precise-noroom,"* ]] && [ -n "$KV" ] && NOROOM=1
-  if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM)) -gt 0 ]; then
+  # precise-spill: the precise profile that gives a hot prefix a second replica (spill: true; off by default)
+  NOSPILL=0; [[ ",$POLICIES," == *",modelyard:precise-spill,"* ]] && [ -n "$KV" ] && NOSPILL=1
+  if [ "$HAS_ROUTING" = 1 ] && [ $((TUNED + NOROOM + NOSPILL)) -gt 0 ]; then
     echo "routing:"
     echo "  plugins:"
     if [ "$TUNED" = 1 ]; then
@@ -96,6 +117,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
       echo "    - {name: prefix-tuned, type: prefix-affinity, params: $TUNED_PREFIX}"
     fi
     [ "$NOROOM" = 1 ] && echo "    - {name: precise-noroom-scorer, type: precise-prefix, params: {cold_room: false}}"
+    [ "$NOSPILL" = 1 ] && echo "    - {name: precise-spill-scorer, type: precise-prefix, params: {spill: true}}"
     echo "  profiles:"
     if [ "$TUNED" = 1 ]; then
       echo "    - {name: default-tuned, filters: [ready, sat-tuned], picker: max-score,"
@@ -105,6 +127,10 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
       echo "    - {name: precise-noroom, filters: [ready, saturation-filter], picker: max-score,"
       echo "       scorers: [{plugin: precise-noroom-scorer, weight: 3}, {plugin: load, weight: 1}]}"
     fi
+    if [ "$NOSPILL" = 1 ]; then
+      echo "    - {name: precise-spill, filters: [ready, saturation-filter], picker: max-score,"
+      echo "       scorers: [{plugin: precise-spill-scorer, weight: 3}, {plugin: load, weight: 1}]}"
+    fi
   fi
   echo "models:"
   for policy in ${POLICIES//,/ }; do
@@ -112,7 +138,7 @@ HAS_ROUTING=$($PY -c "from modelyard.spec.schema import OpenAIModel as M; print(
     profile=${policy#*:}; routing=""
     if [ "$HAS_ROUTING" = 1 ]; then routing=", routing: $profile"
     elif [ "$profile" != round-robin ]; then echo "skipping $policy: this modelyard has no routing profiles" >&2; continue; fi
-    events=""; if [ "$profile" = precise ] || [ "$profile" = precise-noroom ]; then
+    events=""; if [[ "$profile" == precise* ]]; then
       [ -n "$KV" ] || { echo "skipping $policy: this modelyard's simulator publishes no KV events" >&2; continue; }
       events=$KV
     fi
@@ -129,7 +155,7 @@ $PY - "$RESULTS/setup.json" <<PY
 import json, sys, subprocess, time
 policies = [p.replace(":", "-") for p in "$POLICIES".split(",")]
 json.dump({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rates": "$RATES",
-           "num_requests": $N, "replicas": $REPLICAS, "simulators": "${SIMS[*]}".split(),
+           "num_requests": $N, "replicas": $REPLICAS, "prime": $PRIME, "tenants": "$TENANTS", "simulators": "${SIMS[*]}".split(),
            "simulator_params": "tiny-cpu ${SIM_PARAMS[*]}", "workload": "${WORKLOAD[*]}",
            "policies": policies, "vllm_router": "$VLLM_ROUTER_VERSION",
            "commit": "${COMMIT:-}" or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -139,17 +165,43 @@ json.dump({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "ra
 PY
 cp "$WORK/yard.yaml" "$RESULTS/yard.yaml"
 
+bench() {  # OUT_DIR URL MODEL RATE N MAX_S KEY_VAR WORKLOAD_ARGS...: one open-loop bench (rate 0: all at once)
+  local out=$1 url=$2 model=$3 rate=$4 n=$5 max_s=$6 key=$7; shift 7
+  local load=(--rate "$rate"); [ "$rate" = 0 ] && load=(--concurrency "$n")
+  $PY -m modelyard bench --target "$name=$url${key:+@$key}" --model "$model" "$@" "${load[@]}" \
+      --num-requests "$n" --max-duration "$max_s" --warmup 0 --drain-timeout "$DRAIN_S" --no-progress --no-plots \
+      --output-dir "$out"
+}
+
 run_level() {  # NAME BASE_URL MODEL RATE [ROUTER_METRICS_URL]
-  local name=$1 url=$2 model=$3 rate=$4 extra=${5:-} dir
+  local name=$1 url=$2 model=$3 rate=$4 extra=${5:-} dir max_s
   dir="$RESULTS/levels/$name/rate-$rate"; mkdir -p "$dir"
   for u in "${SIMS[@]}"; do curl -sf -X POST "$u/reset_prefix_cache" >/dev/null; done
-  $PY benchmarks/routing_report.py scrape "$dir/before.json" "${SIMS[@]}" $extra
-  rm -rf "$WORK/bench"
-  local max_s; max_s=$($PY -c "print(round($N / $rate + 5, 1))")
-  if ! $PY -m modelyard bench --target "$name=$url" --model "$model" "${WORKLOAD[@]}" --rate "$rate" \
-      --num-requests "$N" --max-duration "$max_s" --warmup 0 --drain-timeout 60 --no-progress --no-plots \
-      --output-dir "$WORK/bench" > "$dir/bench.log" 2>&1; then
-    echo "  bench failed at $name rate $rate (see $dir/bench.log)"
+  rm -rf "$WORK"/bench*
+  max_s=$($PY -c "print(round($N / $rate + 5, 1))")
+  if [ -z "$TENANTS" ]; then
+    if [ "$PRIME" -gt 0 ]; then bench "$WORK/bench-prime" "$url" "$model" 0 "$PRIME" 60 "" "${WORKLOAD[@]}" \
+        > "$dir/prime.log" 2>&1 || echo "  priming failed at $name rate $rate"; fi
+    $PY benchmarks/routing_report.py scrape "$dir/before.json" "${SIMS[@]}" $extra
+    bench "$WORK/bench" "$url" "$model" "$rate" "$N" "$max_s" "" "${WORKLOAD[@]}" > "$dir/bench.log" 2>&1 \
+      || echo "  bench failed at $name rate $rate (see $dir/bench.log)"
+  else  # each tenant with its key, its prompts, its share of the requests and of the rate, all at once
+    local i share prime args jobs=()
+    for i in "${!TENANT_LIST[@]}"; do
+      IFS='|' read -r share prime args <<< "${TENANT_LIST[$i]}"; read -r -a args <<< "$args"
+      if [ "$prime" -gt 0 ]; then bench "$WORK/bench-prime-$i" "$url" "$model" 0 "$prime" 60 "TENANT_KEY_$i" \
+          "${args[@]}" > "$dir/prime-$i.log" 2>&1 & jobs+=($!); fi
+    done
+    for j in "${jobs[@]}"; do wait "$j" || echo "  priming failed at $name rate $rate"; done; jobs=()
+    $PY benchmarks/routing_report.py scrape "$dir/before.json" "${SIMS[@]}" $extra
+    for i in "${!TENANT_LIST[@]}"; do
+      IFS='|' read -r share prime args <<< "${TENANT_LIST[$i]}"; read -r -a args <<< "$args"
+      bench "$WORK/bench-t$i" "$url" "$model" "$($PY -c "print(round($rate * $share, 3))")" \
+          "$($PY -c "print(max(1, round($N * $share)))")" "$max_s" "TENANT_KEY_$i" "${args[@]}" \
+          > "$dir/bench-t$i.log" 2>&1 & jobs+=($!)
+    done
+    for j in "${jobs[@]}"; do wait "$j" || echo "  a tenant's bench failed at $name rate $rate"; done
+    $PY benchmarks/routing_report.py merge "$WORK/bench" "$rate" "$WORK"/bench-t* > "$dir/bench.log" 2>&1
   fi
   $PY benchmarks/routing_report.py scrape "$dir/after.json" "${SIMS[@]}" $extra
   cp "$WORK/bench/summary.csv" "$dir/" 2>/dev/null || true
@@ -162,14 +214,16 @@ for policy in ${POLICIES//,/ }; do
   echo "== $name"
   if [ "$kind" = modelyard ]; then
     grep -q "name: $profile," "$WORK/yard.yaml" || continue
-    for rate in ${RATES//,/ }; do run_level "$name" "http://127.0.0.1:$P_GW/v1" "$profile" "$rate"; done
+    rates=$(rates_of "$policy")
+    for rate in ${rates//,/ }; do run_level "$name" "http://127.0.0.1:$P_GW/v1" "$profile" "$rate"; done
   else
     "$PEER_VENV/bin/vllm-router" --host 127.0.0.1 --port "$P_VR" --worker-urls "${SIMS[@]}" --policy "$profile" \
         --prometheus-host 127.0.0.1 --prometheus-port "$P_VR_PROM" --worker-startup-check-interval 1 \
         --log-level warning > "$WORK/vllm-router-$profile.log" 2>&1 &
     VR_PID=$!; track $VR_PID
     wait_up "http://127.0.0.1:$P_VR/health"
-    for rate in ${RATES//,/ }; do
+    rates=$(rates_of "$policy")
+    for rate in ${rates//,/ }; do
       run_level "$name" "http://127.0.0.1:$P_VR/v1" sim "$rate" "http://127.0.0.1:$P_VR_PROM"
     done
     kill -INT "$VR_PID" 2>/dev/null || true; wait "$VR_PID" 2>/dev/null || true

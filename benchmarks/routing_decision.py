@@ -6,8 +6,9 @@ and shared-prefix chat requests shaped like `modelyard bench --dataset shared-pr
 but the routing package). Times `Router.pick` from the RouteRequest's creation (so the prompt rendering and prefix
 hashing are included) to the chosen replica. For `precise`, the replicas publish KV events and the request's
 block keys are ready (what `Router.prepare` computes through the engine's /tokenize, measured apart by
-benchmarks/block_keys.py; here the simulator's tokenizer and template, hashed once per prompt beforehand), and each
-routed request's blocks are stored in the chosen replica's share of the index, as its events would say.
+benchmarks/block_keys.py; here the simulator's tokenizer and template, hashed once per prompt beforehand: the keys of
+the system head, as the scorer's default `head_keys` gives them, or with --whole-keys those of the whole prompt),
+and each routed request's blocks are stored in the chosen replica's share of the index, as its events would say.
 Writes benchmarks/results/routing_decision/<host>-<time>.json.
 
     .venv/bin/python benchmarks/routing_decision.py --replicas 64 --requests 20000
@@ -69,7 +70,8 @@ def table_of(replicas: int, rng: random.Random) -> EndpointTable:
     return table
 
 
-def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests: int, seed: int) -> dict[str, Any]:
+def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests: int, seed: int,
+            whole_keys: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
     model = OpenAIModel(name="m", engine="openai", urls=tuple(f"http://127.0.0.{i + 1}:9000" for i in range(replicas)),
                         replicas=replicas, routing=profile)
@@ -82,7 +84,11 @@ def measure(profile: str, replicas: int, prompts: list[dict[str, Any]], requests
         for endpoint in endpoints:
             endpoint.kv_events = f"tcp://{endpoint.url[7:].rpartition(':')[0]}:5557"
         hasher = BlockHasher("0")
-        keys = [hasher.keys(tokenize(render_chat(p["messages"])), 16) for p in prompts]
+        if whole_keys:
+            keys = [hasher.keys(tokenize(render_chat(p["messages"])), 16) for p in prompts]
+        else:  # routing/head_keys.py: the leading system message without a generation prompt
+            keys = [hasher.keys(tokenize(render_chat(p["messages"][:1], add_generation_prompt=False)), 16)
+                    for p in prompts]
     samples: list[int] = []
     clock = time.perf_counter_ns
     for n in range(requests + 500):
@@ -128,11 +134,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--whole-keys", action="store_true", help="precise: the whole prompt's keys (head_keys off)")
     args = parser.parse_args()
     prompts = shared_prefix(random.Random(args.seed))
-    results = [measure(p.name, args.replicas, prompts, args.requests, args.seed) for p in registry.BUILTIN_PROFILES]
+    results = [measure(p.name, args.replicas, prompts, args.requests, args.seed, args.whole_keys)
+               for p in registry.BUILTIN_PROFILES]
     chars = statistics.median(len(RouteRequest("m", p).text) for p in prompts)
-    report = {"command": f"benchmarks/routing_decision.py --replicas {args.replicas} --requests {args.requests}",
+    whole = " --whole-keys" if args.whole_keys else ""
+    report = {"command": f"benchmarks/routing_decision.py --replicas {args.replicas} --requests {args.requests}{whole}",
               "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}",
               "workload": f"shared-prefix chat requests, median {chars:.0f} characters of prompt text",
               "results": results}

@@ -3,6 +3,7 @@ markdown table and a PNG plot.
 
     python benchmarks/routing_report.py scrape OUT.json URL...   # the counters this report needs, per URL
     python benchmarks/routing_report.py report RUN_DIR            # RUN_DIR/levels/<policy>/rate-<R>/ -> RUN_DIR/*
+    python benchmarks/routing_report.py merge OUT RATE BENCH_DIR...  # tenants' benches -> one summary.csv, requests.csv
 
 A level folder holds `summary.csv` (from `modelyard bench`), `before.json` and `after.json` (scrapes of every
 simulator, then the router's own metrics when it has any). The prefix-cache hit rate of a level is the delta of
@@ -160,10 +161,101 @@ def plot(data: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def merge(out: Path, rate: float, benches: list[Path]) -> None:
+    """The tenants' benches of one level as one: their requests together, the summary's fields that this report
+    reads recomputed from them (percentiles as `modelyard bench` computes them: numpy's, linear)."""
+    import numpy as np
+
+    rows: list[dict[str, str]] = []
+    durations, cpu = [], []
+    for bench in benches:
+        with (bench / "requests.csv").open() as f:
+            rows += [{**r, "group": f"{bench.name}-{r['group']}"} for r in csv.DictReader(f)]
+        with (bench / "summary.csv").open() as f:
+            summary = next(csv.DictReader(f))
+        durations.append(float(summary["duration_s"]))
+        cpu.append(float(summary["system_cpu_pct"] or "nan"))
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "requests.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ok = [r for r in rows if r["success"] == "True"]
+    duration = max(durations)
+    ttft = np.array([float(r["ttft_ms"]) for r in ok]) if ok else np.zeros(1)
+    merged = {"rate": rate, "completed": len(ok), "cancelled": sum(r["cancelled"] == "True" for r in rows),
+              "duration_s": duration, "request_throughput": len(ok) / duration,
+              "output_throughput": sum(int(r["output_tokens"] or 0) for r in ok) / duration,
+              "system_cpu_pct": max(cpu)}
+    merged["failed"] = len(rows) - len(ok) - merged["cancelled"]
+    for p in PERCENTILES:
+        merged[f"ttft_{p}_ms"] = float(np.percentile(ttft, float(p[1:])))
+    with (out / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(merged))
+        writer.writeheader()
+        writer.writerow(merged)
+    print(f"tenants {len(benches)}: TTFT p90 {merged['ttft_p90_ms']:.1f} ms; Request throughput "
+          f"{merged['request_throughput']:.2f} req/s; {merged['failed']} failed")
+
+
+def saturation(rows: list[dict[str, Any]], keep: float = 0.85) -> float | None:
+    """The highest offered rate whose level kept up (request throughput >= `keep` x offered, nothing failed);
+    None when none did."""
+    kept = [r["rate"] for r in rows if not r["failed"] and r["request_throughput"] >= keep * r["rate"]]
+    return max(kept) if kept else None
+
+
+def versus(data: dict[str, Any], subject: str = "modelyard-precise",
+           bases: tuple[str, ...] = ("vllm-router-cache_aware", "modelyard-default")) -> str:
+    """The subject's TTFT p90 and hit rate at each rate, over each base's of the same run; then each policy's
+    saturation (the highest rate it kept up with) and the issue's targets at the subject's levels up to 90 % of
+    it."""
+    policies = data["policies"]
+    if not policies.get(subject):
+        return ""
+    present = [b for b in bases if policies.get(b)]
+    by_rate = {n: {r["rate"]: r for r in rows} for n, rows in policies.items()}
+    head = "| rate | " + subject + " p50 / p90 / p99 (ms), hit, req/s | " + " | ".join(
+        f"{b} p90, hit, req/s | p90 {subject} / {b}" for b in present) + " |"
+    lines = ["", head, "|---" * (2 + 2 * len(present)) + "|"]
+    for mine in policies[subject]:
+        cells = [f"{mine['ttft_p50_ms']:.0f} / {mine['ttft_p90_ms']:.0f} / {mine['ttft_p99_ms']:.0f}, "
+                 f"{_hit(mine)}, {mine['request_throughput']:.1f}"]
+        for base in present:
+            ref = by_rate[base].get(mine["rate"])
+            if ref is None:
+                cells += ["-", "-"]
+                continue
+            cells += [f"{ref['ttft_p90_ms']:.0f}, {_hit(ref)}, {ref['request_throughput']:.1f}",
+                      f"{mine['ttft_p90_ms'] / ref['ttft_p90_ms']:.2f}x" if ref["ttft_p90_ms"] else "-"]
+        lines.append(f"| {mine['rate']:g} | " + " | ".join(cells) + " |")
+    sat = {n: saturation(rows) for n, rows in policies.items() if rows}
+    lines += ["", "Saturation (highest offered rate kept up with, >= 0.85 of it served in the level, none failed; "
+              "the top rate measured marked +): " + ", ".join(
+                  f"{n} {'-' if v is None else format(v, 'g')}"
+                  f"{'+' if v is not None and v == max(r['rate'] for r in policies[n]) else ''}"
+                  for n, v in sat.items())]
+    top = sat.get(subject)
+    if top:
+        upto = [r for r in policies[subject] if r["rate"] <= 0.9 * top + 1e-9]
+        hits = [r["prefix_cache_hit_rate"] for r in upto if r["prefix_cache_hit_rate"] is not None]
+        p90 = [r["ttft_p90_ms"] for r in upto]
+        if upto:
+            rates = ", ".join(format(r["rate"], "g") for r in upto)
+            lines.append(f"{subject} at rates up to 90 % of its saturation ({rates}):"
+                         f" hit rate min {min(hits) if hits else float('nan'):.3f} (target >= 0.93), TTFT p90 max "
+                         f"{max(p90):.0f} ms (target <= 50)")
+    return "\n".join(lines) + "\n"
+
+
+def _hit(row: dict[str, Any]) -> str:
+    return "-" if row["prefix_cache_hit_rate"] is None else f"{row['prefix_cache_hit_rate']:.3f}"
+
+
 def report(run: Path) -> None:
     data = collect(run)
     (run / "routing_compare.json").write_text(json.dumps(data, indent=1))
-    table = markdown(data)
+    table = markdown(data) + versus(data)
     (run / "routing_compare.md").write_text(table)
     plot(data, run / "routing_compare.png")
     print(table)
@@ -172,6 +264,9 @@ def report(run: Path) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "scrape":
         scrape(Path(argv[1]), argv[2:])
+        return 0
+    if len(argv) >= 4 and argv[0] == "merge":
+        merge(Path(argv[1]), float(argv[2]), [Path(a) for a in argv[3:]])
         return 0
     if len(argv) == 2 and argv[0] == "report":
         report(Path(argv[1]))

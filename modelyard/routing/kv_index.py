@@ -15,7 +15,7 @@ replica with a 25,000-block cache costs about 4 MB.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 BYTES_PER_BLOCK = 170  # measured with tracemalloc: two dict entries and the key's int (tests check the bound)
 
@@ -28,6 +28,7 @@ class KVIndex:
         self.block_sizes: dict[int, int] = {}  # replica -> the block size its events said
         self._slots: dict[int, int] = {}  # replica -> its bit in the masks, while it holds blocks
         self._replicas: list[int | None] = []  # slot -> its replica (None: free)
+        self.on_clear: Callable[[int], None] | None = None  # told of each replica whose share is cleared
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self._held.values())
@@ -80,6 +81,8 @@ class KVIndex:
         if slot is not None:  # no mask has its bit any more: the slot is free
             self._replicas[slot] = None
         self.block_sizes.pop(replica, None)
+        if self.on_clear is not None:
+            self.on_clear(replica)
 
     def _drop(self, bit: int, keys: list[int], held: dict[int, None]) -> None:
         holders = self._holders

@@ -4,17 +4,16 @@ request's block keys computed as the engine computes them (its /tokenize, or the
 gateway with `tokenizer: local`, then vLLM's block chain: routing/tokenize.py). Replicas that publish no events
 score 0 (their models keep the approximate `default`).
 
-A prompt that no replica holds much of (best under `cold_below`) is placed by rendezvous hashing of its head's key
-among the replicas whose load is within `cold_slack` of the mean: the same choice in every gateway process and for
-every request of a burst that shares a new prefix, before any event about it has come back. Placement under
-capacity (`cold_room`, on by default): among those, the replica with room for the most copies of the prompt's
-blocks in its KV cache (its size from `vllm:cache_config_info`, what it holds from its events; without a size, the
-one that holds least) goes first, the hash order deciding among equals: new prefixes spread over the caches while
-they fill, instead of evicting prefixes still in use where the hash happens to point, and once every cache is full
-the hash order alone decides. Every gateway worker hears the same events, so they choose alike. Until the events of
-a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the scorer counts
-the blocks it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of a new prefix
-follows its first request) and against the replica's room.
+A prompt that no replica holds much of (best under `cold_below` of its blocks) is placed under capacity
+(routing/placement.py): among the replicas whose load is within `cold_slack` of the mean, in the order rendezvous
+hashing of its head gives them, the one with room for it beside the blocks in use there (`horizon_s`), else the one
+whose prefixes are coldest; without `cold_room`, the hash order alone. With `spill`, a prefix whose holders are all
+overloaded (`spill_load`, `spill_min`) for `spill_after_s` is placed so on one more replica, one with room for it.
+Until the events of a placement come back (a prompt that waits in the engine's queue is stored only when admitted), the
+scorer counts the blocks it sent there, for `reserve_s`, in a second, pending index: they count as held (a burst of
+a new prefix follows its first request) and against the replica's room. With `head_keys` (on by default), a
+chat's keys are those of its system head, tokenized once per head (routing/head_keys.py): a request of a known
+system prompt needs no `/tokenize` round trip.
 """
 
 from __future__ import annotations
@@ -29,8 +28,10 @@ from pydantic import Field
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
 from modelyard.routing.endpoints import Endpoint
+from modelyard.routing.head_keys import HeadKeys, tail_blocks
 from modelyard.routing.kv_events import KVEventFeed
 from modelyard.routing.kv_index import KVIndex
+from modelyard.routing.placement import Placement, WorkingSets
 from modelyard.routing.tokenize import EngineTokens, TokenizeError
 
 TYPE = "precise-prefix"
@@ -51,6 +52,14 @@ class Params(PluginParams):
     cold_slack: Annotated[float, Field(ge=0)] = 0.25
     cold_room: bool = True  # a cold prompt prefers a replica with room left in its KV cache
     reserve_s: Annotated[float, Field(ge=0)] = 2.0  # how long a cold placement is remembered before its events
+    horizon_s: Annotated[float, Field(gt=0)] = 30.0  # blocks sent to a replica this recently are in use there
+    # a hot prefix's second replica: off by default (on the tenant mix at 3x saturation its copies evicted the other
+    # prompts: hit rate 0.62 against 0.94 without, docs/benchmarks.md)
+    spill: bool = False
+    spill_load: Annotated[float, Field(ge=1)] = 1.5  # a holder past this x the mean load (+ spill_min) is overloaded
+    spill_min: Annotated[int, Field(ge=0)] = 8
+    spill_after_s: Annotated[float, Field(ge=0)] = 0.5  # for so long overloaded before a second replica
+    head_keys: bool = True  # a chat's keys from its system head, tokenized once per head
 
 
 class PrecisePrefixScorer:
@@ -59,9 +68,22 @@ class PrecisePrefixScorer:
         self.index = KVIndex(params.index_blocks)
         self.feed = KVEventFeed(self.index)
         self.tokens = EngineTokens(params.tokenize_cache, params.max_blocks)
-        self._synced_at = float("-inf")
+        self.heads = HeadKeys(self.tokens) if params.head_keys else None
+        self._synced_at = self._working_at = float("-inf")
+        self._overflow: int | None = None  # id() of the request just scored as an overflow (`routed` follows `score`)
         self.pending = KVIndex(params.index_blocks)  # blocks sent to replicas whose events may not have come yet
         self._expiry: deque[tuple[float, int, tuple[int, ...]]] = deque()  # (until, replica, keys), oldest first
+        self.working = WorkingSets(params.horizon_s, params.index_blocks)
+        self.placement = Placement(self.working, self._held, context.clock, context.processes, params.cold_slack,
+                                   params.cold_room, params.spill_load, params.spill_min, params.spill_after_s)
+        self.index.on_clear = self._cleared
+
+    def _cleared(self, replica: int) -> None:
+        """The engine says it holds nothing (AllBlocksCleared, a restart, a gap it could not replay): what this
+        router believed in use or on its way there goes too, or a placement would count room that is free as taken."""
+        self.working.clear(replica)
+        self.pending.clear(replica)
+        self.placement.forget(replica)
 
     async def prepare(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> None:
         now = self.context.clock()
@@ -79,9 +101,15 @@ class PrecisePrefixScorer:
             return
         block_size = target.kv_block_size or self.index.block_sizes.get(target.replica) or DEFAULT_BLOCK_SIZE
         try:
-            request.kv_keys, request.prompt_tokens = await self.tokens.prompt(
-                request.payload, target.upstream_model or request.model, target.url, target.tokenize_path or "",
-                block_size, target.kv_hash_seed or "0", local)
+            model = target.upstream_model or request.model
+            if self.heads is not None and local is None and target.tokenize_path is not None:
+                # a chat of a known system head needs no round trip; its count is left to gateway/prompt_count.py
+                request.kv_keys = await self.heads.keys(request.payload, model, target.url, target.tokenize_path,
+                                                        block_size, target.kv_hash_seed or "0")
+            else:
+                request.kv_keys, request.prompt_tokens = await self.tokens.prompt(
+                    request.payload, model, target.url, target.tokenize_path or "", block_size,
+                    target.kv_hash_seed or "0", local)
         except TokenizeError as exc:
             log.warning("no block keys for a request to %s: %s", request.model, exc)
             request.kv_keys = ()
@@ -97,42 +125,44 @@ class PrecisePrefixScorer:
         for replica, depth in self.pending.matches(keys).items():
             if depth > matched.get(replica, 0):
                 matched[replica] = depth
-        best = 0
+        holders = []
+        held_elsewhere = False  # warm on a replica that is no candidate (a filter took it out: saturated)
         if matched:
-            replicas = [e.replica if e.kv_events else -1 for e in endpoints]
+            positions = {e.replica: i for i, e in enumerate(endpoints) if e.kv_events}
+            warm = self.params.cold_below * total
             for replica, depth in matched.items():
-                if replica in replicas:
-                    scores[replicas.index(replica)] = depth / total
-                    best = max(best, depth)
-        if best < self.params.cold_below * total:
-            chosen = self.rendezvous(keys, endpoints)
+                at = positions.get(replica)
+                if at is not None:
+                    scores[at] = depth / total
+                    if depth >= warm:
+                        holders.append(at)
+                elif depth >= warm:
+                    held_elsewhere = True
+        head = keys[min(self.params.head_blocks, total) - 1]
+        self._overflow = id(request) if held_elsewhere and not holders else None
+        if self._overflow is not None:
+            return scores  # not a cold prompt: an overflow, left to the load scorer, and no new holder made of it
+        if not holders:
+            chosen = self.placement.place(keys, head, endpoints, matched)
             if chosen is not None:
                 scores[chosen] = 1.0
+        elif self.params.spill and self.placement.spill(head, endpoints, holders):
+            chosen = self.placement.place(keys, head, endpoints, matched, exclude=holders, fit=True)
+            if chosen is not None:
+                scores[chosen] = max(scores[i] for i in holders)
         return scores
 
-    def rendezvous(self, keys: Sequence[int], endpoints: Sequence[Endpoint]) -> int | None:
-        """The first candidate with events, in the order that highest-random-weight hashing of the head's key gives
-        them, whose load is within `cold_slack` of the mean (consistent hashing with bounded loads)."""
-        head = keys[min(self.params.head_blocks, len(keys)) - 1]
-        candidates = [i for i, e in enumerate(endpoints) if e.kv_events]
-        if not candidates:
-            return None
-        order = sorted(candidates, key=lambda i: hash((head, endpoints[i].replica)), reverse=True)
-        loads = [max(e.in_flight, e.running + e.waiting) for e in endpoints]
-        bound = sum(loads[i] for i in candidates) / len(candidates) * (1.0 + self.params.cold_slack) + 1.0
-        within = [i for i in order if loads[i] <= bound] or order[:1]
-        if not self.params.cold_room:
-            return within[0]
-        need = len(keys)
-        return max(within, key=lambda i: self.room(endpoints[i]) // need)  # max keeps the first of equals
+    def _held(self, replica: int) -> int:
+        return self.index.blocks(replica) + self.pending.blocks(replica)
 
     def room(self, endpoint: Endpoint) -> int:
-        """Blocks its KV cache can take without evicting any; minus what it holds when its size is unknown."""
-        held = self.index.blocks(endpoint.replica) + self.pending.blocks(endpoint.replica)
-        return max(0, endpoint.kv_blocks - held) if endpoint.kv_blocks is not None else -held
+        return self.placement.room(endpoint)
 
     def _expire(self) -> None:
         now = self.context.clock()
+        if now - self._working_at >= self.working.refresh_s / 4:
+            self._working_at = now
+            self.working.expire(now)
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
             _, replica, keys = expiry.popleft()
@@ -140,9 +170,14 @@ class PrecisePrefixScorer:
 
     def routed(self, request: RouteRequest, endpoint: Endpoint) -> None:
         keys = request.kv_keys
-        if not keys or not endpoint.kv_events or self.index.holds(endpoint.replica, keys[-1]):
-            return  # nothing new there
+        if not keys or not endpoint.kv_events:
+            return
+        unique = tail_blocks(request.payload, len(keys)) if self.heads is not None else 0
+        self.working.touched(endpoint.replica, keys, self.context.clock(), unique)
+        if self.index.holds(endpoint.replica, keys[-1]) or self._overflow == id(request):
+            return  # nothing new there; or an overflow of a saturated holder: its events say whether it stays
         self.pending.stored(endpoint.replica, keys)
+        self.placement.forget(endpoint.replica)
         self._expiry.append((self.context.clock() + self.params.reserve_s, endpoint.replica, keys))
 
     def finished(self, request: RouteRequest, endpoint: Endpoint) -> None:

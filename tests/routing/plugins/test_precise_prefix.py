@@ -88,15 +88,34 @@ def test_a_cold_prompt_goes_where_there_is_room_before_evicting_anything() -> No
         endpoint.kv_blocks = 100
     keys = tuple(range(500, 540))  # 40 blocks
     hashed = scorer.score(keyed(keys), replicas).index(1.0)
-    scorer.index.stored(hashed, range(10_000, 10_070))  # the hash's choice is full (70 + 40 > 100)
+    scorer.routed(keyed(tuple(range(10_000, 10_070))), replicas[hashed])  # in use there: 70 + 40 > 100
     roomy = scorer.score(keyed(keys), replicas).index(1.0)
     assert roomy != hashed and scorer.room(replicas[roomy]) >= 40
-    for endpoint in replicas:  # nobody has room: the hash order decides again
-        scorer.index.stored(endpoint.replica, range(20_000 + 1000 * endpoint.replica, 20_090 + 1000 * endpoint.replica))
-    assert scorer.score(keyed(keys), replicas).index(1.0) == hashed
+    for endpoint in replicas:  # nobody has room: the replica whose prefixes are used least
+        scorer.routed(keyed(tuple(range(20_000 + 1000 * endpoint.replica, 20_090 + 1000 * endpoint.replica))),
+                      endpoint)
+    scorer.routed(keyed(tuple(range(20_000 + 1000 * roomy, 20_090 + 1000 * roomy))), replicas[roomy])
+    coldest = scorer.score(keyed(keys), replicas).index(1.0)
+    assert coldest not in (hashed, roomy)
     off = PrecisePrefixScorer(Params(cold_room=False), Context("m"))
-    off.index.stored(hashed, range(10_000, 10_070))
+    off.routed(keyed(tuple(range(10_000, 10_070))), replicas[hashed])
     assert off.score(keyed(keys), replicas).index(1.0) == hashed
+
+
+def test_blocks_the_engine_holds_but_nobody_used_lately_are_room() -> None:
+    now = [0.0]
+    scorer = PrecisePrefixScorer(Params(horizon_s=10.0, reserve_s=1.0), Context("m", clock=lambda: now[0]))
+    replicas = endpoints()
+    for endpoint in replicas:
+        endpoint.kv_blocks = 100
+    keys = tuple(range(500, 540))
+    hashed = scorer.score(keyed(keys), replicas).index(1.0)
+    old = keyed(tuple(range(10_000, 10_090)))
+    scorer.routed(old, replicas[hashed])
+    scorer.index.stored(hashed, old.kv_keys or ())  # its events: the cache holds them (full, for an LRU)
+    assert scorer.score(keyed(keys), replicas).index(1.0) != hashed
+    now[0] = 11.0  # nobody sent them since: LRU evicts them first, so they do not keep a new prefix out
+    assert scorer.score(keyed(keys), replicas).index(1.0) == hashed and scorer.room(replicas[hashed]) == 100
 
 
 def test_new_prefixes_spread_over_the_caches_while_they_fill() -> None:
@@ -108,6 +127,7 @@ def test_new_prefixes_spread_over_the_caches_while_they_fill() -> None:
     for group in range(8):
         keys = tuple(range(group * 1000, group * 1000 + 40))
         chosen = scorer.score(keyed(keys), replicas).index(1.0)
+        scorer.routed(keyed(keys), replicas[chosen])
         scorer.index.stored(chosen, keys)  # what its events say once it served the prompt
         placed.append(chosen)
     assert sorted(placed.count(r) for r in range(4)) == [2, 2, 2, 2]
@@ -127,5 +147,5 @@ def test_a_burst_of_a_new_prefix_follows_its_first_request_before_any_event() ->
     assert scores.index(max(scores)) == chosen and max(scores) == 60 / 65  # follows the first, as if held
     short_head = keyed((*range(100, 104), *range(5000, 5056)))  # only the first blocks alike: another prompt
     assert scorer.score(short_head, replicas).index(1.0) != chosen  # and the room the first one took counts
-    now[0] = 3.0  # pending over, and no event ever came: the room is back
+    now[0] = 3.0  # pending over, and no event ever came: what the engine holds bounds what is in use
     assert scorer.score(keyed((1,)), replicas) and scorer.room(replicas[chosen]) == 100
