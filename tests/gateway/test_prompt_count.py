@@ -41,11 +41,14 @@ def table_of(sim: SimulatorThread, events: str | None = None) -> EndpointTable:
 
 
 def test_the_precise_routers_count_is_reused_and_not_asked_for_again() -> None:
+    """A completion prompt: the router tokenizes it whole (a chat of a known system head it keys by the head alone,
+    with no count: gateway/prompt_count.py then asks the engine, as for the other profiles)."""
     spec = parse_spec("models:\n  - name: m\n    engine: simulator\n    kv_events: true\n")
     config = KVEventsConfig(f"tcp://127.0.0.1:{free_port()}", None)
+    prompt = {"model": "m", "prompt": "Count the tokens of this prompt, which no chat template wraps. " * 4}
     with SimulatorThread(PROFILE, "m", kv_events=config) as sim:
         table = table_of(sim, config.endpoint)
-        router, counts, route = Router(spec, table), PromptCounts(), RouteRequest("m", CHAT)
+        router, counts, route = Router(spec, table), PromptCounts(), RouteRequest("m", prompt)
         model = spec.models[0]
 
         async def run() -> int | None:
@@ -58,7 +61,7 @@ def test_the_precise_routers_count_is_reused_and_not_asked_for_again() -> None:
 
         counted = asyncio.run(run())
         scorer = next(p for p in router.pipelines["m"].preparing if isinstance(p, PrecisePrefixScorer))
-        assert counted == route.prompt_tokens == len(sim.app._prompt(dict(CHAT))[0]) and route.kv_keys
+        assert counted == route.prompt_tokens == len(sim.app._prompt(dict(prompt))[0]) and route.kv_keys
         assert scorer.tokens.round_trips == 1  # once, for the keys and the count together
 
 
