@@ -66,20 +66,25 @@ class HeadKeys:
 
     async def keys(self, payload: Mapping[str, Any], model: str, base_url: str, path: str, block_size: int,
                    seed: str) -> tuple[int, ...]:
+        return (await self.prompt(payload, model, base_url, path, block_size, seed))[0]
+
+    async def prompt(self, payload: Mapping[str, Any], model: str, base_url: str, path: str, block_size: int,
+                     seed: str) -> tuple[tuple[int, ...], int | None]:
+        """(block keys, token count): the count where the prompt was tokenized whole, None for a known head."""
         head = head_payload(payload)
         if head is None:
-            return await self.tokens.keys(payload, model, base_url, path, block_size, seed)
+            return await self.tokens.prompt(payload, model, base_url, path, block_size, seed)
         digest = hashlib.blake2b(orjson.dumps(head), digest_size=16,
                                  key=b"%d/%b/%b" % (block_size, seed.encode(), model.encode())).digest()
         if digest in self._heads:
             known = self._heads[digest]
             self._heads.move_to_end(digest)
             if known is not None:
-                return known
-            return await self.tokens.keys(payload, model, base_url, path, block_size, seed)
-        whole = await self.tokens.keys(payload, model, base_url, path, block_size, seed)
+                return known, None
+            return await self.tokens.prompt(payload, model, base_url, path, block_size, seed)
+        whole = await self.tokens.prompt(payload, model, base_url, path, block_size, seed)
         mine = await self.tokens.keys(head, model, base_url, path, block_size, seed)
-        self._heads[digest] = mine if mine and whole[:len(mine)] == mine else None
+        self._heads[digest] = mine if mine and whole[0][:len(mine)] == mine else None
         if len(self._heads) > self.cache_size:
             self._heads.popitem(last=False)
         return whole

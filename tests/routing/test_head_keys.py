@@ -35,11 +35,12 @@ def test_a_known_system_prompt_needs_no_round_trip_and_its_keys_lead_the_engines
 class Scripted(EngineTokens):
     """What a template that moves the system prompt into the last user turn gives: the head is no prefix."""
 
-    async def keys(self, payload: Mapping[str, Any], model: str, base_url: str, path: str, block_size: int,
-                   seed: str) -> tuple[int, ...]:
+    async def prompt(self, payload: Mapping[str, Any], model: str, base_url: str, path: str, block_size: int,
+                     seed: str, local: object = None, template: str | None = None) -> tuple[tuple[int, ...], int]:
         self.round_trips += 1
         messages = payload["messages"]
-        return (1, 2, 3) if len(messages) == 1 else (9, len(str(messages[-1])), 1, 2, 3)
+        keys = (1, 2, 3) if len(messages) == 1 else (9, len(str(messages[-1])), 1, 2, 3)
+        return keys, 16 * len(keys)
 
 
 def test_a_head_that_is_not_a_prefix_of_its_prompts_is_refused_and_they_are_tokenized_whole() -> None:

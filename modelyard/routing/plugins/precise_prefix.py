@@ -28,7 +28,7 @@ from pydantic import Field
 
 from modelyard.routing.contracts import Context, PluginParams, RouteRequest
 from modelyard.routing.endpoints import Endpoint
-from modelyard.routing.head_keys import HeadKeys, head_payload, tail_blocks
+from modelyard.routing.head_keys import HeadKeys, tail_blocks
 from modelyard.routing.kv_events import KVEventFeed
 from modelyard.routing.kv_index import KVIndex
 from modelyard.routing.placement import Placement, WorkingSets
@@ -101,16 +101,15 @@ class PrecisePrefixScorer:
             return
         block_size = target.kv_block_size or self.index.block_sizes.get(target.replica) or DEFAULT_BLOCK_SIZE
         try:
-            model = target.upstream_model or request.model
-            if (self.heads is not None and local is None and target.tokenize_path is not None
-                    and head_payload(request.payload) is not None):
-                # a chat of a known system head needs no round trip; its count is left to gateway/prompt_count.py
-                request.kv_keys = await self.heads.keys(request.payload, model, target.url, target.tokenize_path,
-                                                        block_size, target.kv_hash_seed or "0")
+            model, seed = target.upstream_model or request.model, target.kv_hash_seed or "0"
+            if self.heads is not None and local is None and target.tokenize_path is not None:
+                # a chat of a known system head needs no round trip, and has no count (gateway/prompt_count.py
+                # then asks the engine for a key with token limits)
+                request.kv_keys, request.prompt_tokens = await self.heads.prompt(
+                    request.payload, model, target.url, target.tokenize_path, block_size, seed)
             else:
                 request.kv_keys, request.prompt_tokens = await self.tokens.prompt(
-                    request.payload, model, target.url, target.tokenize_path or "", block_size,
-                    target.kv_hash_seed or "0", local)
+                    request.payload, model, target.url, target.tokenize_path or "", block_size, seed, local)
         except TokenizeError as exc:
             log.warning("no block keys for a request to %s: %s", request.model, exc)
             request.kv_keys = ()
