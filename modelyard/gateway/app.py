@@ -328,7 +328,7 @@ class Gateway:
         await self.router.prepare(call.route)
         for attempt in range(MAX_ATTEMPTS):
             if attempt:
-                if not self.retry_budget.try_retry(model, sum(e.in_flight for e in self.table.of(model))):
+                if not self._may_retry(model):
                     last_error += "; retry budget exhausted"
                     break
             try:
@@ -343,8 +343,7 @@ class Gateway:
                 data = call.body
                 if endpoint.upstream_model and endpoint.upstream_model != model:
                     data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
-                endpoint.in_flight += 1
-                self._child(self.metrics.in_flight, model).inc()
+                self._take(endpoint, model)
                 try:
                     upstream, first = await self._send(endpoint, call, data, outcome.started)
                 except UPSTREAM_ERRORS as exc:
@@ -482,6 +481,15 @@ class Gateway:
         if child is None:
             child = self._children[(metric, labels)] = metric.labels(*labels)
         return child
+
+    def _may_retry(self, model: str) -> bool:
+        """A place in the retry budget (give it back with `retry_budget.retried`), against the model's requests
+        in progress here."""
+        return self.retry_budget.try_retry(model, sum(e.in_flight for e in self.table.of(model)))
+
+    def _take(self, endpoint: Endpoint, model: str) -> None:
+        endpoint.in_flight += 1
+        self._child(self.metrics.in_flight, model).inc()
 
     def _release(self, endpoint: Endpoint, model: str) -> None:
         endpoint.in_flight -= 1

@@ -108,7 +108,7 @@ class Disaggregation:
         await gateway.router.prepare(leg.route)
         tried: list[Endpoint] = []
         for attempt in range(PREFILL_ATTEMPTS):
-            if attempt and not gateway.retry_budget.try_retry(model, sum(e.in_flight for e in gateway.table.of(model))):
+            if attempt and not gateway._may_retry(model):
                 break
             try:
                 endpoint = gateway.router.pick(leg.route, exclude=tried)
@@ -148,8 +148,7 @@ class Disaggregation:
         timeouts = leg.model.timeouts
         now = time.perf_counter()
         bound = min(timeouts.first_byte_s, timeouts.total_s - (now - started))
-        endpoint.in_flight += 1
-        gateway._child(gateway.metrics.in_flight, model).inc()
+        gateway._take(endpoint, model)
         try:
             try:  # `_send` bounds an unstreamed request by the total from its start: a start that leaves `bound`
                 upstream = await self._send(endpoint, leg, data, now - (timeouts.total_s - bound))
