@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,11 @@ class Cluster:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def replica_url(self, model: str, replica: int) -> str:
+        """A replica's own URL, from the port its log says it started on."""
+        text = (self.tmp / "state" / "logs" / f"{model}-{replica}.log").read_text()
+        return "http://127.0.0.1:" + re.findall(rf"starting {re.escape(model)}/{replica} on port (\d+)", text)[-1]
 
     def engine_processes(self) -> list[psutil.Process]:
         assert self.proc is not None

@@ -6,7 +6,6 @@ prefills itself), and a prefill replica's answer about the request (back to the 
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -39,11 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def replica_urls(cluster: Cluster) -> dict[str, str]:
-    out = {}
-    for n in range(4):
-        text = (cluster.tmp / "state" / "logs" / f"split-{n}.log").read_text()
-        out[f"split/{n}"] = "http://127.0.0.1:" + re.findall(r"starting split/\d+ on port (\d+)", text)[-1]
-    return out
+    return {f"split/{n}": cluster.replica_url("split", n) for n in range(4)}
 
 
 def counters(urls: dict[str, str]) -> dict[tuple[str, str], float]:

@@ -7,7 +7,6 @@ an estimate that was too low (issue 15), where the body-size estimate lets them.
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 import time
@@ -53,11 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def replica_urls(cluster: Cluster) -> dict[str, str]:
-    out = {}
-    for n in range(REPLICAS):
-        text = (cluster.tmp / "state" / "logs" / f"sticky-{n}.log").read_text()
-        out[str(n)] = "http://127.0.0.1:" + re.findall(r"starting sticky/\d+ on port (\d+)", text)[-1]
-    return out
+    return {str(n): cluster.replica_url("sticky", n) for n in range(REPLICAS)}
 
 
 def chat(model: str, system: str, question: str) -> dict[str, Any]:
@@ -106,7 +101,7 @@ async def wave(cluster: Cluster, key: str, body: dict[str, Any], count: int) -> 
 def test_concurrent_requests_cannot_pass_a_budget_on_a_low_estimate(cluster: Cluster, model: str,
                                                                     body: dict[str, Any]) -> None:
     # the prompt's count from the replica itself (through the gateway, the answer would teach it the ratio)
-    answer = httpx.post(replica_url(cluster, model) + "/tokenize", json=body, timeout=10).json()
+    answer = httpx.post(cluster.replica_url(model, 0) + "/tokenize", json=body, timeout=10).json()
     prompt = answer["count"]
     assert prompt > 0.75 * len(orjson.dumps(body))  # the first estimate, 0.5 a body byte, is far below
     budget = prompt * 2 + 1  # two requests fit
@@ -115,11 +110,6 @@ def test_concurrent_requests_cannot_pass_a_budget_on_a_low_estimate(cluster: Clu
     served = [r.json()["usage"]["total_tokens"] for r in replies if r.status_code == 200]
     assert served and sum(served) <= budget, (len(served), sum(served), budget)
     assert {r.status_code for r in replies} <= {200, 429}
-
-
-def replica_url(cluster: Cluster, model: str) -> str:
-    text = (cluster.tmp / "state" / "logs" / f"{model}-0.log").read_text()
-    return "http://127.0.0.1:" + re.findall(rf"starting {model}/0 on port (\d+)", text)[-1]
 
 
 def test_up_refuses_a_broken_tokenizer_naming_the_file(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ replica's events, by both gateway workers."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,12 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def replica_urls(cluster: Cluster) -> dict[str, str]:
     """Replica id -> its own URL, from the replicas' logs."""
-    out = {}
-    for n in range(REPLICAS):
-        text = (cluster.tmp / "state" / "logs" / f"sticky-{n}.log").read_text()
-        port = re.findall(r"starting sticky/\d+ on port (\d+)", text)[-1]
-        out[str(n)] = f"http://127.0.0.1:{port}"
-    return out
+    return {str(n): cluster.replica_url("sticky", n) for n in range(REPLICAS)}
 
 
 def chat(topic: str, question: str) -> dict[str, Any]:
