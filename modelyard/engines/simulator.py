@@ -61,11 +61,7 @@ class SimulatorEngine(VLLMSleep):
         from modelyard.fleet.process import free_port
 
         assert isinstance(model, SimulatorModel)
-        if not model.kv_events:
-            return None
-        seed = str(model.params.get("hash_seed", "0"))
-        return KVEvents(endpoint=f"tcp://{host}:{free_port(host)}", replay=f"tcp://{host}:{free_port(host)}",
-                        hash_seed=seed)
+        return self.kv_events_at(model, host, free_port(host), free_port(host)) if model.kv_events else None
 
     def kv_events_at(self, model: BaseModelSpec, host: str, port: int, replay_port: int) -> KVEvents | None:
         assert isinstance(model, SimulatorModel)
