@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,7 @@ from modelyard.gateway.limits import Limiter, LocalLimiter
 from modelyard.gateway.openapi import OpenApiEndpoint
 from modelyard.gateway.prompt_count import PromptCounts, counts_tokens
 from modelyard.gateway.protocol import CLIENT_EXTENSION
-from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, Pipe, UpstreamStream
+from modelyard.gateway.relay import UPSTREAM_ERRORS, Outcome, Pacer, Pipe, UpstreamStream
 from modelyard.gateway.request import (
     GENERATION_PATHS,
     MAX_BODY_BYTES,
@@ -129,6 +130,8 @@ class Gateway:
         self.recent = RecentTraffic(self.metrics.multiprocess_dir)  # the status page's last minutes (/ui)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
+        budget_ms = float(os.environ.get("MODELYARD_RELAY_BUDGET_MS", "2"))  # (MEASUREMENT ONLY, for the A/B)
+        self.pacer = Pacer(budget_ms / 1000) if budget_ms > 0 else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -414,7 +417,8 @@ class Gateway:
         timer = loop.call_at(deadline, conn.expire)  # one timer, cheaper than a timeout context per request
         if call.stream and call.client is not None:  # its response starts in the callback that reads the first chunk
             call.pipe = Pipe(call.keep_usage, call.model.store_text, call.client,
-                             [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)])
+                             [(b"x-modelyard-replica", endpoint.id.encode()), (REQUEST_ID_HEADER, call.request_id)],
+                             self.pacer)
             conn.on_first = call.pipe.begin
         try:
             conn.send(cached[1], data, b"X-Request-Id: %b\r\n" % call.request_id)

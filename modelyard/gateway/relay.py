@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from modelyard.spec.schema import Timeouts
 log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 CLOCK_SLACK_S = 0.001
+RELAY_BUDGET_S = 0.002  # a loop turn's time for relaying streams before the rest wait for a later turn (Pacer)
+MIN_QUOTA = 8  # streams let back per turn from the pacer's line, at least
 
 
 class Shutdown(Exception):
@@ -69,24 +72,73 @@ class Watchdog:
         self.handle.cancel()
 
 
+class Pacer:
+    """Bounds the time one loop turn spends relaying streams, so that a saturated gateway's turns stay short and a
+    new request (its head read, its engine's first chunk relayed as it arrives) waits behind a few milliseconds of
+    other streams' writes, not behind every stream's.
+
+    The turn's first relayed read starts its clock. A stream relayed after `budget_s` of it stops being read (its
+    engine's tokens wait in the socket and go out together later: fewer, larger reads) and waits in line. At the
+    end of each turn, as many streams as were relayed within the budget are read again, oldest first. While every
+    turn's relaying fits the budget (a gateway that keeps up), nothing waits.
+    """
+
+    __slots__ = ("budget_s", "clock", "turn_start", "within", "quota", "line", "timing", "scheduled")
+
+    def __init__(self, budget_s: float = RELAY_BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.budget_s, self.clock = budget_s, clock
+        self.turn_start = 0.0
+        self.within = 0  # streams relayed within the budget this turn
+        self.quota = MIN_QUOTA  # streams let back from the line per turn
+        self.line: deque[Pipe] = deque()
+        self.timing = self.scheduled = False
+
+    def relayed(self, pipe: Pipe) -> None:
+        """A read of `pipe`'s engine was written to its client."""
+        if not self.timing:  # the turn's first relay: its clock starts
+            self.timing, self.within = True, 1
+            self.turn_start = self.clock()
+            if not self.scheduled:
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self._turn)
+        elif self.clock() - self.turn_start <= self.budget_s:
+            self.within += 1
+        elif pipe.hold():
+            self.line.append(pipe)
+
+    def _turn(self) -> None:
+        if self.timing:
+            self.timing = False
+            self.quota = max(self.within, MIN_QUOTA)
+        line = self.line
+        for _ in range(min(len(line), self.quota)):
+            line.popleft().unhold()
+        self.scheduled = bool(line)
+        if line:  # the rest in later turns, whether or not anything is relayed meanwhile
+            asyncio.get_running_loop().call_soon(self._turn)
+
+
 class Pipe:
     """One stream's state between the engine's connection (which calls `feed` and `ended`), the client's exchange
     (`protocol.Exchange`: it calls `disconnect` and `shutdown`) and the relay's task. Made before the request is
     sent: `begin` starts the client's response as soon as the engine's first chunk is read."""
 
-    __slots__ = ("loop", "conn", "sse", "captured", "client", "headers", "out", "wake", "started", "began",
-                 "finished", "error", "disconnected", "paused", "watchdog")
+    __slots__ = ("loop", "conn", "sse", "captured", "client", "pacer", "headers", "out", "wake", "started", "began",
+                 "finished", "error", "disconnected", "paused", "held", "watchdog")
 
-    def __init__(self, keep_usage: bool, capture: bool, client: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, keep_usage: bool, capture: bool, client: Exchange, headers: list[tuple[bytes, bytes]],
+                 pacer: Pacer | None = None) -> None:
         self.loop = loop = asyncio.get_running_loop()
         self.conn: Connection | None = None
         self.sse = SseUsage(keep_usage)
         self.captured: list[bytes] | None = [] if capture else None
         self.client = client
+        self.pacer = pacer
         self.headers = headers  # the response's own, after content-type and cache-control
         self.out: list[bytes] = []  # what goes out with the end of the response (the relay's task writes it)
         self.wake: asyncio.Future[None] = loop.create_future()
         self.started = self.finished = self.disconnected = self.paused = False
+        self.held = False  # waiting in the pacer's line, its engine connection unread
         self.began = 0.0  # time.perf_counter() when the response started: the first byte's time
         self.error: BaseException | None = None
         self.watchdog: Watchdog | None = None
@@ -142,6 +194,8 @@ class Pipe:
             return
         if client.write_paused:  # the client reads slower than the engine writes: stop reading the engine
             self.pause()
+        elif self.pacer is not None:
+            self.pacer.relayed(self)
 
     def end_response(self) -> None:
         """Ends the client's response with what is left to write (and the head, if nothing was written yet)."""
@@ -155,7 +209,7 @@ class Pipe:
     def pause(self) -> None:
         if not self.paused and self.conn is not None:
             self.paused = True
-            self.conn.pause()
+            self.conn.pause()  # (already, if the pacer holds it)
             if self.watchdog is not None:
                 self.watchdog.waiting_since = None  # waiting for the client, not the engine
             self._wake()
@@ -163,9 +217,24 @@ class Pipe:
     def resume(self) -> None:
         if self.paused and self.conn is not None:
             self.paused = False
-            self.conn.resume()
+            if not self.held:
+                self.conn.resume()
             if self.watchdog is not None:
                 self.watchdog.waiting_since = self.loop.time()
+
+    def hold(self) -> bool:
+        """The pacer's: stop reading the engine until `unhold` (False: nothing to hold, the stream is ending)."""
+        conn = self.conn
+        if self.held or conn is None or conn.complete or self.finished:
+            return False
+        self.held = True
+        conn.pause()
+        return True
+
+    def unhold(self) -> None:
+        self.held = False
+        if not self.paused and not self.finished and self.conn is not None:
+            self.conn.resume()
 
     def ended(self, error: BaseException | None) -> None:
         if not self.finished:
