@@ -93,7 +93,7 @@ models:
 YAML
 export MY_KEY LL_KEY=sk-bench-litellm DIRECT_KEY=unused
 MY_KEY=$($PY -m modelyard keys create --state-dir "$WORK/state" --name bench --models mock --rpm 100000000 \
-    --tpm 100000000000 --max-concurrency 100000 --budget-tokens 1000000000000 2>/dev/null)
+    --tpm 100000000000 --max-concurrency 100000 --budget-tokens 1000000000000 2>"$WORK/keys.log")
 MODELYARD_API_KEY="static-$RANDOM$RANDOM" $(pin $CORE_MY) $PY -m modelyard up -f "$WORK/yard.yaml" \
     > "$WORK/modelyard.log" 2>&1 &
 PID_MY=$!; track $PID_MY
