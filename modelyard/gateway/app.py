@@ -130,8 +130,9 @@ class Gateway:
         self.recent = RecentTraffic(self.metrics.multiprocess_dir)  # the status page's last minutes (/ui)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
-        budget_ms = float(os.environ.get("MODELYARD_RELAY_BUDGET_MS", "2"))  # (MEASUREMENT ONLY, for the A/B)
-        self.pacer = Pacer(budget_ms / 1000) if budget_ms > 0 else None
+        budget_ms = float(os.environ.get("MODELYARD_RELAY_BUDGET_MS", "0.5"))  # (MEASUREMENT ONLY, for the A/B)
+        hold_ms = float(os.environ.get("MODELYARD_RELAY_MAX_HOLD_MS", "50"))
+        self.pacer = Pacer(budget_ms / 1000, hold_ms / 1000) if budget_ms > 0 else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}

@@ -19,6 +19,7 @@ log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 CLOCK_SLACK_S = 0.001
 RELAY_BUDGET_S = 0.002  # a loop turn's time for relaying streams before the rest wait for a later turn (Pacer)
+MAX_HOLD_S = 0.05  # the longest a stream waits in the pacer's line
 MIN_QUOTA = 8  # streams let back per turn from the pacer's line, at least
 
 
@@ -79,18 +80,20 @@ class Pacer:
 
     The turn's first relayed read starts its clock. A stream relayed after `budget_s` of it stops being read (its
     engine's tokens wait in the socket and go out together later: fewer, larger reads) and waits in line. At the
-    end of each turn, as many streams as were relayed within the budget are read again, oldest first. While every
+    end of each turn, as many streams as were relayed within the budget are read again, oldest first, and so is
+    every stream that waited `max_hold_s` already: a stream's tokens are never held longer than that. While every
     turn's relaying fits the budget (a gateway that keeps up), nothing waits.
     """
 
-    __slots__ = ("budget_s", "clock", "turn_start", "within", "quota", "line", "timing", "scheduled")
+    __slots__ = ("budget_s", "max_hold_s", "clock", "turn_start", "within", "quota", "line", "timing", "scheduled")
 
-    def __init__(self, budget_s: float = RELAY_BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.budget_s, self.clock = budget_s, clock
+    def __init__(self, budget_s: float = RELAY_BUDGET_S, max_hold_s: float = MAX_HOLD_S,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.budget_s, self.max_hold_s, self.clock = budget_s, max_hold_s, clock
         self.turn_start = 0.0
         self.within = 0  # streams relayed within the budget this turn
         self.quota = MIN_QUOTA  # streams let back from the line per turn
-        self.line: deque[Pipe] = deque()
+        self.line: deque[tuple[float, Pipe]] = deque()  # (when it was held, the stream), oldest first
         self.timing = self.scheduled = False
 
     def relayed(self, pipe: Pipe) -> None:
@@ -101,10 +104,10 @@ class Pacer:
             if not self.scheduled:
                 self.scheduled = True
                 asyncio.get_running_loop().call_soon(self._turn)
-        elif self.clock() - self.turn_start <= self.budget_s:
+        elif (now := self.clock()) - self.turn_start <= self.budget_s:
             self.within += 1
         elif pipe.hold():
-            self.line.append(pipe)
+            self.line.append((now, pipe))
 
     def _turn(self) -> None:
         if self.timing:
@@ -112,7 +115,11 @@ class Pacer:
             self.quota = max(self.within, MIN_QUOTA)
         line = self.line
         for _ in range(min(len(line), self.quota)):
-            line.popleft().unhold()
+            line.popleft()[1].unhold()
+        if line:
+            held_before = self.clock() - self.max_hold_s
+            while line and line[0][0] <= held_before:
+                line.popleft()[1].unhold()
         self.scheduled = bool(line)
         if line:  # the rest in later turns, whether or not anything is relayed meanwhile
             asyncio.get_running_loop().call_soon(self._turn)
@@ -317,6 +324,7 @@ class UpstreamStream:
                 pipe.out.append(sse_error(message, outcome.error))
         finally:
             watchdog.cancel()
+            pipe.watchdog = None  # (it refers back to the pipe)
             outcome.events, outcome.usage = pipe.sse.events, pipe.sse.usage
             if pipe.captured:
                 outcome.body = b"".join(pipe.captured)

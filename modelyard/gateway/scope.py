@@ -26,6 +26,10 @@ CLIENT_GONE = 499  # nginx's status for a request whose client closed the connec
 T = TypeVar("T")
 
 
+def _nothing() -> None:
+    pass
+
+
 class ClientWatch:
     """Cancels the request's task when its client goes away, or when the gateway's drain time ends before the
     answer has started (the server's `on_shutdown`), until `stop()`; `reason` says which."""
@@ -61,6 +65,7 @@ class ClientWatch:
 
     def stop(self) -> None:
         self._stop()
+        self._stop = _nothing  # the watch and its callback refer to each other: freed now, not by the collector
         if self._client is not None:
             self._client.on_shutdown(None)
 

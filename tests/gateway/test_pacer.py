@@ -70,6 +70,28 @@ def test_streams_relayed_past_the_turns_budget_wait_and_are_let_back_oldest_firs
                    + [f"unhold {name}" for name in late[2 * n:]])
 
 
+def test_a_stream_that_waited_the_longest_hold_is_let_back_whatever_the_quota() -> None:
+    async def main() -> list[str]:
+        log: list[str] = []
+        clock = Clock()
+        pacer = Pacer(budget_s=0.002, max_hold_s=0.05, clock=clock)
+        pacer.relayed(cast(Pipe, Stream("first", log)))  # the turn's clock starts at 0; one stream fits: quota 8
+        clock.now = 0.003
+        for i in range(MIN_QUOTA + 3):  # held at 3 ms
+            pacer.relayed(cast(Pipe, Stream(f"a{i}", log)))
+        clock.now = 0.004
+        for i in range(MIN_QUOTA + 3):  # held at 4 ms
+            pacer.relayed(cast(Pipe, Stream(f"b{i}", log)))
+        clock.now = 0.0535  # at the turn's end, the a's waited 50.5 ms, the b's 49.5
+        log.append("turn")
+        await next_turn()
+        return log[:]  # (the b's are let back in the next turns)
+
+    log = asyncio.run(main())
+    held = [f"hold a{i}" for i in range(MIN_QUOTA + 3)] + [f"hold b{i}" for i in range(MIN_QUOTA + 3)]
+    assert log == held + ["turn"] + [f"unhold a{i}" for i in range(MIN_QUOTA + 3)]
+
+
 def test_within_the_budget_nothing_waits_and_each_turn_has_its_own_clock_and_an_ending_stream_is_not_held() -> None:
     async def main() -> list[str]:
         log: list[str] = []
