@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -130,9 +129,7 @@ class Gateway:
         self.recent = RecentTraffic(self.metrics.multiprocess_dir)  # the status page's last minutes (/ui)
         self._session: aiohttp.ClientSession | None = None  # the scraper's; requests go through `self.upstream`
         self.upstream = UpstreamPool()
-        budget_ms = float(os.environ.get("MODELYARD_RELAY_BUDGET_MS", "0.5"))  # (MEASUREMENT ONLY, for the A/B)
-        hold_ms = float(os.environ.get("MODELYARD_RELAY_MAX_HOLD_MS", "50"))
-        self.pacer = Pacer(budget_ms / 1000, hold_ms / 1000) if budget_ms > 0 else None
+        self.pacer = Pacer()  # the streams' share of a saturated worker's loop turns (gateway/relay.py)
         self._tasks: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[str, str], tuple[dict[str, str], bytes]] = {}  # by endpoint id and path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
