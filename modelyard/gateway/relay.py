@@ -18,7 +18,7 @@ from modelyard.spec.schema import Timeouts
 log = logging.getLogger("modelyard.gateway")
 UPSTREAM_ERRORS = (TimeoutError, OSError)  # OSError: ConnectionError and the upstream client's own errors
 CLOCK_SLACK_S = 0.001
-RELAY_BUDGET_S = 0.002  # a loop turn's time for relaying streams before the rest wait for a later turn (Pacer)
+RELAY_BUDGET_S = 0.010  # a loop turn's time for relaying streams before the rest wait for a later turn (Pacer)
 MAX_HOLD_S = 0.05  # the longest a stream waits in the pacer's line
 MIN_QUOTA = 8  # streams let back per turn from the pacer's line, at least
 
