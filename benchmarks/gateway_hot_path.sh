@@ -5,6 +5,7 @@
 # 1,000 relayed tokens from /proc. Each REF (a commit; default: this checkout) gets its own simulator and
 # gateway, one after the other. Pinned with taskset: the gateway on core 1, simulator and load on core 0.
 # PYSPY=/path/to/py-spy also records a profile of each gateway (raw folded stacks, prof-REF.txt).
+# WRAP=benchmarks/gc_pauses.py: the gateway run with its garbage collector passes timed (in gateway-REF.log).
 # REDIS=1: the per-key limits in a private redis-server (unix socket), as with several gateway workers.
 # usage: benchmarks/gateway_hot_path.sh [CONCURRENCY] [NUM_REQUESTS] [REF ...]
 set -euo pipefail
@@ -40,7 +41,7 @@ YAML
   export GWKEY; GWKEY=$($PY -m modelyard keys create --name bench --rpm 10000000 --tpm 1000000000 --state-dir "$STATE" \
     | grep -o 'my-[A-Za-z0-9_-]*' | head -1)
   wait_up "http://127.0.0.1:$P_SIM/health"
-  SRC="$SRC" $(pin 1) $PY benchmarks/hot_path_gateway.py "$WORK/yard-$REF.yaml" > "$RESULTS/gateway-$REF.log" 2>&1 &
+  SRC="$SRC" $(pin 1) $PY ${WRAP:-} benchmarks/hot_path_gateway.py "$WORK/yard-$REF.yaml" > "$RESULTS/gateway-$REF.log" 2>&1 &
   GW=$!; track $GW
   wait_up "http://127.0.0.1:$P_GW/health"
   bench() { $(pin 0) $PY -m modelyard bench --model sim --endpoint chat --dataset random --input-len 32 --output-len 64 \
