@@ -8,6 +8,8 @@ pods reach them (the events carry the prompts' token ids)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from modelyard.deploy import kube_probes
 from modelyard.deploy.kube_common import (
     ENGINE_PORT,
@@ -79,6 +81,30 @@ def container_resources(adapter: EngineAdapter, model: AnyModel) -> tuple[Manife
     return {"requests": requests, "limits": limits}, shm
 
 
+def tokenizer_mounts(adapter: EngineAdapter, model: AnyModel) -> tuple[str, ...]:
+    """The weights volume's folders that the gateway's pod mounts for a model whose tokenizer it loads itself
+    (`tokenizer: local`): `tokenizer_path`, else the folders the engine's own container mounts (the gateway finds
+    the tokenizer in them as the engine finds its weights)."""
+    if model.tokenizer != "local":
+        return ()
+    if model.tokenizer_path is not None:
+        return (model.tokenizer_path.rstrip("/") or "/",)
+    return engine_pod(adapter, model).mounts
+
+
+def weights_volume(options: RenderOptions) -> Manifest:
+    weights = options.weights
+    source: Manifest = ({"hostPath": {"path": weights.host_path, "type": "Directory"}} if weights.host_path
+                        else {"persistentVolumeClaim": {"claimName": weights.claim, "readOnly": True}})
+    return {"name": WEIGHTS_VOLUME, **source}
+
+
+def weights_mounts(paths: Iterable[str]) -> list[Manifest]:
+    """Each path mounted read-only from the weights volume's folder of the same name (without the leading /)."""
+    return [{"name": WEIGHTS_VOLUME, "mountPath": path, "subPath": path.lstrip("/"), "readOnly": True}
+            for path in paths]
+
+
 def _volumes(pod: LaunchPlan, shm_gib: float, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -86,12 +112,8 @@ def _volumes(pod: LaunchPlan, shm_gib: float, options: RenderOptions) -> tuple[l
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(shm_gib)}Gi"}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if pod.mounts:
-        weights = options.weights
-        source: Manifest = ({"hostPath": {"path": weights.host_path, "type": "Directory"}} if weights.host_path
-                            else {"persistentVolumeClaim": {"claimName": weights.claim, "readOnly": True}})
-        volumes.append({"name": WEIGHTS_VOLUME, **source})
-        mounts += [{"name": WEIGHTS_VOLUME, "mountPath": path, "subPath": path.lstrip("/"), "readOnly": True}
-                   for path in pod.mounts]
+        volumes.append(weights_volume(options))
+        mounts += weights_mounts(pod.mounts)
     return volumes, mounts
 
 

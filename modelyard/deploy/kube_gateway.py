@@ -27,9 +27,10 @@ from modelyard.deploy.kube_common import (
     restricted_security,
     selector,
 )
-from modelyard.deploy.kube_engines import RenderError
+from modelyard.deploy.kube_engines import RenderError, tokenizer_mounts, weights_mounts, weights_volume
 from modelyard.deploy.kube_probes import grace_seconds
 from modelyard.engines import get_engine
+from modelyard.engines.accelerator import CONTAINER_HUB_CACHE
 from modelyard.spec.schema import YardSpec
 
 COMPONENT = "gateway"
@@ -82,6 +83,25 @@ def config_map(spec: YardSpec, options: RenderOptions) -> Manifest:
     return obj("v1", "ConfigMap", meta(CONFIG_NAME, COMPONENT, options), data={"yard.yaml": spec_yaml(spec)})
 
 
+def tokenizer_paths(spec: YardSpec, options: RenderOptions) -> list[str]:
+    """The weights volume's folders the gateway mounts: those of the models whose tokenizer it loads itself."""
+    paths = list(dict.fromkeys(path for model in spec.models
+                               for path in tokenizer_mounts(get_engine(model.engine), model)))
+    if paths and options.weights.host_path:
+        local = [m.name for m in spec.models if m.tokenizer == "local"]
+        raise RenderError(f"tokenizer: local (model(s) {', '.join(map(repr, local))}) is read in the gateway's pod, "
+                          "which runs on CPU nodes, and weights on a hostPath are on the GPU nodes only: use the "
+                          "weights PersistentVolumeClaim (no --weights-host-path), or tokenizer: engine")
+    return paths
+
+
+def hub_cache_env(spec: YardSpec, options: RenderOptions) -> list[Manifest]:
+    """A hub model without cache_dir is read from the mounted hub cache, as in its engine's container."""
+    if CONTAINER_HUB_CACHE in tokenizer_paths(spec, options):
+        return [{"name": "HF_HUB_CACHE", "value": CONTAINER_HUB_CACHE}]
+    return []
+
+
 def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> Manifest:
     port = spec.gateway.port
     # the port answering: /health is 503 while a model has no ready replica, /metrics needs its key
@@ -89,7 +109,7 @@ def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> 
     return {
         "name": "gateway", "image": options.images.modelyard,
         "command": ["modelyard", "gateway", "-f", CONFIG_PATH],
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *secret_env(spec)],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *hub_cache_env(spec, options), *secret_env(spec)],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": str(workers), "memory": f"{512 * workers}Mi"},
                       "limits": {"memory": f"{1024 * workers}Mi"}},
@@ -97,7 +117,8 @@ def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> 
         "livenessProbe": {**check, "periodSeconds": 10, "failureThreshold": 6},
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},  # the Service stops sending before SIGTERM
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_PATH.rsplit("/", 1)[0], "readOnly": True},
-                         {"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+                         {"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         *weights_mounts(tokenizer_paths(spec, options))],
         "securityContext": {**restricted_security(), "runAsNonRoot": True},
     }
 
@@ -114,7 +135,8 @@ def deployment(spec: YardSpec, source: YardSpec, options: RenderOptions) -> Mani
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_gateway_container(spec, options, workers)],
         "volumes": [{"name": "config", "configMap": {"name": CONFIG_NAME}},
-                    {"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                    {"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
+                    *([weights_volume(options)] if tokenizer_paths(spec, options) else [])],
         "nodeSelector": dict(options.cpu_node_selector),
     }
     return obj("apps/v1", "Deployment", meta(GATEWAY_NAME, COMPONENT, options), spec={

@@ -29,7 +29,7 @@ from modelyard.deploy.kube_common import (
     obj,
 )
 from modelyard.deploy.kube_engines import RenderError, engine_objects, engine_pod
-from modelyard.deploy.kube_gateway import METRICS_KEY_ENV, SECRET_NAME, gateway_objects, redis_objects
+from modelyard.deploy.kube_gateway import METRICS_KEY_ENV, SECRET_NAME, gateway_objects, redis_objects, tokenizer_paths
 from modelyard.deploy.kube_scaling import adapter_rules, hpa, pool_member_scaling, scaled_object
 from modelyard.engines import EngineAdapter, get_engine
 from modelyard.spec.schema import AnyModel, YardSpec
@@ -133,7 +133,7 @@ def shared_objects(spec: YardSpec, options: RenderOptions) -> dict[str, list[Man
                                                    "labels": labels(options.namespace, "namespace")})]}
     weights = options.weights
     mounts = any(engine_image(get_engine(m.engine), options) and engine_pod(get_engine(m.engine), m).mounts
-                 for m in spec.models)
+                 for m in spec.models) or bool(tokenizer_paths(spec, options))
     if mounts and weights.host_path is None:
         claim: Manifest = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": weights.size}}}
         if weights.storage_class:

@@ -249,3 +249,45 @@ def test_a_model_with_roles_is_not_rendered_yet() -> None:
     spec = parse_spec("models:\n  - {name: m, engine: simulator, roles: {prefill: 1, decode: 1}}\n")
     with pytest.raises(RenderError, match=r"models\[0\]\.roles: not rendered for Kubernetes yet"):
         render(spec)
+
+
+LOCAL_TOKENIZERS = """
+models:
+  - {name: qwen, engine: vllm, model: {path: /models/qwen3-8b}, tokenizer: local}
+  - {name: remote, engine: openai, urls: ["http://10.0.0.9:8000"], tokenizer: local, tokenizer_path: /models/tok/}
+  - {name: plain, engine: vllm, model: {path: /models/other}}
+"""
+
+
+def test_the_gateway_pod_mounts_the_tokenizers_it_loads_from_the_weights_volume() -> None:
+    rendered = render(parse_spec(LOCAL_TOKENIZERS))
+    for obj in rendered.objects():
+        validate(obj)
+    pod = _kind(rendered, "Deployment", "modelyard-gateway")["spec"]["template"]["spec"]
+    weights = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "weights"]
+    assert weights == [  # the weights folder the engine mounts, and the remote model's tokenizer_path; not "plain"
+        {"name": "weights", "mountPath": "/models/qwen3-8b", "subPath": "models/qwen3-8b", "readOnly": True},
+        {"name": "weights", "mountPath": "/models/tok", "subPath": "models/tok", "readOnly": True}]
+    assert {"name": "weights", "persistentVolumeClaim": {"claimName": "modelyard-weights", "readOnly": True}} in \
+        pod["volumes"]
+    assert "weights.yaml" in rendered.files  # the claim itself
+
+
+def test_a_gateway_without_local_tokenizers_mounts_no_weights() -> None:
+    pod = _kind(_render("gpu"), "Deployment", "modelyard-gateway")["spec"]["template"]["spec"]
+    assert all(v["name"] != "weights" for v in pod["volumes"])
+
+
+def test_local_tokenizers_with_host_path_weights_are_refused_with_the_reason() -> None:
+    with pytest.raises(RenderError, match=r"tokenizer: local \(model\(s\) 'qwen', 'remote'\) is read in the gateway"):
+        render(parse_spec(LOCAL_TOKENIZERS), RenderOptions(weights=Weights(host_path="/mnt/models")))
+
+
+def test_a_hub_model_s_local_tokenizer_is_read_from_the_mounted_hub_cache_in_the_gateway_too() -> None:
+    spec = parse_spec("models:\n  - {name: q, engine: vllm, model: {name: Qwen/Qwen3-8B}, tokenizer: local}\n")
+    rendered = render(spec)
+    engine = _engine(rendered, "q")
+    gateway = _kind(rendered, "Deployment", "modelyard-gateway")["spec"]["template"]["spec"]["containers"][0]
+    hub = next(e["value"] for e in engine["env"] if e["name"] == "HF_HUB_CACHE")
+    assert {"name": "HF_HUB_CACHE", "value": hub} in gateway["env"]
+    assert [m["mountPath"] for m in gateway["volumeMounts"] if m["name"] == "weights"] == [hub]
