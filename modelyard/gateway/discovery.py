@@ -128,6 +128,8 @@ class SliceReplica:
     address: str = ""  # the pod's IP
     kv_port: int | None = None  # its KV events' ports (IPv4 slices only)
     replay_port: int | None = None
+    pod: str = ""  # the endpoint's targetRef (its pod's uid, else name): a dual-stack pod is in two slices
+    ipv6: bool = False
 
 
 def replicas_of(endpoint_slice: Mapping[str, Any]) -> list[SliceReplica]:
@@ -145,8 +147,11 @@ def replicas_of(endpoint_slice: Mapping[str, Any]) -> list[SliceReplica]:
         if not addresses:
             continue
         host = f"[{addresses[0]}]" if ipv6 else addresses[0]
+        target = item.get("targetRef") or {}
+        pod = str(target.get("uid") or target.get("name") or "") if target.get("kind", "Pod") == "Pod" else ""
         out.append(SliceReplica(f"http://{host}:{port['port']}", _state(item.get("conditions") or {}),
-                                str(addresses[0]), named.get(KV_EVENTS_PORT_NAME), named.get(KV_REPLAY_PORT_NAME)))
+                                str(addresses[0]), named.get(KV_EVENTS_PORT_NAME), named.get(KV_REPLAY_PORT_NAME),
+                                pod, ipv6))
     return out
 
 
@@ -259,12 +264,14 @@ class EndpointSliceSource:
         wanted: dict[str, dict[str, SliceReplica]] = {m.name: {} for m in self.models.values()}
         for model_name, replicas in self.slices.values():
             seen = wanted[model_name]
-            for replica in replicas:
-                known = seen.get(replica.url)
-                if known is None or _PRECEDENCE[replica.state] < _PRECEDENCE[known.state]:
-                    seen[replica.url] = replica
+            for replica in replicas:  # one replica per pod: a dual-stack pod is followed at its IPv4 address
+                key = replica.pod or replica.url
+                known = seen.get(key)
+                if (known is None or (known.ipv6, _PRECEDENCE[known.state]) > (replica.ipv6,
+                                                                                 _PRECEDENCE[replica.state])):
+                    seen[key] = replica
         for model in self.models.values():
-            self._sync_model(model, wanted[model.name])
+            self._sync_model(model, {r.url: r for r in wanted[model.name].values()})
 
     def _sync_model(self, model: AnyModel, wanted: dict[str, SliceReplica]) -> None:
         current = {e.url: e for e in self.table.of(model.name)}

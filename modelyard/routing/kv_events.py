@@ -36,10 +36,12 @@ log = logging.getLogger(__name__)
 REPLAY_TIMEOUT_S = 1.0
 OWNER_CHECK_MS = 2000  # a subscription whose feed is gone (its router was replaced) ends within this
 GPU_MEDIA = (None, "GPU")
+SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598: not routed on the internet
 
 
 def allowed(address: str) -> bool:
-    """tcp:// to a loopback or private IP literal (or localhost), or ipc://; nothing else is connected to."""
+    """tcp:// to a loopback or private IP literal (or localhost; private includes the shared address space
+    100.64.0.0/10 that some pod networks use), or ipc://; nothing else is connected to."""
     if address.startswith("ipc://"):
         return True
     if not address.startswith("tcp://"):
@@ -51,7 +53,7 @@ def allowed(address: str) -> bool:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return ip.is_loopback or ip.is_private
+    return ip.is_loopback or ip.is_private or ip in SHARED_ADDRESS_SPACE
 
 
 def _key(value: Any) -> int:

@@ -259,6 +259,23 @@ def test_the_table_follows_the_slices_with_replica_numbers_never_reused() -> Non
         ("http://10.9.9.9:8000", "big", ReplicaState.READY)]  # discovery never touches a static replica
 
 
+def test_a_dual_stack_pod_is_one_replica_followed_at_its_ipv4_address() -> None:
+    table = EndpointTable()
+    yard = spec({"name": "chat", "engine": "simulator"})
+    source = EndpointSliceSource(yard, table, KubeAPI("http://127.0.0.1:1", "default"))
+
+    def pod_slice(name: str, family: str, address: str, ready: dict[str, bool]) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": "modelyard-chat"}},
+                "addressType": family, "ports": [{"name": "http", "port": 8000}],
+                "endpoints": [{"addresses": [address], "conditions": ready,
+                               "targetRef": {"kind": "Pod", "name": "chat-7d9f", "uid": "u-1"}}]}
+
+    source.replace([pod_slice("s6", "IPv6", "fd00::5", READY), pod_slice("s4", "IPv4", "10.0.0.5", READY)], "3")
+    assert [(e.url, e.state) for e in table.of("chat")] == [("http://10.0.0.5:8000", ReplicaState.READY)]
+    source.event({"type": "DELETED", "object": pod_slice("s4", "IPv4", "10.0.0.5", READY)})
+    assert [e.url for e in table.of("chat")] == ["http://[fd00::5]:8000"]  # an IPv6-only view still serves
+
+
 def test_an_error_event_raises_gone_for_410() -> None:
     source = EndpointSliceSource(spec(), EndpointTable(), KubeAPI("http://127.0.0.1:1", "default"))
     expired = orjson.loads((DATA / "status-410-expired.json").read_bytes())

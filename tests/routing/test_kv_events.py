@@ -141,7 +141,9 @@ def test_joining_late_learns_what_the_replay_buffer_still_has() -> None:
 def test_only_loopback_or_private_addresses_are_subscribed_to() -> None:
     assert allowed("tcp://127.0.0.1:5557") and allowed("tcp://10.1.2.3:5557") and allowed("tcp://[::1]:5557")
     assert allowed("tcp://localhost:5557") and allowed("ipc:///tmp/kv.sock")
+    assert allowed("tcp://100.64.12.7:5557")  # a pod network in the shared address space (RFC 6598)
     assert not allowed("tcp://8.8.8.8:5557") and not allowed("tcp://example.com:5557")
+    assert not allowed("tcp://100.128.0.1:5557")  # just past it: public
     assert not allowed("tcp://*:5557") and not allowed("pgm://x")
     feed = KVEventFeed(KVIndex(10))
     feed.sync([endpoint(0, KVEventsConfig("tcp://8.8.8.8:5557"))])
