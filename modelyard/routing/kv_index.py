@@ -21,14 +21,14 @@ BYTES_PER_BLOCK = 170  # measured with tracemalloc: two dict entries and the key
 
 
 class KVIndex:
-    def __init__(self, max_blocks: int) -> None:
+    def __init__(self, max_blocks: int, on_clear: Callable[[int], None] | None = None) -> None:
         self.max_blocks = max_blocks
         self._held: dict[int, dict[int, None]] = {}  # replica -> its keys, oldest first
         self._holders: dict[int, int] = {}  # key -> bitmask of the replicas that hold it
         self.block_sizes: dict[int, int] = {}  # replica -> the block size its events said
         self._slots: dict[int, int] = {}  # replica -> its bit in the masks, while it holds blocks
         self._replicas: list[int | None] = []  # slot -> its replica (None: free)
-        self.on_clear: Callable[[int], None] | None = None  # told of each replica whose share is cleared
+        self.on_clear = on_clear  # told of each replica whose share is cleared
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self._held.values())

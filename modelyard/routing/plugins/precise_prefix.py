@@ -65,7 +65,7 @@ class Params(PluginParams):
 class PrecisePrefixScorer:
     def __init__(self, params: Params, context: Context) -> None:
         self.params, self.context = params, context
-        self.index = KVIndex(params.index_blocks)
+        self.index = KVIndex(params.index_blocks, on_clear=self._cleared)
         self.feed = KVEventFeed(self.index)
         self.tokens = EngineTokens(params.tokenize_cache, params.max_blocks)
         self.heads = HeadKeys(self.tokens) if params.head_keys else None
@@ -76,7 +76,6 @@ class PrecisePrefixScorer:
         self.working = WorkingSets(params.horizon_s, params.index_blocks)
         self.placement = Placement(self.working, self._held, context.clock, context.processes, params.cold_slack,
                                    params.cold_room, params.spill_load, params.spill_min, params.spill_after_s)
-        self.index.on_clear = self._cleared
 
     def _cleared(self, replica: int) -> None:
         """The engine says it holds nothing (AllBlocksCleared, a restart, a gap it could not replay): what this
