@@ -287,7 +287,7 @@ class Gateway:
             if not call.keep_usage:  # ask the engine for usage; the relay drops it from the client's stream
                 call.payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
                 call.body = orjson.dumps(call.payload)
-        return await (self.disagg.serve(call) if self.disagg.applies(call) else self._relay(call))
+        return await (self.disagg.serve(call) if self.disagg.applies(call) else self.relay(call))
 
     def _abandoned(self, call: Call, key: str, status: int, error: str) -> None:
         """A request that ended before its answer did (its client left, or the gateway failed): recorded, and what
@@ -295,7 +295,7 @@ class Gateway:
         if call.ticket is None:  # it held nothing yet
             self.metrics.requests.labels(call.model.name, key, str(status)).inc()
         elif not call.recorded:
-            self._record(call, Outcome(status=status, error=error, started=call.arrived))
+            self.record(call, Outcome(status=status, error=error, started=call.arrived))
 
     async def _hold(self, model: str) -> int:
         """A model scaled to zero or asleep: the request waits while the control plane starts or wakes a replica
@@ -320,7 +320,9 @@ class Gateway:
         return openai_error(400, f"The model '{model.name}' is a {task.value} model: it serves {served}, not {path}",
                             "model_does_not_support_endpoint", "model")
 
-    async def _relay(self, call: Call) -> Response:
+    # --- the relay and its parts, which gateway/disagg.py's prefill leg uses as well ---
+    async def relay(self, call: Call) -> Response:
+        """The request to a replica and its answer to the client: attempts, retries, failover and the record."""
         tried: list[Endpoint] = []
         stale_retried = timed_out = False
         outcome = Outcome(started=call.relay_started) if call.relay_started else Outcome()
@@ -329,7 +331,7 @@ class Gateway:
         await self.router.prepare(call.route)
         for attempt in range(MAX_ATTEMPTS):
             if attempt:
-                if not self._may_retry(model):
+                if not self.may_retry(model):
                     last_error += "; retry budget exhausted"
                     break
             try:
@@ -344,30 +346,30 @@ class Gateway:
                 data = call.body
                 if endpoint.upstream_model and endpoint.upstream_model != model:
                     data = orjson.dumps({**call.payload, "model": endpoint.upstream_model})
-                self._take(endpoint, model)
+                self.take(endpoint, model)
                 try:
-                    upstream, first = await self._send(endpoint, call, data, outcome.started)
+                    upstream, first = await self.send_request(endpoint, call, data, outcome.started)
                 except UPSTREAM_ERRORS as exc:
-                    self._release(endpoint, model)
+                    self.release(endpoint, model)
                     last_error = f"replica {endpoint.id} failed: {type(exc).__name__}"
                     if stale_connection(exc) and not stale_retried:
                         stale_retried = True  # a pooled connection the engine had closed: once more, same replica
                         tried.pop()
                         continue
                     timed_out = isinstance(exc, TimeoutError)
-                    self._failed(endpoint, hung=timed_out)
+                    self.failed(endpoint, hung=timed_out)
                     continue
                 except BaseException:  # not the engine's failure (a cancelled request, a bad header): count it back
-                    self._release(endpoint, model)
+                    self.release(endpoint, model)
                     raise
             finally:
                 if attempt:
                     self.retry_budget.retried(model)
             if replica_unwell(upstream.status):
-                self._failed(endpoint)
+                self.failed(endpoint)
                 if attempt + 1 < MAX_ATTEMPTS:
                     upstream.close()
-                    self._release(endpoint, model)
+                    self.release(endpoint, model)
                     last_error = f"replica {endpoint.id} answered {upstream.status}"
                     continue
             elif not call.stream or upstream.status != 200:  # a stream is judged at its end (`_respond`)
@@ -375,10 +377,10 @@ class Gateway:
             return await self._respond(upstream, first, endpoint, call, outcome)
         if timed_out:  # the last replica tried did not answer within the model's timeouts
             outcome.status, outcome.error = 504, "timeout"
-            self._record(call, outcome)
+            self.record(call, outcome)
             return openai_error(504, f"Model '{model}' did not answer in time ({last_error})", "upstream_timeout")
         outcome.status, outcome.error = 503, "no_replica"
-        self._record(call, outcome)
+        self.record(call, outcome)
         return openai_error(503, f"No replica of model '{model}' could serve the request ({last_error})",
                             "no_ready_replica", headers={"Retry-After": "1"})
 
@@ -390,14 +392,15 @@ class Gateway:
             endpoint = self.router.pick(call.route, exclude=tried[-1:]) or self.router.pick(call.route)
         return endpoint
 
-    def _failed(self, endpoint: Endpoint, hung: bool = False) -> None:
+    def failed(self, endpoint: Endpoint, hung: bool = False) -> None:
+        """A replica fault (gateway/failover.py's classification said so): counted towards its ejection."""
         self.outliers.failure(endpoint, hung=hung, peers=self.table.of(endpoint.model))
 
     def _ejected(self, endpoint: Endpoint) -> None:
         self.metrics.ejections.labels(endpoint.model, str(endpoint.replica)).inc()
 
-    async def _send(self, endpoint: Endpoint, call: Call, data: bytes,
-                    started: float) -> tuple[Connection, bytes]:
+    async def send_request(self, endpoint: Endpoint, call: Call, data: bytes,
+                           started: float) -> tuple[Connection, bytes]:
         """Sends the request and, for a stream, waits for its first chunk: up to here a failure can be retried."""
         timeouts = call.model.timeouts
         target = self.upstream.target(endpoint.url)
@@ -436,12 +439,12 @@ class Gateway:
         def finish(done: Outcome) -> None:
             streamed = call.stream and upstream.status == 200
             if streamed and done.error in BROKEN_STREAM:  # the replica broke it off or went silent
-                self._failed(endpoint)
+                self.failed(endpoint)
             elif streamed and done.error is None:
                 self.outliers.success(endpoint, self.table.of(model))
-            self._release(endpoint, model)
+            self.release(endpoint, model)
             self.router.finished(call.route, endpoint)
-            self._record(call, done)
+            self.record(call, done)
 
         outcome.status, outcome.replica = upstream.status, endpoint.id
         outcome.first_byte = call.pipe.began if call.stream and call.pipe and call.pipe.began else time.perf_counter()
@@ -477,27 +480,28 @@ class Gateway:
         return Response(content, status_code=status, media_type=media,
                         headers={"x-modelyard-replica": endpoint.id})
 
-    def _child(self, metric: Any, *labels: str) -> Any:
+    def child(self, metric: Any, *labels: str) -> Any:
         """A metric's labelled child, looked up once (prometheus_client's `labels` takes a lock each time)."""
         child = self._children.get((metric, labels))
         if child is None:
             child = self._children[(metric, labels)] = metric.labels(*labels)
         return child
 
-    def _may_retry(self, model: str) -> bool:
+    def may_retry(self, model: str) -> bool:
         """A place in the retry budget (give it back with `retry_budget.retried`), against the model's requests
         in progress here."""
         return self.retry_budget.try_retry(model, sum(e.in_flight for e in self.table.of(model)))
 
-    def _take(self, endpoint: Endpoint, model: str) -> None:
+    def take(self, endpoint: Endpoint, model: str) -> None:
+        """A request in flight on `endpoint` (given back with `release`)."""
         endpoint.in_flight += 1
-        self._child(self.metrics.in_flight, model).inc()
+        self.child(self.metrics.in_flight, model).inc()
 
-    def _release(self, endpoint: Endpoint, model: str) -> None:
+    def release(self, endpoint: Endpoint, model: str) -> None:
         endpoint.in_flight -= 1
-        self._child(self.metrics.in_flight, model).dec()
+        self.child(self.metrics.in_flight, model).dec()
 
-    def _record(self, call: Call, outcome: Outcome) -> None:
+    def record(self, call: Call, outcome: Outcome) -> None:
         """Metrics now; the key's limits and the usage store off the request's path. Once per request."""
         if call.recorded or call.ticket is None:
             return
@@ -505,11 +509,11 @@ class Gateway:
         now = time.perf_counter()
         model, key = call.model.name, call.ticket.key.name
         status = "error" if outcome.error and outcome.error != "client_disconnected" else str(outcome.status)
-        self._child(self.metrics.requests, model, key, status).inc()
-        self._child(self.metrics.duration, model, key).observe(now - outcome.started)
+        self.child(self.metrics.requests, model, key, status).inc()
+        self.child(self.metrics.duration, model, key).observe(now - outcome.started)
         ttft = outcome.first_byte - outcome.started if outcome.first_byte is not None else None
         if ttft is not None:
-            self._child(self.metrics.ttft, model, key).observe(ttft)
+            self.child(self.metrics.ttft, model, key).observe(ttft)
         reservation = call.ticket.reservation
         charged = charge(outcome.usage, outcome.status == 200, call.stream, outcome.events, reservation)
         prompt, completion = charged.prompt, charged.completion
@@ -521,8 +525,8 @@ class Gateway:
             recent.add(now, outcome.first_byte - (call.arrived or outcome.started), tpot)
         self.recent.record(model, now, ttft, now - outcome.started, completion, outcome.status, outcome.error)
         if charged.total:
-            self._child(self.metrics.tokens, model, key, "prompt").inc(prompt)
-            self._child(self.metrics.tokens, model, key, "completion").inc(completion)
+            self.child(self.metrics.tokens, model, key, "prompt").inc(prompt)
+            self.child(self.metrics.tokens, model, key, "completion").inc(completion)
         settling = call.ticket.finish(charged.total)
         if settling is not None:  # a limiter that waits (Redis): off the request's path
             task = asyncio.get_running_loop().create_task(settling)

@@ -8,7 +8,7 @@
    vLLM's toy_proxy_server speaks it).
 2. The decode leg: the original request (streamed or not, as the client asked) with those `kv_transfer_params`, to
    a decode replica chosen by `roles.decode_routing` (load-aware by default), through the gateway's one relay
-   (`Gateway._relay`): its retries, failure classification, timeouts, usage (the decode answer's: the whole
+   (`Gateway.relay`): its retries, failure classification, timeouts, usage (the decode answer's: the whole
    prompt and completion) and record, in the request's one scope. TTFT and the total timeout count from the start
    of the prefill leg.
 
@@ -98,7 +98,7 @@ class Disaggregation:
             call.payload, call.body = payload, orjson.dumps(payload)
         call.route = RouteRequest(call.model.name, payload, call.route.session, role=DECODE)
         call.relay_started = started
-        return await self.gateway._relay(call)
+        return await self.gateway.relay(call)
 
     async def _prefill(self, call: Call, started: float) -> dict[str, Any] | Response | None:
         gateway, model = self.gateway, call.model.name
@@ -108,7 +108,7 @@ class Disaggregation:
         await gateway.router.prepare(leg.route)
         tried: list[Endpoint] = []
         for attempt in range(PREFILL_ATTEMPTS):
-            if attempt and not gateway._may_retry(model):
+            if attempt and not gateway.may_retry(model):
                 break
             try:
                 endpoint = gateway.router.pick(leg.route, exclude=tried)
@@ -148,39 +148,39 @@ class Disaggregation:
         timeouts = leg.model.timeouts
         now = time.perf_counter()
         bound = min(timeouts.first_byte_s, timeouts.total_s - (now - started))
-        gateway._take(endpoint, model)
+        gateway.take(endpoint, model)
         try:
             try:  # `_send` bounds an unstreamed request by the total from its start: a start that leaves `bound`
                 upstream = await self._send(endpoint, leg, data, now - (timeouts.total_s - bound))
             except UPSTREAM_ERRORS as exc:
-                gateway._failed(endpoint, hung=isinstance(exc, TimeoutError))
+                gateway.failed(endpoint, hung=isinstance(exc, TimeoutError))
                 return None
             try:
                 async with asyncio.timeout(max(0.0, bound - (time.perf_counter() - now))):
                     content = await upstream.read()
             except UPSTREAM_ERRORS as exc:
                 upstream.close()
-                gateway._failed(endpoint, hung=isinstance(exc, TimeoutError))
+                gateway.failed(endpoint, hung=isinstance(exc, TimeoutError))
                 return None
             except BaseException:  # cancelled (the client left): closing aborts the engine's work
                 upstream.close()
                 raise
             upstream.release()
             if replica_unwell(upstream.status):
-                gateway._failed(endpoint)
+                gateway.failed(endpoint)
                 return None
             gateway.outliers.success(endpoint, gateway.table.of(model))  # an answer about the request too
             return upstream.status, content
         finally:
-            gateway._release(endpoint, model)
+            gateway.release(endpoint, model)
             gateway.router.finished(leg.route, endpoint)
 
     async def _send(self, endpoint: Endpoint, leg: Call, data: bytes, started: float) -> Connection:
         """The gateway's send; once more on the same replica when a pooled connection was stale."""
         try:
-            upstream, _ = await self.gateway._send(endpoint, leg, data, started)
+            upstream, _ = await self.gateway.send_request(endpoint, leg, data, started)
         except StaleConnection:
-            upstream, _ = await self.gateway._send(endpoint, leg, data, started)
+            upstream, _ = await self.gateway.send_request(endpoint, leg, data, started)
         return upstream
 
     def _refused(self, call: Call, endpoint: Endpoint, status: int, content: bytes, started: float) -> Response:
@@ -189,13 +189,13 @@ class Disaggregation:
         status = gateway.engines[call.model.name].answer_status(status, content)
         self._count(call.model.name, "refused")
         content = openai_shaped(status, content)
-        gateway._record(call, Outcome(status=status, started=started, first_byte=time.perf_counter(),
+        gateway.record(call, Outcome(status=status, started=started, first_byte=time.perf_counter(),
                                       replica=endpoint.id))
         return Response(content, status_code=status, media_type="application/json",
                         headers={"x-modelyard-replica": endpoint.id})
 
     def _count(self, model: str, outcome: str) -> None:
-        self.gateway._child(self.gateway.metrics.prefill_legs, model, outcome).inc()
+        self.gateway.child(self.gateway.metrics.prefill_legs, model, outcome).inc()
 
 
 __all__ = ["REMOTE_DECODE", "Disaggregation", "handed_off", "prefill_payload"]

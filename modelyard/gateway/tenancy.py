@@ -155,7 +155,7 @@ class Tenancy:
                  metrics: GatewayMetrics) -> None:
         self.ring, self.store, self.limiter, self.queues, self.metrics = ring, store, limiter, queues, metrics
         self.keys = KeyCache(store) if store is not None else None
-        self.prompts = PromptEstimates()  # learned from the engines' usage (Gateway._record)
+        self.prompts = PromptEstimates()  # learned from the engines' usage (Gateway.record)
 
     async def identify(self, authorization: str | Twice | None) -> KeyRecord | Response:
         """The key of a request that may make requests now (known, not revoked, not expired), or the answer that

@@ -2,7 +2,7 @@
 latency percentiles, completion tokens.
 
 Each gateway process keeps a ring of BUCKETS buckets of BUCKET_S seconds per model, filled as it records a request
-(`Gateway._record`: an index, a few adds and two bisects into fixed log-spaced bounds, no JSON). With several
+(`Gateway.record`: an index, a few adds and two bisects into fixed log-spaced bounds, no JSON). With several
 worker processes, each publishes its ring about once a second into the shared metrics folder (as the routing
 timings are) and the worker that answers /ui/state adds up its own ring and the others'. Buckets are numbered by
 time.perf_counter() // BUCKET_S: on Linux that clock is CLOCK_MONOTONIC, one clock for every process of the host.
