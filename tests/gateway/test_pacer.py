@@ -153,6 +153,7 @@ def test_streams_held_by_the_pacer_are_read_again_and_lose_nothing() -> None:
             await asyncio.sleep(0.002)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        writer.close()  # (Python 3.12's wait_closed waits for the server's connections)
 
     class Slow(Clock):
         def __call__(self) -> float:  # every reading of the clock is 1.5 ms later: the second relay is past 2 ms

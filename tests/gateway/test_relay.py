@@ -46,6 +46,7 @@ def test_the_first_chunk_goes_out_with_the_head_in_the_read_that_brought_it_then
         await asyncio.sleep(0.05)
         writer.write(b"9\r\ndata: 3\n\n\r\n0\r\n\r\n")
         await writer.drain()
+        writer.close()  # (Python 3.12's wait_closed waits for the server's connections)
 
     async def main() -> None:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)

@@ -39,8 +39,14 @@ async def ask(pool: UpstreamPool, target: Target, body: bytes = b"{}") -> Connec
 
 
 def run(handler: Handler, test: Callable[[UpstreamPool, Target], Awaitable[None]]) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        finally:  # a handler that returned has nothing more to send (and 3.12's wait_closed waits for this)
+            writer.close()
+
     async def main() -> None:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         pool = UpstreamPool()
         try:
