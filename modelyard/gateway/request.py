@@ -48,7 +48,7 @@ class Call:
     pipe: Pipe | None = None  # the stream of the attempt in flight (gateway/relay.py), made before its request is sent
     arrived: float = 0.0  # time.perf_counter() when the request came in, before any wait
     request_id: bytes = b""
-    recorded: bool = False  # `_record` ran: the request's limits and slot are given back, its usage written
+    recorded: bool = False  # `Gateway.record` ran: the request's limits and slot are given back, its usage written
     watch: ClientWatch | None = None
     relay_started: float = 0.0  # a disaggregated model's request: when its prefill leg started (gateway/disagg.py)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from modelyard.routing.slots import Slots
+
 BYTES_PER_BLOCK = 170  # measured with tracemalloc: two dict entries and the key's int (tests check the bound)
 
 
@@ -26,8 +28,7 @@ class KVIndex:
         self._held: dict[int, dict[int, None]] = {}  # replica -> its keys, oldest first
         self._holders: dict[int, int] = {}  # key -> bitmask of the replicas that hold it
         self.block_sizes: dict[int, int] = {}  # replica -> the block size its events said
-        self._slots: dict[int, int] = {}  # replica -> its bit in the masks, while it holds blocks
-        self._replicas: list[int | None] = []  # slot -> its replica (None: free)
+        self._slots = Slots()  # each replica's bit in the masks, while it holds blocks
         self.on_clear = on_clear  # told of each replica whose share is cleared
 
     def __len__(self) -> int:
@@ -39,24 +40,13 @@ class KVIndex:
     def holds(self, replica: int, key: int) -> bool:
         return key in self._held.get(replica, ())
 
-    def _slot(self, replica: int) -> int:
-        slot = self._slots.get(replica)
-        if slot is None:
-            slot = next((i for i, r in enumerate(self._replicas) if r is None), len(self._replicas))
-            if slot == len(self._replicas):
-                self._replicas.append(replica)
-            else:
-                self._replicas[slot] = replica
-            self._slots[replica] = slot
-        return slot
-
     def stored(self, replica: int, keys: Iterable[int], block_size: int | None = None) -> None:
         held = self._held.get(replica)
         if held is None:
             held = self._held[replica] = {}
         if block_size:
             self.block_sizes[replica] = block_size
-        bit = 1 << self._slot(replica)
+        bit = self._slots.bit(replica)
         holders = self._holders
         for key in keys:
             if key in held:
@@ -71,15 +61,13 @@ class KVIndex:
     def removed(self, replica: int, keys: Iterable[int]) -> None:
         held = self._held.get(replica)
         if held:
-            self._drop(1 << self._slots[replica], [k for k in keys if k in held], held)
+            self._drop(self._slots.held_bit(replica), [k for k in keys if k in held], held)
 
     def clear(self, replica: int) -> None:
         held = self._held.pop(replica, None)
         if held:
-            self._drop(1 << self._slots[replica], list(held), {})
-        slot = self._slots.pop(replica, None)
-        if slot is not None:  # no mask has its bit any more: the slot is free
-            self._replicas[slot] = None
+            self._drop(self._slots.held_bit(replica), list(held), {})
+        self._slots.free(replica)  # no mask has its bit any more
         self.block_sizes.pop(replica, None)
         if self.on_clear is not None:
             self.on_clear(replica)
@@ -103,19 +91,10 @@ class KVIndex:
         for key in keys:
             now = mask & holders.get(key, 0)
             if now != mask:
-                self._record(mask & ~now, depth, out)
+                self._slots.record(mask & ~now, depth, out)
                 mask = now
                 if not mask:
                     return out
             depth += 1
-        self._record(mask, depth, out)
+        self._slots.record(mask, depth, out)
         return out
-
-    def _record(self, mask: int, depth: int, out: dict[int, int]) -> None:
-        replicas = self._replicas
-        while mask:
-            low = mask & -mask
-            replica = replicas[low.bit_length() - 1]
-            assert replica is not None
-            out[replica] = depth
-            mask ^= low

@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from modelyard.routing.slots import Slots
+
 
 class PrefixIndex:
     def __init__(self) -> None:
         self._lru: dict[int, OrderedDict[int, None]] = {}  # replica -> block hashes, least recently used first
         self._holders: dict[int, int] = {}  # block hash -> bitmask of replicas that hold it
+        self._slots = Slots()  # each replica's bit in the masks, while it holds blocks
         self._urls: dict[int, str] = {}  # replica -> the URL its entries were learnt from
 
     def __len__(self) -> int:
@@ -60,24 +63,17 @@ class PrefixIndex:
         head that ends between lo and hi."""
         if lo_mask == hi_mask:  # nobody's head ends between lo and hi
             if hi == len(hashes) - 1:
-                self._record(hi_mask, hi + 1, out)
+                self._slots.record(hi_mask, hi + 1, out)
             return
         if hi == lo + 1:
-            self._record(lo_mask & ~hi_mask, lo + 1, out)
+            self._slots.record(lo_mask & ~hi_mask, lo + 1, out)
             if hi == len(hashes) - 1:
-                self._record(hi_mask, hi + 1, out)
+                self._slots.record(hi_mask, hi + 1, out)
             return
         mid = (lo + hi) // 2
         mid_mask = self._holders.get(hashes[mid], 0) & lo_mask
         self._split(hashes, lo, lo_mask, mid, mid_mask, out)
         self._split(hashes, mid, mid_mask, hi, hi_mask & mid_mask, out)
-
-    @staticmethod
-    def _record(mask: int, depth: int, out: dict[int, int]) -> None:
-        while mask:
-            low = mask & -mask
-            out[low.bit_length() - 1] = depth
-            mask ^= low
 
     def check_url(self, replica: int, url: str) -> None:
         """A replica that came back on another URL (a restart) starts with an empty cache: forget what it held."""
@@ -92,7 +88,7 @@ class PrefixIndex:
         lru = self._lru.get(replica)
         if lru is None:
             lru = self._lru[replica] = OrderedDict()
-        bit = 1 << replica
+        bit = self._slots.bit(replica)
         holders = self._holders
         for block in reversed(hashes):
             if block in lru:
@@ -116,5 +112,6 @@ class PrefixIndex:
     def forget(self, replica: int) -> None:
         lru = self._lru.pop(replica, None)
         if lru:
-            self._evict(lru, 1 << replica, len(lru))
+            self._evict(lru, self._slots.held_bit(replica), len(lru))
+        self._slots.free(replica)
         self._urls.pop(replica, None)

@@ -72,7 +72,8 @@ def test_bisected_matches_equal_a_block_by_block_walk() -> None:
         walked = {}
         for replica in range(6):
             depth = 0
-            while depth < len(hashes) and index._holders.get(hashes[depth], 0) >> replica & 1:
+            bit = index._slots.held_bit(replica)
+            while depth < len(hashes) and index._holders.get(hashes[depth], 0) & bit:
                 depth += 1
             if depth:
                 walked[replica] = depth
