@@ -23,12 +23,16 @@ import uvicorn  # noqa: E402
 import uvloop  # noqa: E402
 
 from modelyard.fleet.supervisor import Supervisor  # noqa: E402
-from modelyard.gateway.app import create_gateway  # noqa: E402
 from modelyard.gateway.auth import KeyRing  # noqa: E402
 from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter  # noqa: E402
 from modelyard.routing.endpoints import EndpointTable  # noqa: E402
 from modelyard.spec.loader import load_spec  # noqa: E402
 from modelyard.store.factory import open_store  # noqa: E402
+
+try:
+    from modelyard.gateway.asgi import create_gateway  # noqa: E402
+except ImportError:  # a commit from before gateway/asgi.py
+    from modelyard.gateway.app import create_gateway  # type: ignore[attr-defined,no-redef]  # noqa: E402
 
 
 async def serve(app: object, host: str, port: int) -> None:

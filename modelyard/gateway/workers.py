@@ -30,7 +30,8 @@ from typing import Any
 
 import orjson
 
-from modelyard.gateway.app import Gateway, create_gateway
+from modelyard.gateway.app import Gateway
+from modelyard.gateway.asgi import create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.failover import OutlierDetector
 from modelyard.gateway.limits import Limiter, LocalLimiter, RedisLimiter

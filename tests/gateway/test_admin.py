@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.gateway.app import create_gateway
+from modelyard.gateway.asgi import create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.routing.endpoints import EndpointTable
 from modelyard.spec.schema import YardSpec

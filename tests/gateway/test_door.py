@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from modelyard.fleet.process import free_port
-from modelyard.gateway.app import create_gateway
+from modelyard.gateway.asgi import create_gateway
 from modelyard.gateway.auth import KeyRing, cache_salt
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
 from modelyard.spec.schema import YardSpec

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelyard.gateway.app import create_gateway
+from modelyard.gateway.asgi import create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.gateway.server import Server
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 from modelyard.fleet.child_env import worker_env
-from modelyard.gateway.app import Gateway, create_gateway
+from modelyard.gateway.app import Gateway
+from modelyard.gateway.asgi import create_gateway
 from modelyard.gateway.auth import KeyRing
 from modelyard.observability.ui_session import COOKIE, UiAuth
 from modelyard.routing.endpoints import Endpoint, EndpointTable, ReplicaState
