@@ -90,6 +90,15 @@ class Gateway:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Its output printed if the block failed; stopped, and a clean exit checked, whatever happened."""
+        if kind is not None:
+            print(self.output())
+        assert self.stop() == 0, self.output()
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -154,14 +163,8 @@ def test_routing_follows_the_endpointslices(tmp_path: Path, simulators: dict[str
     port = int(simulators[A].rsplit(":", 1)[1])
     lists, watches = recorded(port)
     with KubeReplay(lists, watches) as replay:
-        gateway = Gateway(tmp_path, ["--kube-api", replay.url, "--namespace", "default"])
-        try:
+        with Gateway(tmp_path, ["--kube-api", replay.url, "--namespace", "default"]) as gateway:
             _scenario(gateway, replay, simulators)
-        except BaseException:
-            print(gateway.output())
-            raise
-        finally:
-            assert gateway.stop() == 0, gateway.output()
     assert replay.watch_versions == ["1000", "1003", "2000"]  # resumed from the bookmark, listed again after 410
     assert replay.list_count == 2
 
@@ -226,16 +229,10 @@ def test_outside_kubernetes_an_external_server_is_served_from_its_urls(tmp_path:
                                                                       simulators: dict[str, str]) -> None:
     remote = {"name": "remote", "engine": "openai", "urls": [simulators[A], simulators[B]], "replicas": 2,
               "upstream_model": "chat", "routing": "round-robin"}
-    gateway = Gateway(tmp_path, [], models=[remote, CHAT])
-    try:
+    with Gateway(tmp_path, [], models=[remote, CHAT]) as gateway:
         wait_until(lambda: bool(gateway.health()), START_TIMEOUT_S, "the gateway")
         before = served(simulators)
         assert set(ask(gateway, 6, model="remote")) == {"remote/0", "remote/1"}
         assert delta(before, served(simulators)) == {A: 3, B: 3, C: 0}
         ask(gateway, 1, status=503)  # a model whose replicas only Kubernetes would find has none here
-    except BaseException:
-        print(gateway.output())
-        raise
-    finally:
-        assert gateway.stop() == 0, gateway.output()
     assert "get no replicas here" in gateway.output()

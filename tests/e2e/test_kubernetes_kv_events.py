@@ -233,18 +233,12 @@ def _held_prefix_lands_on(gateway: Gateway, pods: Pods, host: str, replica: str)
 def test_through_the_gateway_a_prefix_goes_to_the_pod_whose_events_hold_it(tmp_path: Path, pods: Pods) -> None:
     lists, watches = pods.recording()
     with KubeReplay(lists, watches) as replay:
-        gateway = Gateway(tmp_path, ["--kube-api", replay.url, "--namespace", "default"], models=[MODEL])
-        try:
+        with Gateway(tmp_path, ["--kube-api", replay.url, "--namespace", "default"], models=[MODEL]) as gateway:
             gateway.wait_replicas(2)
             _held_prefix_lands_on(gateway, pods, B, "chat/1")
             replay.send(1)  # C's pod appears: its events are followed too
             gateway.wait_replicas(3)
             _held_prefix_lands_on(gateway, pods, C, "chat/2")
-        except BaseException:
-            print(gateway.output())
-            raise
-        finally:
-            assert gateway.stop() == 0, gateway.output()
 
 
 def test_outside_kubernetes_an_external_server_is_followed_at_its_kv_events_addresses(tmp_path: Path,
@@ -252,13 +246,7 @@ def test_outside_kubernetes_an_external_server_is_followed_at_its_kv_events_addr
     remote = {"name": "chat", "engine": "openai", "urls": [pods.url(A), pods.url(B)], "upstream_model": "chat",
               "kv_events": [f"tcp://{h}:{pods.events}" for h in (A, B)],
               "kv_replay": [f"tcp://{h}:{pods.replay}" for h in (A, B)]}
-    gateway = Gateway(tmp_path, [], models=[remote])
-    try:
+    with Gateway(tmp_path, [], models=[remote]) as gateway:
         gateway.wait_replicas(2)
         _held_prefix_lands_on(gateway, pods, B, "chat/1")
         _held_prefix_lands_on(gateway, pods, A, "chat/0")
-    except BaseException:
-        print(gateway.output())
-        raise
-    finally:
-        assert gateway.stop() == 0, gateway.output()

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -20,6 +21,21 @@ def endpoint(replica: int, config: KVEventsConfig, url: str = "http://127.0.0.1:
 
 def config() -> KVEventsConfig:
     return KVEventsConfig(f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", topic="t")
+
+
+@contextlib.asynccontextmanager
+async def published() -> AsyncIterator[tuple[KVEventsConfig, Publisher, KVIndex, KVEventFeed]]:
+    """A replica's publisher and a feed into a new index, both closed after."""
+    cfg = config()
+    publisher = Publisher(cfg, block_size=16)
+    publisher.start()
+    index = KVIndex(1000)
+    feed = KVEventFeed(index)
+    try:
+        yield cfg, publisher, index, feed
+    finally:
+        await feed.close()
+        await publisher.close()
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
@@ -52,12 +68,7 @@ async def joined(publisher: Publisher, index: KVIndex, replica: int) -> None:
 
 
 async def _the_index_follows_stored_removed_and_cleared_and_recovers_a_gap() -> None:
-    cfg = config()
-    publisher = Publisher(cfg, block_size=16)
-    publisher.start()
-    index = KVIndex(1000)
-    feed = KVEventFeed(index)
-    try:
+    async with published() as (cfg, publisher, index, feed):
         feed.sync([endpoint(0, cfg)])
         await joined(publisher, index, 0)
         publisher.publish([("stored", [1, 2, 3], None, list(range(48)))])
@@ -72,9 +83,6 @@ async def _the_index_follows_stored_removed_and_cleared_and_recovers_a_gap() -> 
         assert index.holds(0, 4) and not index.holds(0, 1) and feed.subscriptions[0].gaps == 1
         publisher.publish([("cleared",)])
         await until(lambda: index.blocks(0) == 0, "all blocks cleared")
-    finally:
-        await feed.close()
-        await publisher.close()
 
 
 async def _a_gap_that_replay_cannot_fill_forgets_the_replica() -> None:
@@ -116,12 +124,7 @@ async def _a_restarted_replica_starts_empty() -> None:
 
 
 async def _joining_late_learns_what_the_replay_buffer_still_has() -> None:
-    cfg = config()
-    publisher = Publisher(cfg, block_size=16)
-    publisher.start()
-    index = KVIndex(1000)
-    feed = KVEventFeed(index)
-    try:
+    async with published() as (cfg, publisher, index, feed):
         publisher.publish([("stored", [1, 2, 3], None, [])])
         publisher.publish([("removed", [3])])
         new = feed.sync([endpoint(0, cfg)])
@@ -129,9 +132,6 @@ async def _joining_late_learns_what_the_replay_buffer_still_has() -> None:
         assert index.matches([1, 2, 3]) == {0: 2} and new[0].joined_upto == 1
         publisher.publish([("stored", [3], 2, [])])  # the next live batch follows on
         await until(lambda: index.matches([1, 2, 3]) == {0: 3}, "a live batch after the join")
-    finally:
-        await feed.close()
-        await publisher.close()
 
 
 def test_joining_late_learns_what_the_replay_buffer_still_has() -> None:
@@ -198,12 +198,7 @@ def test_a_dropped_feed_lets_its_subscriptions_end() -> None:
 
 
 async def _a_new_epoch_at_the_same_addresses_forgets_the_replica_and_subscribes_again() -> None:
-    cfg = config()
-    publisher = Publisher(cfg, block_size=16)
-    publisher.start()
-    index = KVIndex(1000)
-    feed = KVEventFeed(index)
-    try:
+    async with published() as (cfg, publisher, index, feed):
         first = endpoint(0, cfg)
         (subscription,) = feed.sync([first])
         await joined(publisher, index, 0)
@@ -213,9 +208,6 @@ async def _a_new_epoch_at_the_same_addresses_forgets_the_replica_and_subscribes_
         assert feed.sync([first]) and feed.subscriptions[0] is not subscription
         assert index.blocks(0) == 0
         assert feed.sync([first]) == []  # the same epoch again: nothing new
-    finally:
-        await feed.close()
-        await publisher.close()
 
 
 def test_a_new_epoch_at_the_same_addresses_forgets_the_replica_and_subscribes_again() -> None:
