@@ -33,8 +33,8 @@ from modelyard.routing.endpoints import EndpointTable, ReplicaState
 from modelyard.routing.kv_events import KVEventFeed
 from modelyard.routing.kv_index import KVIndex
 from modelyard.spec.schema import YardSpec
-from tests.cluster import API_KEY
 from tests.e2e.test_kubernetes_discovery import Gateway, _answers
+from tests.e2e.test_precise_routing import ask
 from tests.gateway.test_discovery import (
     A,
     B,
@@ -211,14 +211,6 @@ async def _scenario(pods: Pods, replay: KubeReplay, table: EndpointTable, worker
 
 def test_the_subscriptions_follow_the_pods_and_a_pod_takes_its_share_when_it_goes(pods: Pods) -> None:
     asyncio.run(_subscriptions_follow_the_pods(pods))
-
-
-def ask(gateway: Gateway, body: dict[str, Any]) -> tuple[str, int, int]:
-    reply = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30,
-                       headers={"Authorization": f"Bearer {API_KEY}"})
-    assert reply.status_code == 200, reply.text
-    usage = reply.json()["usage"]
-    return reply.headers["x-modelyard-replica"], usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
 
 
 def _held_prefix_lands_on(gateway: Gateway, pods: Pods, host: str, replica: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -41,8 +41,14 @@ def chat(topic: str, question: str) -> dict[str, Any]:
                                                             {"role": "user", "content": question}]}
 
 
-def ask(cluster: Cluster, body: dict[str, Any]) -> tuple[str, int, int]:
-    reply = httpx.post(cluster.url + "/v1/chat/completions", json=body, timeout=30,
+class Served(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+def ask(gateway: Served, body: dict[str, Any]) -> tuple[str, int, int]:
+    """A chat's replica, prompt tokens and cached prompt tokens (a Cluster's, or any gateway at `url`)."""
+    reply = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30,
                        headers={"Authorization": f"Bearer {API_KEY}"})
     assert reply.status_code == 200, reply.text
     usage = reply.json()["usage"]

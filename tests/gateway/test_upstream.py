@@ -38,6 +38,15 @@ async def ask(pool: UpstreamPool, target: Target, body: bytes = b"{}") -> Connec
     return conn
 
 
+async def attached(conn: Connection) -> list[bytes]:
+    """The pieces that reach a sink attached now, once the body has ended without an error."""
+    got: list[bytes] = []
+    ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    conn.attach(got.append, ended.set_result)
+    assert await ended is None
+    return got
+
+
 def run(handler: Handler, test: Callable[[UpstreamPool, Target], Awaitable[None]]) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -113,11 +122,7 @@ def test_a_chunked_stream_reaches_the_sink_piece_by_piece() -> None:
         conn.send(request_head(target, "/v1/completions", {}), b"{}")
         assert await conn.head() == 200
         assert await conn.chunk() == b"data: 0\n\n"
-        got: list[bytes] = []
-        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-        conn.attach(got.append, ended.set_result)
-        assert await ended is None
-        assert got == [b"data: 1\n\n", b"data: 2\n\n"]
+        assert await attached(conn) == [b"data: 1\n\n", b"data: 2\n\n"]
         conn.release()
         assert pool.idle() == 1
 
@@ -274,11 +279,7 @@ def test_what_one_read_brings_reaches_the_sink_as_one_piece() -> None:
     async def test(pool: UpstreamPool, target: Target) -> None:
         conn = await ask(pool, target)
         assert await conn.chunk() == b"data: 0\n\n"
-        got: list[bytes] = []
-        ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-        conn.attach(got.append, ended.set_result)
-        assert await ended is None
-        assert got == [b"data: 1\n\ndata: 2\n\ndata: 3\n\n", b"data: 4\n\ndata: 5\n\n"]
+        assert await attached(conn) == [b"data: 1\n\ndata: 2\n\ndata: 3\n\n", b"data: 4\n\ndata: 5\n\n"]
         conn.release()
 
     run(handler, test)
