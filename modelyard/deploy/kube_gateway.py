@@ -95,21 +95,21 @@ def tokenizer_paths(spec: YardSpec, options: RenderOptions) -> list[str]:
     return paths
 
 
-def hub_cache_env(spec: YardSpec, options: RenderOptions) -> list[Manifest]:
+def hub_cache_env(tokenizers: list[str]) -> list[Manifest]:
     """A hub model without cache_dir is read from the mounted hub cache, as in its engine's container."""
-    if CONTAINER_HUB_CACHE in tokenizer_paths(spec, options):
+    if CONTAINER_HUB_CACHE in tokenizers:
         return [{"name": "HF_HUB_CACHE", "value": CONTAINER_HUB_CACHE}]
     return []
 
 
-def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> Manifest:
+def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int, tokenizers: list[str]) -> Manifest:
     port = spec.gateway.port
     # the port answering: /health is 503 while a model has no ready replica, /metrics needs its key
     check: Manifest = {"tcpSocket": {"port": "http"}, "timeoutSeconds": 5}
     return {
         "name": "gateway", "image": options.images.modelyard,
         "command": ["modelyard", "gateway", "-f", CONFIG_PATH],
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *hub_cache_env(spec, options), *secret_env(spec)],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, *hub_cache_env(tokenizers), *secret_env(spec)],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": str(workers), "memory": f"{512 * workers}Mi"},
                       "limits": {"memory": f"{1024 * workers}Mi"}},
@@ -118,7 +118,7 @@ def _gateway_container(spec: YardSpec, options: RenderOptions, workers: int) -> 
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},  # the Service stops sending before SIGTERM
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_PATH.rsplit("/", 1)[0], "readOnly": True},
                          {"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-                         *weights_mounts(tokenizer_paths(spec, options))],
+                         *weights_mounts(tokenizers)],
         "securityContext": {**restricted_security(), "runAsNonRoot": True},
     }
 
@@ -128,15 +128,16 @@ def deployment(spec: YardSpec, source: YardSpec, options: RenderOptions) -> Mani
     grace = max((grace_seconds(m) for m in source.models), default=60)
     # the preStop sleep, the gateway's drain (gateway.http.drain_s), then the streams' ending and the usage flush
     grace = max(grace, 5 + math.ceil(spec.gateway.http.drain_s) + 15)
+    tokenizers = tokenizer_paths(spec, options)
     pod: Manifest = {
         "serviceAccountName": GATEWAY_NAME, "enableServiceLinks": False,
         "terminationGracePeriodSeconds": grace,
         "securityContext": {"runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [_gateway_container(spec, options, workers)],
+        "containers": [_gateway_container(spec, options, workers, tokenizers)],
         "volumes": [{"name": "config", "configMap": {"name": CONFIG_NAME}},
                     {"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
-                    *([weights_volume(options)] if tokenizer_paths(spec, options) else [])],
+                    *([weights_volume(options)] if tokenizers else [])],
         "nodeSelector": dict(options.cpu_node_selector),
     }
     return obj("apps/v1", "Deployment", meta(GATEWAY_NAME, COMPONENT, options), spec={

@@ -267,8 +267,8 @@ class EndpointSliceSource:
             for replica in replicas:  # one replica per pod: a dual-stack pod is followed at its IPv4 address
                 key = replica.pod or replica.url
                 known = seen.get(key)
-                if (known is None or (known.ipv6, _PRECEDENCE[known.state]) > (replica.ipv6,
-                                                                                 _PRECEDENCE[replica.state])):
+                rank = (replica.ipv6, _PRECEDENCE[replica.state])
+                if known is None or rank < (known.ipv6, _PRECEDENCE[known.state]):
                     seen[key] = replica
         for model in self.models.values():
             self._sync_model(model, {r.url: r for r in wanted[model.name].values()})
