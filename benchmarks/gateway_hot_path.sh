@@ -2,8 +2,9 @@
 # The gateway's cost per relayed token, one process: a fast simulator (5 ms between tokens, no prefill, 64
 # tokens) reached directly and through one gateway process (uvloop, a store key with rpm/tpm limits, usage
 # recorded), the two taking turns in one `modelyard bench --alternate` run; the gateway's CPU seconds per
-# 1,000 relayed tokens from /proc. Each REF (a commit; default: this checkout) gets its own simulator and
-# gateway, one after the other. Pinned with taskset: the gateway on core 1, simulator and load on core 0.
+# 1,000 relayed tokens from /proc. Each REF (a commit, or a folder holding a modelyard tree, e.g. one with compiled
+# modules; default: this checkout) gets its own simulator and gateway, one after the other. Pinned with taskset:
+# the gateway on core 1, simulator and load on core 0.
 # PYSPY=/path/to/py-spy also records a profile of each gateway (raw folded stacks, prof-REF.txt).
 # WRAP=benchmarks/gc_pauses.py: the gateway run with its garbage collector passes timed (in gateway-REF.log).
 # REDIS=1: the per-key limits in a private redis-server (unix socket), as with several gateway workers.
@@ -17,7 +18,7 @@ RESULTS="benchmarks/results/gateway_hot_path-$(date +%Y%m%d-%H%M%S)"; mkdir -p "
 WORK=$(mktemp -d)
 . benchmarks/lib.sh
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then echo "taskset -c $1"; fi; }
-cleanup_worktrees() { for r in "${REFS[@]}"; do [ "$r" = . ] || git worktree remove --force "$WORK/src-$r" 2>/dev/null || true; done; cleanup; }
+cleanup_worktrees() { for r in "${REFS[@]}"; do [ "$r" = . ] || [ -d "$r" ] || git worktree remove --force "$WORK/src-$r" 2>/dev/null || true; done; cleanup; }
 trap cleanup_worktrees EXIT
 if [ -n "${REDIS:-}" ]; then
   REDIS_BIN=$($PY -c "from modelyard.fleet.redis_server import redis_server_binary; print(redis_server_binary())")
@@ -26,7 +27,9 @@ if [ -n "${REDIS:-}" ]; then
   export REDIS_URL="unix://$WORK/redis.sock"
 fi
 for REF in "${REFS[@]}"; do
-  SRC=""; if [ "$REF" != . ]; then SRC="$WORK/src-$REF"; git worktree add -f --detach "$SRC" "$REF" >/dev/null; fi
+  SRC=""
+  if [ -d "$REF" ] && [ "$REF" != . ]; then SRC=$(cd "$REF" && pwd); REF=$(basename "$SRC")  # a folder: used as it is
+  elif [ "$REF" != . ]; then SRC="$WORK/src-$REF"; git worktree add -f --detach "$SRC" "$REF" >/dev/null; fi
   P_SIM=$(port); P_GW=$(port); STATE="$WORK/state-$REF"
   $(pin 0) $PY -m modelyard simulate --host 127.0.0.1 --port "$P_SIM" --model sim --profile tiny-cpu \
     --param itl_base_s=0.005 --param prefill_overhead_s=0 --param prefill_s_per_token=0 \
