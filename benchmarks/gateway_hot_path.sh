@@ -2,9 +2,10 @@
 # The gateway's cost per relayed token, one process: a fast simulator (5 ms between tokens, no prefill, 64
 # tokens) reached directly and through one gateway process (uvloop, a store key with rpm/tpm limits, usage
 # recorded), the two taking turns in one `modelyard bench --alternate` run; the gateway's CPU seconds per
-# 1,000 relayed tokens from /proc. Each REF (a commit, or a folder holding a modelyard tree, e.g. one with compiled
-# modules; default: this checkout) gets its own simulator and gateway, one after the other. Pinned with taskset:
-# the gateway on core 1, simulator and load on core 0.
+# 1,000 relayed tokens, and its read and write system calls per token, from /proc. Each REF (a commit, or a
+# folder holding a modelyard tree, e.g. one with compiled modules; default: this checkout) gets its own
+# simulator and gateway, one after the other. Pinned with taskset: the gateway on core 1, simulator and load
+# on core 0.
 # PYSPY=/path/to/py-spy also records a profile of each gateway (raw folded stacks, prof-REF.txt).
 # WRAP=benchmarks/gc_pauses.py: the gateway run with its garbage collector passes timed (in gateway-REF.log).
 # REDIS=1: the per-key limits in a private redis-server (unix socket), as with several gateway workers.
@@ -51,17 +52,20 @@ YAML
     --ignore-eos --no-progress "$@"; }
   bench --target "gateway=http://127.0.0.1:$P_GW/v1@GWKEY" --concurrency 16 --num-requests 64 --warmup 0 \
     --output-dir "$WORK/warm-$REF" >/dev/null 2>&1
-  C0=$(awk '{print $14+$15}' "/proc/$GW/stat")
+  C0=$(awk '{print $14+$15}' "/proc/$GW/stat"); IO0=$(awk '/^sysc[rw]:/ {printf "%s ", $2}' "/proc/$GW/io")
   SPY=""; if [ -n "${PYSPY:-}" ]; then
     "$PYSPY" record -p "$GW" -d 15 -r 200 -f raw -o "$RESULTS/prof-$REF.txt" --nonblocking >/dev/null 2>&1 & SPY=$!; fi
   bench --alternate --target "direct=http://127.0.0.1:$P_SIM/v1" --target "gateway=http://127.0.0.1:$P_GW/v1@GWKEY" \
     --concurrency "$CONC" --num-requests "$N" --warmup 8 --max-duration 120 --output-dir "$RESULTS/bench-$REF" \
     > "$RESULTS/bench-$REF.txt" 2>&1
-  C1=$(awk '{print $14+$15}' "/proc/$GW/stat")
+  C1=$(awk '{print $14+$15}' "/proc/$GW/stat"); IO1=$(awk '/^sysc[rw]:/ {printf "%s ", $2}' "/proc/$GW/io")
   [ -z "$SPY" ] || wait "$SPY" || true
   TOKENS=$(grep "Output tokens " "$RESULTS/bench-$REF.txt" | awk -F'│' '{gsub(/ /,"",$4); print $4}')
   echo "$REF: gateway CPU $(( C1 - C0 )) ticks for $TOKENS tokens = $($PY -c "print(round(($C1-$C0)/100/$TOKENS*1000, 4))") s per 1k tokens" \
     | tee -a "$RESULTS/cpu.txt"
+  read -r R0 W0 <<< "$IO0"; read -r R1 W1 <<< "$IO1"  # read- and write-family system calls (/proc/PID/io)
+  echo "$REF: gateway system calls per relayed token: $($PY -c "print(round(($R1-$R0)/$TOKENS, 2))") reads, \
+$($PY -c "print(round(($W1-$W0)/$TOKENS, 2))") writes" | tee -a "$RESULTS/cpu.txt"
   grep -E "TTFT (median|p99)|ITL (median|p99)|Request throughput" "$RESULTS/bench-$REF.txt" | tee -a "$RESULTS/cpu.txt"
   kill -INT "$GW" "$SIM" 2>/dev/null || true
 done
