@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from modelyard.gateway.relay import MIN_QUOTA, Pacer, Pipe
 from modelyard.gateway.upstream import UpstreamPool, request_head
+from tests.gateway.test_relay import Client
 
 
 class Clock:
@@ -114,28 +115,6 @@ def test_within_the_budget_nothing_waits_and_each_turn_has_its_own_clock_and_an_
     assert asyncio.run(main()) == []
 
 
-class Client:
-    """The client side of a stream as the relay sees it (`protocol.Exchange`'s hot-path API), recording writes."""
-
-    def __init__(self) -> None:
-        self.body = b""
-        self.complete = self.disconnected = self.write_paused = False
-
-    def start(self, status: int, headers: object) -> None:
-        self.body += b"<%d>" % status
-
-    def on_disconnect(self, callback: object) -> None: ...
-
-    def on_shutdown(self, callback: object) -> None: ...
-
-    def write(self, data: bytes) -> None:
-        self.body += data
-
-    def end(self, data: bytes = b"") -> None:
-        self.body += data + b"<end>"
-        self.complete = True
-
-
 def test_streams_held_by_the_pacer_are_read_again_and_lose_nothing() -> None:
     """Three engine streams through a pacer whose budget every second relay overruns: each held stream's connection
     is paused while it waits (what its engine sent meanwhile stays in the socket) and every event reaches its
@@ -193,8 +172,10 @@ def test_streams_held_by_the_pacer_are_read_again_and_lose_nothing() -> None:
                 pipe.end_response()
             for client in clients:
                 expected = b"".join(b"data: %d\n\n" % i for i in range(events))
-                assert client.body.startswith(b"<200>") and client.body.endswith(b"<end>")
-                assert client.body[5:-5] == expected
+                body = b"".join(client.writes)
+                head = body[:body.index(b">") + 1]
+                assert head.startswith(b"<200 ") and body.endswith(b"<end>")
+                assert body[len(head):-5] == expected
             assert any(held)
         finally:
             pool.close()
