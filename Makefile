@@ -29,8 +29,8 @@ PYTHON312 ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.1
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
 test-3.12:
-	@if [ -z "$(PYTHON312)" ]; then echo "test-3.12: no Python 3.12 found (PATH, pyenv): skipped"; \
-	else $(MAKE) test VENV=.venv-3.12 PYTHON=$(PYTHON312); fi
+	@python312="$(PYTHON312)"; if [ -z "$$python312" ]; then echo "test-3.12: no Python 3.12 found (PATH, pyenv): \
+	skipped"; else $(MAKE) test VENV=.venv-3.12 PYTHON="$$python312"; fi
 
 install: $(STAMP)
 

@@ -150,7 +150,7 @@ class Disaggregation:
         bound = min(timeouts.first_byte_s, timeouts.total_s - (now - started))
         gateway.take(endpoint, model)
         try:
-            try:  # `_send` bounds an unstreamed request by the total from its start: a start that leaves `bound`
+            try:  # `send_request` bounds an unstreamed request by the total from its start: a start that leaves `bound`
                 upstream = await self._send(endpoint, leg, data, now - (timeouts.total_s - bound))
             except UPSTREAM_ERRORS as exc:
                 gateway.failed(endpoint, hung=isinstance(exc, TimeoutError))
@@ -190,7 +190,7 @@ class Disaggregation:
         self._count(call.model.name, "refused")
         content = openai_shaped(status, content)
         gateway.record(call, Outcome(status=status, started=started, first_byte=time.perf_counter(),
-                                      replica=endpoint.id))
+                                     replica=endpoint.id))
         return Response(content, status_code=status, media_type="application/json",
                         headers={"x-modelyard-replica": endpoint.id})
 
