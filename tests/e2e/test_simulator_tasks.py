@@ -27,9 +27,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_embeddings_are_the_same_on_every_replica(cluster: Cluster) -> None:
     client = openai.OpenAI(base_url=cluster.url + "/v1", api_key=API_KEY, max_retries=0)
     seen: dict[str, list[float]] = {}
-    for _ in range(12):
+    for _ in range(60):  # ties are broken at random: each replica is picked half the time
         reply = client.embeddings.with_raw_response.create(model="sim-embed", input="the same text")
         seen[reply.headers["x-modelyard-replica"]] = reply.parse().data[0].embedding
+        if len(seen) == 2:
+            break
     assert set(seen) == {"sim-embed/0", "sim-embed/1"}
     assert seen["sim-embed/0"] == seen["sim-embed/1"]
 

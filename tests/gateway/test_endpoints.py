@@ -74,8 +74,12 @@ def test_a_chat_model_asked_for_embeddings_again_and_again_stays_in_service(clus
     for _ in range(8):
         with pytest.raises(openai.BadRequestError):
             client.embeddings.create(model="chat", input="hello")
-    served = {post(cluster, "/v1/completions", {"model": "chat", "prompt": "hi", "max_tokens": 2})
-              .headers["x-modelyard-replica"] for _ in range(12)}
+    served: set[str] = set()
+    for _ in range(60):  # ties are broken at random: each replica is picked half the time
+        served.add(post(cluster, "/v1/completions", {"model": "chat", "prompt": "hi", "max_tokens": 2})
+                   .headers["x-modelyard-replica"])
+        if len(served) == 2:
+            break
     assert served == {"chat/0", "chat/1"}
 
 
@@ -85,12 +89,14 @@ def test_an_engines_answer_about_the_request_goes_back_unretried(cluster: Cluste
     first, second = upstreams["chat0"], upstreams["chat1"]
     first.mode = f"error{status}"
     before = len(second.seen)
-    replies = [post(cluster, "/v1/completions", {"model": "chat", "prompt": "hi", "max_tokens": 2})
-               for _ in range(10)]
-    from_first = [r for r in replies if r.headers.get("x-modelyard-replica") == "chat/0"]
-    assert from_first and all(r.status_code == status for r in from_first)  # passed back as the engine said
+    replies: list[httpx.Response] = []
+    from_first: list[httpx.Response] = []
+    while len(from_first) < 3 and len(replies) < 60:  # ties are broken at random: chat/0 is picked half the time
+        replies.append(post(cluster, "/v1/completions", {"model": "chat", "prompt": "hi", "max_tokens": 2}))
+        from_first = [r for r in replies if r.headers.get("x-modelyard-replica") == "chat/0"]
+    assert len(from_first) == 3 and all(r.status_code == status for r in from_first)  # passed back as it said
     assert all(r.json()["error"]["message"] == "boom" for r in from_first)
-    assert len(second.seen) - before == 10 - len(from_first)  # none retried there
+    assert len(second.seen) - before == len(replies) - len(from_first)  # none retried there
     assert cluster.metric("modelyard_replica_ejections_total", model="chat", replica="0") == 0
 
 
