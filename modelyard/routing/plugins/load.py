@@ -1,8 +1,9 @@
 """Scores replicas by load: the engine's requests (running + waiting at the last scrape, plus the requests the
-gateway sent there since, minus those that ended since: always fresh, and other clients' requests count too), with
-waiting requests counted `waiting_weight` more times, since they have not started, and the whole scaled up by the
-engine's KV cache usage (x (1 + `kv_weight` x usage): a replica whose cache is full looks twice as loaded with the
-default). 1 for the least loaded candidate, 0 for the most loaded, linear in between."""
+gateway sent there since, minus those that ended since: always fresh, and other clients' requests count too; never
+fewer than the gateway's own requests there now), with waiting requests counted `waiting_weight` more times, since
+they have not started, and the whole scaled up by the engine's KV cache usage (x (1 + `kv_weight` x usage): a
+replica whose cache is full looks twice as loaded with the default). 1 for the least loaded candidate, 0 for the
+most loaded, linear in between."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ class Params(PluginParams):
 
 
 def queue(endpoint: Endpoint, waiting_weight: float, kv_weight: float) -> float:
-    requests = (endpoint.running + endpoint.in_flight - endpoint.in_flight_at_scrape
-                + (1.0 + waiting_weight) * endpoint.waiting)
+    # never fewer than the requests in flight there now: one sent after the engine counted its requests but
+    # before the answer arrived is in `in_flight_at_scrape` and not in `running`, so once it ends the freshened
+    # count is one too low, and an idle replica would lose every tie to this one until the next scrape
+    requests = max(endpoint.in_flight, endpoint.running + endpoint.in_flight - endpoint.in_flight_at_scrape
+                   + (1.0 + waiting_weight) * endpoint.waiting)
     return requests * (1.0 + kv_weight * endpoint.kv_usage)
 
 
@@ -37,7 +41,7 @@ class LoadScorer:
     def score(self, request: RouteRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         # `queue`, inlined: this runs for every replica of every request
         k, kv = 1.0 + self.waiting_weight, self.kv_weight
-        return min_max_inverse([(e.running + e.in_flight - e.in_flight_at_scrape + k * e.waiting)
+        return min_max_inverse([max(e.in_flight, e.running + e.in_flight - e.in_flight_at_scrape + k * e.waiting)
                                 * (1.0 + kv * e.kv_usage) for e in endpoints])
 
 

@@ -17,6 +17,15 @@ def test_engine_queue_and_fresh_in_flight_both_count() -> None:
     assert scores[2] == 1.0 and scores[1] == 0.0 and 0.0 < scores[0] < 1.0
 
 
+def test_a_request_that_ended_after_the_scrape_counted_it_does_not_make_its_replica_look_idler_than_idle() -> None:
+    scorer = load.create(load.Params(kv_weight=0), Context("m"))
+    # replica 0: one request was sent after the engine counted its requests (0) and before the answer came back
+    # (so it is in in_flight_at_scrape), and has ended since
+    endpoints = replicas(2, in_flight=[0, 0], running=[0, 0])
+    endpoints[0].in_flight_at_scrape = 1
+    assert scorer.score(request(), endpoints) == [1.0, 1.0]  # a tie, as between two idle replicas
+
+
 def test_waiting_requests_weigh_more_than_running_ones() -> None:
     scorer = load.create(load.Params(kv_weight=0, waiting_weight=1.0), Context("m"))
     endpoints = replicas(2, running=[4, 2], waiting=[0, 2])
