@@ -243,12 +243,13 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
 
 def test_faults_on_every_replica_degrade_without_blackholing(failing: Outcome) -> None:
     """Never more than half the replicas out (it took both of two: 100% 503s); retried within the budget, on
-    replicas already tried once each has failed (8 attempts: a request fails all of them once in 390,000).
-    Before, 12-24 of 750 requests failed before their first byte (3 attempts, never the same replica twice, and a
-    budget of 20% of the recent requests, where 20% faults need 25%)."""
+    replicas already tried once each has failed (8 attempts: a request fails all of them once in 390,000, so one
+    of the 150 does in 1 run of 2,600: that one is allowed; two, in 1 run of 14 million). Before, 12-24 of 750
+    requests failed before their first byte (3 attempts, never the same replica twice, and a budget of 20% of the
+    recent requests, where 20% faults need 25%)."""
     assert failing.extra["min_ready"] >= 2  # of 3: the cap keeps at least half in
     assert failing.load.hangs == [] and failing.load.silent_cuts == [] and failing.lost == []
-    assert failing.load.before_first_byte == [], (len(failing.load.before_first_byte), failing.extra["codes"])
+    assert len(failing.load.before_first_byte) <= 1, (len(failing.load.before_first_byte), failing.extra["codes"])
     assert failing.extra["tracebacks"] == 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelyard.gateway.sse import MAX_HELD, SseUsage
@@ -99,7 +99,7 @@ def streams(draw: st.DrawFn) -> tuple[list[bytes], bytes, int, bool, bytes]:
     return reads, b"".join(visible), len(texts) + (1 if with_usage and (keep or with_choices) else 0), keep, whole
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a busy machine
 @given(streams())
 def test_any_split_into_reads_gives_the_same_usage_and_client_bytes(case: tuple[list[bytes], bytes, int, bool,
                                                                                 bytes]) -> None:
